@@ -1,0 +1,336 @@
+"""Video reading and writing (PyAV / FFmpeg, Pillow for image folders).
+
+Inside the library a single video is a float tensor ``(T, C, H, W)`` in [-1, 1] (the per-video slice
+of the public ``(B, T, C, H, W)`` convention); on disk it is one of:
+
+- ``.mp4``: H.264 (libx264), yuv420p, ``+faststart`` so browsers can start playing before the whole
+  file arrives. yuv420p subsamples chroma by 2, so odd widths/heights are padded to even by
+  replicating the last row/column; reading such a file back gives the padded size.
+- ``.gif``: animated, looping forever, one global palette of at most 256 colours (exact for videos
+  with few colours, quantised otherwise). GIF delays are whole 1/100 s, so the per-frame delays are
+  rounded and alternate where needed (12 fps -> 8, 9, 8, ... cs) to keep the average rate.
+- a folder (a path without extension, or ending with ``/``): lossless ``frame_00000.png``, ...
+  Folders store no frame rate; readers assume ``fps`` (default 8).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "VideoClip",
+    "VideoReadError",
+    "from_uint8",
+    "read_video",
+    "to_uint8",
+    "video_info",
+    "write_video",
+]
+
+WRITE_FORMATS = (".mp4", ".gif", "folder of PNG frames (no extension or trailing '/')")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DEFAULT_FPS = 8.0  # folders store no rate; also the fallback for containers that state none
+
+
+class VideoReadError(ValueError):
+    """A video file exists but cannot be decoded, or holds no frames in the requested range."""
+
+
+@dataclass
+class VideoClip:
+    """Decoded frames ``(T, 3, H, W)`` float in [-1, 1] and the frame rate they are meant to play at."""
+
+    frames: torch.Tensor
+    fps: float
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``(T, C, H, W)`` float in [-1, 1], C in {1, 3} -> ``(T, H, W, 3)`` uint8 (gray repeated to RGB).
+
+    Values outside [-1, 1] are clipped; rounding to nearest makes ``to_uint8(from_uint8(x)) == x``.
+    """
+    if frames.ndim != 4 or frames.shape[1] not in (1, 3):
+        raise ValueError(f"expected frames (T, C, H, W) with C in (1, 3), got shape {tuple(frames.shape)}")
+    pixels = ((frames.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def from_uint8(frames: np.ndarray) -> torch.Tensor:
+    """``(T, H, W, C)`` uint8 -> ``(T, C, H, W)`` float32 in [-1, 1] (channels kept as given)."""
+    if frames.ndim != 4 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames (T, H, W, C), got {frames.dtype} shape {frames.shape}")
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def write_video(
+    frames: torch.Tensor | np.ndarray, path: str | os.PathLike[str], fps: float = 8.0, *, crf: int = 18
+) -> Path:
+    """Write one video; the format follows the path (see the module docstring). Returns the path.
+
+    ``frames``: torch ``(T, C, H, W)`` float in [-1, 1] or numpy ``(T, H, W, C)`` uint8, C in {1, 3}.
+    ``crf``: H.264 quality for ``.mp4`` (0 lossless luma, 18 visually lossless, 23 x264 default).
+    Parent directories are created.
+    """
+    kind = _write_kind(path)
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    pixels = _as_rgb_uint8(frames)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if kind == ".mp4":
+        _write_mp4(pixels, out, fps, crf)
+    elif kind == ".gif":
+        _write_gif(pixels, out, fps)
+    else:
+        out.mkdir(exist_ok=True)
+        for i, frame in enumerate(pixels):
+            Image.fromarray(frame).save(out / f"frame_{i:05d}.png")
+    return out
+
+
+def read_video(
+    path: str | os.PathLike[str],
+    *,
+    fps: float | None = None,
+    start_frame: int = 0,
+    num_frames: int | None = None,
+    stride: int | None = None,
+) -> VideoClip:
+    """Read a video file (anything FFmpeg decodes, GIF included) or a folder of PNG/JPG frames.
+
+    Returns ``VideoClip(frames (T, 3, H, W) float in [-1, 1], fps)``.
+
+    ``fps`` resamples the frame rate: source frame ``i`` is taken to show at ``i / source_fps``
+    (constant frame rate assumed), output frame ``j`` at ``j / fps`` for every ``j / fps`` before the
+    end of the video, and each output frame is the source frame nearest in time (ties go to the
+    later frame). For a folder, which stores no rate, ``fps`` *is* the source rate (default 8).
+    Then ``start_frame``, ``stride`` and ``num_frames`` pick resampled frames ``start_frame``,
+    ``start_frame + stride``, ... (``num_frames`` of them, fewer if the video ends first).
+    Decoding stops as soon as the requested frames are in hand.
+
+    Raises FileNotFoundError if ``path`` is missing, VideoReadError if it cannot be decoded, holds
+    no frames, or has none in the requested range.
+    """
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if start_frame < 0:
+        raise ValueError(f"start_frame must be >= 0, got {start_frame}")
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    step = 1 if stride is None else stride
+    if step < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+
+    path = _existing(path)
+    with _open_frames(path, DEFAULT_FPS if fps is None else fps) as (source_fps, decoded):
+        target_fps = source_fps if fps is None else fps
+        picked, seen = _resample(decoded, source_fps / target_fps, start_frame, step, num_frames)
+    if seen == 0:
+        raise VideoReadError(f"{path}: video is empty (no frames decoded)")
+    if not picked:
+        raise VideoReadError(
+            f"{path}: requested range is empty: start_frame={start_frame} but the video has only "
+            f"{_count_after_resampling(seen, source_fps / target_fps)} frames at {target_fps:g} fps"
+        )
+    return VideoClip(frames=from_uint8(np.stack(picked)), fps=float(target_fps))
+
+
+def video_info(path: str | os.PathLike[str]) -> dict[str, float | int]:
+    """``{"num_frames", "fps", "width", "height"}`` of a video file or frame folder.
+
+    The frame count comes from the container when it records one, otherwise the video is decoded
+    to count. Folders report ``fps`` 8 (they store no rate). Errors as for ``read_video``.
+    """
+    path = _existing(path)
+    if path.is_dir():
+        files = _frame_files(path)
+        width, height = _load_image(files[0]).size
+        return {"num_frames": len(files), "fps": DEFAULT_FPS, "width": width, "height": height}
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            info = {
+                "num_frames": stream.frames,
+                "fps": _stream_fps(stream),
+                "width": stream.codec_context.width,
+                "height": stream.codec_context.height,
+            }
+            if not info["num_frames"]:
+                info["num_frames"] = sum(1 for _ in container.decode(stream))
+    except av.FFmpegError as err:
+        raise VideoReadError(f"{path}: cannot read video: {err}") from err
+    if info["num_frames"] == 0:
+        raise VideoReadError(f"{path}: video is empty (no frames decoded)")
+    return info
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _write_kind(path: str | os.PathLike[str]) -> str:
+    text = os.fspath(path)
+    suffix = Path(text).suffix.lower()
+    if text.endswith(("/", os.sep)) or not suffix:
+        return "folder"
+    if suffix not in WRITE_FORMATS:
+        raise ValueError(
+            f"cannot write {text!s}: unknown extension {suffix!r}; supported: {', '.join(WRITE_FORMATS)}"
+        )
+    return suffix
+
+
+def _as_rgb_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(frames, torch.Tensor):
+        return to_uint8(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"numpy frames must be uint8 (T, H, W, C) with C in (1, 3), got {frames.dtype} {frames.shape}"
+        )
+    return np.ascontiguousarray(np.broadcast_to(frames, (*frames.shape[:3], 3)))
+
+
+def _rate(fps: float) -> Fraction:
+    # Containers want a rational rate; the denominator bound keeps NTSC rates (30000/1001) exact.
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _write_mp4(pixels: np.ndarray, path: Path, fps: float, crf: int) -> None:
+    _, height, width, _ = pixels.shape
+    pixels = np.pad(pixels, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    with av.open(str(path), "w", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=_rate(fps))
+        stream.width, stream.height = pixels.shape[2], pixels.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in pixels:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _write_gif(pixels: np.ndarray, path: Path, fps: float) -> None:
+    # Pillow's GIF writer merges identical consecutive frames, which would change the frame count,
+    # so Pillow only builds the palette and FFmpeg's GIF encoder writes every frame.
+    frames, height, width, _ = pixels.shape
+    indexed = Image.fromarray(pixels.reshape(frames * height, width, 3)).quantize(
+        colors=256, dither=Image.Dither.NONE
+    )
+    indices = np.asarray(indexed).reshape(frames, height, width)
+    palette = np.zeros((256, 4), np.uint8)  # ARGB rows, as PyAV expects for pal8
+    rgb = np.asarray(indexed.getpalette(), np.uint8).reshape(-1, 3)
+    palette[: len(rgb), 1:] = rgb
+    palette[:, 0] = 255
+    with av.open(str(path), "w", format="gif", options={"loop": "0"}) as container:
+        stream = container.add_stream("gif", rate=_rate(fps))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "pal8"
+        for frame in indices:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray((frame, palette), format="pal8")))
+        container.mux(stream.encode())
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such video file or frame folder", str(path))
+    return path
+
+
+@contextmanager
+def _open_frames(path: Path, folder_fps: float) -> Iterator[tuple[float, Iterator[np.ndarray]]]:
+    """Yield ``(source_fps, lazy iterator of (H, W, 3) uint8 frames)``; ``folder_fps`` for folders.
+
+    The container stays open while the caller pulls frames, so decoder failures that surface
+    mid-stream (a truncated file) are caught here too and reported as VideoReadError.
+    """
+    if path.is_dir():
+        yield folder_fps, _folder_frames(_frame_files(path))
+        return
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            stream.thread_type = "AUTO"
+            yield _stream_fps(stream), (f.to_ndarray(format="rgb24") for f in container.decode(stream))
+    except av.FFmpegError as err:
+        raise VideoReadError(f"{path}: cannot read video: {err}") from err
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise VideoReadError(f"{path}: no video stream found (format {container.format.name!r})")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    # FFmpeg's own best guess first: a GIF's average rate comes out skewed (12.5 for the 12 fps
+    # files written here, whose delays alternate 8/9 cs) while its guessed rate is the nominal one.
+    rate = stream.guessed_rate or stream.average_rate or stream.base_rate
+    return float(rate) if rate else DEFAULT_FPS
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise VideoReadError(f"{folder}: video is empty (no {'/'.join(IMAGE_SUFFIXES)} frames in folder)")
+    return files
+
+
+def _load_image(file: Path) -> Image.Image:
+    try:
+        with Image.open(file) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise VideoReadError(f"{file}: cannot read frame image: {err}") from err
+
+
+def _folder_frames(files: list[Path]) -> Iterator[np.ndarray]:
+    expected = None
+    for file in files:
+        image = _load_image(file)
+        expected = expected or image.size
+        if image.size != expected:
+            raise VideoReadError(f"{file}: frame size {image.size} differs from {files[0].name}'s {expected}")
+        yield np.asarray(image)
+
+
+def _resample(
+    frames: Iterator[np.ndarray], ratio: float, start: int, step: int, limit: int | None
+) -> tuple[list[np.ndarray], int]:
+    """Pick resampled frames ``start, start + step, ...`` from a stream (``ratio`` = source/target fps).
+
+    Returns the picked frames and how many source frames were decoded. Output frame ``j`` is
+    source frame ``floor(j * ratio + 0.5)``, which only grows with ``j``, so one pass suffices.
+    """
+    picked: list[np.ndarray] = []
+    j, seen, last = start, 0, None
+    for i, frame in enumerate(frames):
+        seen, last = i + 1, frame
+        while (limit is None or len(picked) < limit) and int(np.floor(j * ratio + 0.5)) == i:
+            picked.append(frame)
+            j += step
+        if limit is not None and len(picked) == limit:
+            break
+    # When upsampling, times in the last frame's second half are nearest to a frame that does not
+    # exist; the last frame is still on screen then, so it fills them.
+    while last is not None and (limit is None or len(picked) < limit) and j * ratio < seen:
+        picked.append(last)
+        j += step
+    return picked, seen
+
+
+def _count_after_resampling(source_frames: int, ratio: float) -> int:
+    # Output frame j exists while its time j / fps is before the end, i.e. j * ratio < source_frames.
+    return int(np.ceil(source_frames / ratio - 1e-9))
