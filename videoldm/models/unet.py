@@ -1,0 +1,263 @@
+"""VideoUNet: a diffusers ``UNet2DConditionModel`` inflated with temporal layers (Video LDM, Sec. 3.1).
+
+The image UNet is kept whole as ``self.unet`` and sees the video as a batch of images
+``(B*T, C, H, W)``. After every spatial ResNet block a :class:`TemporalConvBlock` and after every
+spatial attention/transformer block a :class:`TemporalAttention` is attached (by forward hooks, so
+the image UNet's module tree and state-dict keys are untouched), each blended with the spatial
+output through its own :class:`AlphaBlender`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.utils import BaseOutput
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .temporal import (
+    BlendedTemporalLayer,
+    FrameContext,
+    TemporalAttention,
+    TemporalConvBlock,
+    TemporalInflation,
+    temporal_key,
+)
+
+TEMPORAL_WEIGHTS_NAME = "temporal_layers.safetensors"
+TEMPORAL_CONFIG_NAME = "temporal_config.json"
+SPATIAL_PREFIX = "unet."
+TEMPORAL_PREFIX = "temporal."
+TEMPORAL_KINDS = ("conv", "attention")
+_BLOCK_MEMBER = re.compile(r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets|attentions)\.\d+$")
+
+
+@dataclass
+class VideoUNetOutput(BaseOutput):
+    """``sample``: the model prediction ``(B, T, C, H, W)``."""
+
+    sample: torch.Tensor
+
+
+def _public_config(config: dict) -> dict:
+    return {key: value for key, value in dict(config).items() if not key.startswith("_")}
+
+
+def _repeat_per_frame(per_video: torch.Tensor | None, num_frames: int) -> torch.Tensor | None:
+    return None if per_video is None else per_video.repeat_interleave(num_frames, dim=0)
+
+
+def expand_timesteps(timestep: torch.Tensor | float | int, batch: int, num_frames: int, device) -> torch.Tensor:
+    """Timesteps given as a scalar, ``(B,)`` or ``(B, T)`` -> one per frame ``(B*T,)``."""
+    timestep = torch.as_tensor(timestep, device=device)
+    if timestep.ndim == 0:
+        return timestep.expand(batch * num_frames)
+    if timestep.shape == (batch,):
+        return timestep.repeat_interleave(num_frames)
+    if timestep.shape == (batch, num_frames):
+        return timestep.reshape(-1)
+    raise ValueError(
+        f"timestep must be a scalar, ({batch},) or ({batch}, {num_frames}); got shape {tuple(timestep.shape)}"
+    )
+
+
+class VideoUNet(ModelMixin, ConfigMixin):
+    """An image UNet plus temporal layers; ``forward`` maps ``(B, T, C, H, W)`` to the same shape.
+
+    Options: ``temporal_kinds`` picks the layer kinds (``"conv"``, ``"attention"``);
+    ``attention_everywhere`` also gives ResNet blocks of attention-free UNet blocks a temporal
+    attention; ``conv_kernel_size`` is ``(3, 3, 3)`` (paper) or ``(3, 1, 1)``; ``alpha_init`` is the
+    initial ``alpha = sigmoid(m)`` of every blender.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        unet_config: dict,
+        temporal_kinds: Sequence[str] = TEMPORAL_KINDS,
+        attention_everywhere: bool = False,
+        conv_kernel_size: Sequence[int] = (3, 3, 3),
+        alpha_init: float = 0.5,
+        attention_head_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        unknown = set(temporal_kinds) - set(TEMPORAL_KINDS)
+        if unknown:
+            raise ValueError(f"unknown temporal_kinds {sorted(unknown)}; expected a subset of {TEMPORAL_KINDS}")
+        self.unet = UNet2DConditionModel.from_config(_public_config(unet_config))
+        self.temporal = TemporalInflation(self._plan_temporal_layers())
+        self.temporal.attach(self.unet)
+
+    def _plan_temporal_layers(self) -> dict[str, list[BlendedTemporalLayer]]:
+        cfg = self.config
+        blocks_with_attention = {
+            name.rsplit(".attentions.", 1)[0] for name, _ in self.unet.named_modules() if ".attentions." in name
+        }
+        plan: dict[str, list[BlendedTemporalLayer]] = {}
+        for name, module in self.unet.named_modules():
+            match = _BLOCK_MEMBER.match(name)
+            if match is None:
+                continue
+            layers = []
+            if isinstance(module, ResnetBlock2D):
+                channels = module.out_channels
+                if "conv" in cfg.temporal_kinds:
+                    temb_channels = module.time_emb_proj.in_features if module.time_emb_proj is not None else None
+                    layers.append(TemporalConvBlock(channels, temb_channels, tuple(cfg.conv_kernel_size)))
+                wants_attention = cfg.attention_everywhere and match.group(1) not in blocks_with_attention
+                if "attention" in cfg.temporal_kinds and wants_attention:
+                    layers.append(TemporalAttention(channels, head_dim=cfg.attention_head_dim))
+            elif isinstance(module, (Transformer2DModel, Attention)) and "attention" in cfg.temporal_kinds:
+                if isinstance(module, Transformer2DModel):
+                    channels, cross_dim = module.config.in_channels, module.config.cross_attention_dim
+                else:
+                    channels, cross_dim = module.query_dim, None
+                layers.append(TemporalAttention(channels, head_dim=cfg.attention_head_dim, cross_attention_dim=cross_dim))
+            if layers:
+                plan[temporal_key(name)] = [BlendedTemporalLayer(layer, cfg.alpha_init) for layer in layers]
+        return plan
+
+    @classmethod
+    def from_image_unet(cls, image_unet: UNet2DConditionModel, **temporal_options) -> "VideoUNet":
+        """Inflate ``image_unet``: spatial weights are bit-exact copies, temporal layers are new."""
+        model = cls(unet_config=_public_config(image_unet.config), **temporal_options)
+        model.unet.load_state_dict(image_unet.state_dict())
+        return model.to(device=image_unet.device, dtype=image_unet.dtype)
+
+    @property
+    def spatial_config(self):
+        """The image UNet's diffusers config (``in_channels``, ``sample_size``, ...)."""
+        return self.unet.config
+
+    # ----------------------------------------------------------------------------- parameters
+    def temporal_parameters(self) -> Iterator[nn.Parameter]:
+        """The trainable video parameters: temporal layers and their blend logits."""
+        return self.temporal.parameters()
+
+    def spatial_parameters(self) -> Iterator[nn.Parameter]:
+        """The image UNet's parameters."""
+        return self.unet.parameters()
+
+    def freeze_spatial(self) -> "VideoUNet":
+        """Stop gradients to the image UNet (the paper trains the temporal layers only)."""
+        self.unet.requires_grad_(False)
+        self.temporal.requires_grad_(True)
+        return self
+
+    def temporal_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict of the temporal layers alone (keys without the ``temporal.`` prefix)."""
+        return self.temporal.state_dict()
+
+    def load_image_state_dict(self, state_dict: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Load an image UNet's state dict (its own keys); returns ``(missing, unexpected)`` keys.
+
+        ``missing`` lists the temporal keys; ``unexpected`` is empty for a compatible image UNet.
+        """
+        prefixed = {SPATIAL_PREFIX + key: value for key, value in state_dict.items()}
+        result = self.load_state_dict(prefixed, strict=False)
+        return list(result.missing_keys), list(result.unexpected_keys)
+
+    def load_spatial(self, image_unet: UNet2DConditionModel) -> "VideoUNet":
+        """Swap in another compatible image backbone (e.g. a DreamBooth fine-tune), keeping temporal layers."""
+        missing, unexpected = self.load_image_state_dict(image_unet.state_dict())
+        spatial_missing = [key for key in missing if key.startswith(SPATIAL_PREFIX)]
+        if spatial_missing or unexpected:
+            raise ValueError(
+                "image UNet is not compatible with this VideoUNet: "
+                f"missing {spatial_missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        return self
+
+    def save_temporal(self, directory: str | Path) -> Path:
+        """Write the temporal weights alone (safetensors) and their options to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {key: value.detach().contiguous().cpu() for key, value in self.temporal_state_dict().items()}
+        save_file(state, directory / TEMPORAL_WEIGHTS_NAME)
+        options = {key: value for key, value in _public_config(self.config).items() if key != "unet_config"}
+        (directory / TEMPORAL_CONFIG_NAME).write_text(json.dumps(options, indent=2, default=list))
+        return directory
+
+    def load_temporal(self, directory: str | Path) -> "VideoUNet":
+        """Load temporal weights written by :meth:`save_temporal`; they must match this model's layers."""
+        path = Path(directory) / TEMPORAL_WEIGHTS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no temporal weights at {path} (write them with VideoUNet.save_temporal)")
+        state = load_file(path)
+        expected = set(self.temporal_state_dict())
+        if set(state) != expected:
+            raise ValueError(
+                f"{path} does not match this model's temporal layers: missing {sorted(expected - set(state))[:3]},"
+                f" unexpected {sorted(set(state) - expected)[:3]}"
+            )
+        self.temporal.load_state_dict(state)
+        return self
+
+    @classmethod
+    def from_image_unet_and_temporal(
+        cls, image_unet: UNet2DConditionModel, temporal_directory: str | Path
+    ) -> "VideoUNet":
+        """Attach saved temporal layers to any compatible image UNet (the paper's DreamBooth transfer)."""
+        options = json.loads((Path(temporal_directory) / TEMPORAL_CONFIG_NAME).read_text())
+        return cls.from_image_unet(image_unet, **options).load_temporal(temporal_directory)
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor | None = None,
+        *,
+        class_labels: torch.Tensor | None = None,
+        image_only_indicator: torch.Tensor | None = None,
+        frame_positions: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> VideoUNetOutput | tuple[torch.Tensor]:
+        """Predict noise (or v) for a noisy latent video.
+
+        Args:
+            sample: ``(B, T, C, H, W)`` noisy latents.
+            timestep: scalar, ``(B,)`` or ``(B, T)``.
+            encoder_hidden_states: per-video conditioning ``(B, L, D)``, repeated per frame inside.
+            class_labels: ``(B,)`` for UNets with class embeddings.
+            image_only_indicator: ``(B, T)`` bool; where true alpha is 1 (pure image model).
+            frame_positions: ``(T,)`` frame indices for the temporal attention's embedding
+                (default ``0..T-1``; interpolation passes the real time positions).
+        Returns:
+            :class:`VideoUNetOutput` with ``sample`` ``(B, T, C, H, W)``.
+        """
+        if sample.ndim != 5:
+            raise ValueError(f"sample must be (B, T, C, H, W), got shape {tuple(sample.shape)}")
+        batch, num_frames = sample.shape[:2]
+        if image_only_indicator is not None and image_only_indicator.shape != (batch, num_frames):
+            raise ValueError(
+                f"image_only_indicator must be ({batch}, {num_frames}), got {tuple(image_only_indicator.shape)}"
+            )
+        self.temporal.frame_context = FrameContext(
+            num_frames=num_frames,
+            image_only_indicator=image_only_indicator,
+            encoder_hidden_states=encoder_hidden_states,
+            frame_positions=frame_positions,
+        )
+        output = self.unet(
+            rearrange(sample, "b t c h w -> (b t) c h w"),
+            expand_timesteps(timestep, batch, num_frames, sample.device),
+            _repeat_per_frame(encoder_hidden_states, num_frames),
+            class_labels=_repeat_per_frame(class_labels, num_frames),
+            return_dict=False,
+        )[0]
+        output = rearrange(output, "(b t) c h w -> b t c h w", t=num_frames)
+        return VideoUNetOutput(sample=output) if return_dict else (output,)
