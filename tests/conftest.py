@@ -8,6 +8,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 CROSS_ATTENTION_DIM = 16
 
+# The test models are tiny: one thread is fastest, and immune to oversubscription on shared cores.
+torch.set_num_threads(1)
+
 
 def tiny_image_unet(cross_attention: bool = True, seed: int = 0, in_channels: int = 4) -> UNet2DConditionModel:
     """A random 2-level UNet with (or without) cross-attention blocks; latents ``(4, 8, 8)``."""

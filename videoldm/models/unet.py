@@ -135,7 +135,9 @@ class VideoUNet(ModelMixin, ConfigMixin):
         """Inflate ``image_unet``: spatial weights are bit-exact copies, temporal layers are new."""
         model = cls(unet_config=_public_config(image_unet.config), **temporal_options)
         model.unet.load_state_dict(image_unet.state_dict())
-        return model.to(device=image_unet.device, dtype=image_unet.dtype)
+        if image_unet.dtype != model.dtype:
+            model = model.to(dtype=image_unet.dtype)
+        return model.to(image_unet.device)
 
     @property
     def spatial_config(self):

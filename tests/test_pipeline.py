@@ -1,0 +1,147 @@
+"""Sampling, pipeline directories and MP4 output with tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_temporal, tiny_image_unet, tiny_scheduler, tiny_vae
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+
+from videoldm import LabelEncoder, VideoLDMPipeline, VideoUNet
+from videoldm.data.io import read_video, write_video
+from videoldm.pipelines.sampling import guided_prediction
+
+
+def tiny_pipeline(cross_attention: bool = True) -> VideoLDMPipeline:
+    unet = VideoUNet.from_image_unet(tiny_image_unet(cross_attention))
+    randomize_temporal(unet)
+    torch.manual_seed(3)
+    label_encoder = LabelEncoder(num_classes=10, max_labels=2, embedding_dim=16) if cross_attention else None
+    pipe = VideoLDMPipeline(unet=unet, vae=tiny_vae(), scheduler=tiny_scheduler(), label_encoder=label_encoder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _generate(pipe, seed=0, **kwargs):
+    options = dict(num_frames=4, num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(seed))
+    options.update(kwargs)
+    return pipe(**options).frames
+
+
+@pytest.mark.parametrize("scheduler_class", [None, DPMSolverMultistepScheduler, EulerDiscreteScheduler])
+def test_any_scheduler_and_seeded_determinism(scheduler_class):
+    pipe = tiny_pipeline()
+    if scheduler_class is not None:
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    first = _generate(pipe, labels=[[3, -1]], guidance_scale=2.0)
+    second = _generate(pipe, labels=[[3, -1]], guidance_scale=2.0)
+    other = _generate(pipe, seed=1, labels=[[3, -1]], guidance_scale=2.0)
+    assert first.shape == (1, 4, 3, 16, 16)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+    assert 0.0 <= first.min() and first.max() <= 1.0
+
+
+def test_output_types_follow_diffusers_conventions():
+    pipe = tiny_pipeline(cross_attention=False)
+    pil = _generate(pipe, output_type="pil", num_videos=2)
+    np_frames = _generate(pipe, output_type="np", num_videos=2)
+    latents = _generate(pipe, output_type="latent", num_videos=2)
+    assert len(pil) == 2 and len(pil[0]) == 4 and pil[0][0].size == (16, 16)
+    assert isinstance(np_frames, np.ndarray) and np_frames.shape == (2, 4, 16, 16, 3)
+    assert latents.shape == (2, 4, 4, 8, 8)
+    with pytest.raises(ValueError, match="output_type"):
+        _generate(pipe, output_type="gif")
+
+
+def test_decode_chunk_size_does_not_change_frames():
+    pipe = tiny_pipeline(cross_attention=False)
+    one = _generate(pipe, decode_chunk_size=1)
+    all_frames = _generate(pipe, decode_chunk_size=16)
+    assert (one - all_frames).abs().max() < 1e-5
+
+
+def test_callback_on_step_end_sees_every_step():
+    pipe = tiny_pipeline(cross_attention=False)
+    seen = []
+    _generate(pipe, num_inference_steps=5, callback_on_step_end=lambda i, t, latents: seen.append((i, latents.shape)))
+    assert [i for i, _ in seen] == list(range(5)) and seen[0][1] == (1, 4, 4, 8, 8)
+
+
+def test_guidance_scale_one_is_conditional_zero_is_unconditional():
+    pipe = tiny_pipeline()
+    latents = torch.randn(1, 3, 4, 8, 8)
+    cond = {"encoder_hidden_states": pipe.label_encoder(torch.tensor([[4, 1]]))}
+    uncond = {"encoder_hidden_states": pipe.label_encoder(pipe.label_encoder.null_labels(1))}
+    with torch.no_grad():
+        conditional = pipe.unet(latents, 10, **cond).sample
+        unconditional = pipe.unet(latents, 10, **uncond).sample
+        assert torch.equal(guided_prediction(pipe.unet, latents, torch.tensor(10), cond, uncond, 1.0), conditional)
+        assert torch.equal(guided_prediction(pipe.unet, latents, torch.tensor(10), cond, uncond, 0.0), unconditional)
+        guided = guided_prediction(pipe.unet, latents, torch.tensor(10), cond, uncond, 3.0)
+    assert torch.allclose(guided, unconditional + 3.0 * (conditional - unconditional), atol=1e-5)
+
+
+def test_image_only_samples_frames_independently():
+    pipe = tiny_pipeline(cross_attention=False)
+    noise = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    together = _generate(pipe, num_frames=3, latents=noise, image_only=True, output_type="latent")
+    alone = _generate(pipe, num_frames=1, latents=noise[:, :1], image_only=True, output_type="latent")
+    assert (together[:, :1] - alone).abs().max() < 1e-5
+
+
+def test_inflate_from_diffusers_directory_and_round_trip_unet(tmp_path):
+    image_unet = tiny_image_unet()
+    image_unet.save_pretrained(tmp_path / "image_unet")
+    loaded_image = UNet2DConditionModel.from_pretrained(tmp_path / "image_unet")
+    video = VideoUNet.from_image_unet(loaded_image)
+    randomize_temporal(video)
+    video.save_pretrained(tmp_path / "video_unet")
+    assert (tmp_path / "video_unet" / "diffusion_pytorch_model.safetensors").is_file()
+    reloaded = VideoUNet.from_pretrained(tmp_path / "video_unet")
+    for (name, a), (_, b) in zip(video.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    sample = torch.randn(1, 3, 4, 8, 8)
+    context = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        assert (video(sample, 5, context).sample - reloaded(sample, 5, context).sample).abs().max() == 0
+
+
+def test_temporal_weights_transfer_to_another_image_backbone(tmp_path):
+    video = VideoUNet.from_image_unet(tiny_image_unet(seed=0))
+    randomize_temporal(video)
+    video.save_temporal(tmp_path / "temporal")
+    personalised = tiny_image_unet(seed=7)
+    transferred = VideoUNet.from_image_unet_and_temporal(personalised, tmp_path / "temporal")
+    for key, value in video.temporal_state_dict().items():
+        assert torch.equal(transferred.temporal_state_dict()[key], value)
+    for key, value in personalised.state_dict().items():
+        assert torch.equal(transferred.unet.state_dict()[key], value)
+    swapped = video.load_spatial(personalised)
+    assert torch.equal(swapped.unet.conv_in.weight, personalised.conv_in.weight)
+    with pytest.raises(ValueError, match="not compatible"):
+        video.load_spatial(tiny_image_unet(cross_attention=False))
+    with pytest.raises(FileNotFoundError, match="temporal_layers.safetensors"):
+        video.load_temporal(tmp_path / "nowhere")
+
+
+def test_pipeline_directory_round_trips_through_diffusion_pipeline(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "pipe")
+    reloaded = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert isinstance(reloaded, VideoLDMPipeline) and isinstance(reloaded.unet, VideoUNet)
+    reloaded.set_progress_bar_config(disable=True)
+    expected = _generate(pipe, labels=[[5, 2]], guidance_scale=1.5)
+    actual = _generate(reloaded, labels=[[5, 2]], guidance_scale=1.5)
+    assert (expected - actual).abs().max() == 0
+
+
+def test_generate_writes_a_playable_mp4(tmp_path):
+    pipe = tiny_pipeline(cross_attention=False)
+    frames = _generate(pipe, num_frames=6)[0] * 2 - 1
+    path = write_video(frames, tmp_path / "video.mp4", fps=10)
+    clip = read_video(path)
+    assert clip.frames.shape == (6, 3, 16, 16) and clip.fps == pytest.approx(10)
+    again = _generate(pipe, num_frames=6)[0] * 2 - 1
+    assert torch.equal(frames, again)
