@@ -1,0 +1,159 @@
+"""The ``videoldm`` command line: generate, inflate, train, evaluate.
+
+Bad arguments or inputs print one line on stderr and exit with status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Video LDM: inflate image latent diffusion models into video generators, train and sample them.",
+)
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError)
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+class UserError(Exception):
+    """An error caused by the user's input; reported as one line, exit code 2."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"videoldm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Video LDM command line."""
+
+
+def load_pipeline(model: Optional[Path]):
+    """The pipeline in directory ``model``, or the embedded default model when ``model`` is None."""
+    from .pipelines import VideoLDMPipeline
+
+    if model is None:
+        from .embedded import embedded_model_dir
+
+        model = embedded_model_dir()
+    if not model.is_dir():
+        raise UserError(f"model directory {model} does not exist")
+    if not (model / "model_index.json").is_file():
+        raise UserError(f"{model} is not a videoldm pipeline directory (no model_index.json); make one with `videoldm inflate`")
+    return VideoLDMPipeline.from_pretrained(model)
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(Path("video.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a folder for PNG frames."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory (default: the embedded digits model)."),
+    frames: int = typer.Option(16, "--frames", "-n", min=1, help="Number of frames."),
+    steps: int = typer.Option(25, "--steps", min=1, help="Denoising steps."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    guidance: float = typer.Option(2.0, "--guidance", help="Classifier-free guidance scale (1 = no guidance)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (models with a text encoder)."),
+    label: Optional[list[int]] = typer.Option(None, "--label", help="Class label(s) (label-conditional models); repeat for two digits."),
+    fps: float = typer.Option(8.0, "--fps", min=0.1, help="Frame rate of the written video."),
+    decoder: str = typer.Option("video", "--decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
+    image_only: bool = typer.Option(False, "--image-only", help="Sample the image model frame by frame (alpha = 1)."),
+) -> None:
+    """Generate a video and write it to OUT."""
+    import torch
+
+    from .data.io import write_video
+
+    if out.suffix and out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserError(f"--out {out}: unsupported extension {out.suffix!r}; use .mp4, .gif or a folder name")
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(leave=False, desc="denoising")
+    frames_out = pipe(
+        prompt,
+        labels=[label] if label else None,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        decoder=decoder,
+        image_only=image_only,
+        output_type="pt",
+    ).frames
+    path = write_video(frames_out[0] * 2 - 1, out, fps=fps)
+    typer.echo(f"wrote {path} ({frames} frames, {frames_out.shape[-1]}x{frames_out.shape[-2]}, {fps:g} fps)")
+
+
+@app.command()
+def inflate(
+    image_model: Path = typer.Option(..., "--image-model", help="Diffusers image pipeline directory, or a UNet directory."),
+    out: Path = typer.Option(..., "--out", help="Directory for the inflated video pipeline (or VideoUNet)."),
+    temporal_kinds: str = typer.Option("conv,attention", "--temporal-kinds", help="Comma-separated: conv, attention."),
+    kernel: str = typer.Option("3,3,3", "--kernel", help="Temporal conv kernel (t,h,w): 3,3,3 (paper) or 3,1,1."),
+    attention_everywhere: bool = typer.Option(False, "--attention-everywhere", help="Temporal attention in attention-free blocks too."),
+) -> None:
+    """Inflate an image LDM into a Video LDM (temporal layers initialised to the identity)."""
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    from .models.unet import VideoUNet
+    from .pipelines import VideoLDMPipeline
+
+    if not image_model.is_dir():
+        raise UserError(f"--image-model {image_model} is not a directory")
+    try:
+        kernel_size = tuple(int(k) for k in kernel.split(","))
+    except ValueError:
+        raise UserError(f"--kernel {kernel!r}: expected three comma-separated integers like 3,3,3") from None
+    if len(kernel_size) != 3:
+        raise UserError(f"--kernel {kernel!r}: expected three comma-separated integers like 3,3,3")
+    options = dict(
+        temporal_kinds=[kind.strip() for kind in temporal_kinds.split(",") if kind.strip()],
+        conv_kernel_size=kernel_size,
+        attention_everywhere=attention_everywhere,
+    )
+    if (image_model / "model_index.json").is_file():
+        image_pipe = DiffusionPipeline.from_pretrained(image_model)
+        components = {
+            name: getattr(image_pipe, name, None)
+            for name in ("vae", "scheduler", "text_encoder", "tokenizer", "label_encoder")
+        }
+        video_pipe = VideoLDMPipeline(unet=VideoUNet.from_image_unet(image_pipe.unet, **options), **components)
+        video_pipe.save_pretrained(out)
+    elif (image_model / "config.json").is_file():
+        VideoUNet.from_image_unet(UNet2DConditionModel.from_pretrained(image_model), **options).save_pretrained(out)
+    else:
+        raise UserError(f"{image_model} holds neither model_index.json (a pipeline) nor config.json (a UNet)")
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
+    args = sys.argv[1:] or ["--help"]
+    try:
+        app(args, prog_name="videoldm", standalone_mode=False)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as error:  # usage errors: bad option, bad value, unknown command
+        typer.echo(f"error: {error.format_message()}", err=True)
+        sys.exit(2)
+    except (UserError, *USER_ERRORS) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
