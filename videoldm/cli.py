@@ -137,6 +137,25 @@ def inflate(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (see configs/)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Override the recipe's total steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the batch size."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the recipe's output directory."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints instead of resuming."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.01, help="Stop (checkpoint and export) after this long."),
+) -> None:
+    """Train one stage from a recipe; resumes from the latest checkpoint in its output directory."""
+    from .training.stages import build_trainer, load_recipe
+
+    overrides = {"steps": steps, "batch_size": batch_size, "output_dir": output_dir}
+    trainer = build_trainer(load_recipe(recipe), {k: v for k, v in overrides.items() if v is not None})
+    result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
+    losses = ", ".join(f"{key} {value:.4f}" for key, value in result.logs.items())
+    typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
     args = sys.argv[1:] or ["--help"]

@@ -254,8 +254,11 @@ class VideoUNet(ModelMixin, ConfigMixin):
             encoder_hidden_states=encoder_hidden_states,
             frame_positions=frame_positions,
         )
+        # Latents from an AutoencoderKL can come channels-last strided; torch 2.13's CPU backward
+        # through the temporal layers crashes (segfault) on such input, so normalise the layout.
+        frames = rearrange(sample, "b t c h w -> (b t) c h w").contiguous()
         output = self.unet(
-            rearrange(sample, "b t c h w -> (b t) c h w"),
+            frames,
             expand_timesteps(timestep, batch, num_frames, sample.device),
             _repeat_per_frame(encoder_hidden_states, num_frames),
             class_labels=_repeat_per_frame(class_labels, num_frames),

@@ -103,11 +103,13 @@ class DecoderFinetuneObjective(nn.Module):
         disc_factor = self._disc_factor(step)
         if disc_factor > 0:
             # the discriminator is a fixed critic here: keep its weights out of this graph
+            flags = [parameter.requires_grad for parameter in self.discriminator.parameters()]
             self.discriminator.requires_grad_(False)
             try:
                 adversarial = hinge_g_loss(self.discriminator(fake))
             finally:
-                self.discriminator.requires_grad_(True)
+                for parameter, flag in zip(self.discriminator.parameters(), flags):
+                    parameter.requires_grad_(flag)
             weight = self.adaptive_weight(reconstruction, adversarial)
             loss = loss + weight * disc_factor * adversarial
             logs |= {"generator/adversarial": adversarial.item(), "generator/adaptive_weight": weight.item()}

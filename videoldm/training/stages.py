@@ -1,0 +1,249 @@
+"""The training recipes, one stage each, all run by :class:`videoldm.training.trainer.Trainer`.
+
+Stages of the embedded model, in order (each reads the previous stage's ``final`` directory):
+``autoencoder`` (image AutoencoderKL) -> ``image_ldm`` (label-conditional image UNet) -> ``video``
+(inflate, freeze spatial, train temporal layers on clips).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from torch.utils.data import Dataset
+
+from ..data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
+from ..models.conditioning import LabelEncoder
+from ..models.unet import VideoUNet, VideoUNetOutput
+from ..pipelines.text_to_video import VideoLDMPipeline
+from .objective import DiffusionObjective
+from .trainer import Trainer, TrainSettings, parameters_of
+
+
+def _digits_config(data: dict[str, Any], split: str = "train") -> MovingDigitsConfig:
+    fields = {key: value for key, value in data.items() if key in MovingDigitsConfig.__dataclass_fields__}
+    return MovingDigitsConfig(**fields, **({"split": split} if "split" not in fields else {}))
+
+
+def _require_dir(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {path} does not exist: train the previous stage first")
+    return path
+
+
+def drop_labels(labels: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace all labels of a sample by -1 (null) with ``probability``: ``(B, K)`` -> ``(B, K)``."""
+    keep = torch.rand(labels.shape[0], generator=generator).to(labels.device) >= probability
+    return torch.where(keep[:, None], labels, torch.full_like(labels, -1))
+
+
+class AutoencoderStage:
+    """Image autoencoder: L1 reconstruction + a small KL term, on single frames."""
+
+    frames_only = True
+
+    def __init__(self, data: dict[str, Any], model: dict[str, Any], kl_weight: float = 1e-6) -> None:
+        self.data_config = _digits_config(data)
+        self.num_videos = data.get("num_videos", 20000)
+        self.vae = AutoencoderKL(**model)
+        self.kl_weight = kl_weight
+
+    def dataset(self) -> Dataset:
+        return MovingDigitsVideos(self.data_config, self.num_videos)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"vae": self.vae}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return parameters_of([self.vae])
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch["image"]
+        posterior = self.vae.encode(images).latent_dist
+        reconstruction = self.vae.decode(posterior.sample()).sample
+        l1 = F.l1_loss(reconstruction, images)
+        kl = posterior.kl().mean()
+        return l1 + self.kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
+
+    @torch.no_grad()
+    def export(self, output_dir: Path) -> None:
+        # The LDM convention: scale latents to unit variance so the diffusion prior fits them.
+        videos = [self.dataset()[index]["video"] for index in range(min(self.num_videos, 256))]
+        frames = torch.cat(videos).to(self.vae.device)
+        latents = self.vae.encode(frames).latent_dist.mode()
+        self.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        self.vae.save_pretrained(output_dir)
+
+
+class _LatentStage:
+    """Shared by the diffusion stages: a frozen autoencoder and the image model's noise schedule."""
+
+    label_dropout: float
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+
+    def _conditioning(self, labels: torch.Tensor, step: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(step)
+        return self.label_encoder(drop_labels(labels, self.label_dropout, generator))
+
+
+class ImageLDMStage(_LatentStage):
+    """Label-conditional image LDM on single frames, with label dropout for classifier-free guidance."""
+
+    frames_only = True
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        model: dict[str, Any],
+        autoencoder: str,
+        scheduler: dict[str, Any],
+        label_dropout: float = 0.1,
+        label_embedding_dim: int = 64,
+    ) -> None:
+        self.data_config = _digits_config(data)
+        self.num_videos = data.get("num_videos", 20000)
+        self.vae = AutoencoderKL.from_pretrained(_require_dir(autoencoder, "autoencoder")).requires_grad_(False)
+        self.unet = UNet2DConditionModel(**model)
+        self.label_encoder = LabelEncoder(
+            num_classes=10, max_labels=self.data_config.max_digits, embedding_dim=label_embedding_dim
+        )
+        self.noise_scheduler = DDPMScheduler(**scheduler)
+        self.objective = DiffusionObjective(self.noise_scheduler)
+        self.label_dropout = label_dropout
+
+    def dataset(self) -> Dataset:
+        return MovingDigitsVideos(self.data_config, self.num_videos)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet, "label_encoder": self.label_encoder, "vae": self.vae}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return parameters_of([self.unet, self.label_encoder])
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        latents = self._encode(batch["image"])
+        context = self._conditioning(batch["labels"], step)
+        generator = torch.Generator(latents.device).manual_seed(step)
+        loss = self.objective.loss(_ImageAsVideo(self.unet), latents[:, None], {"encoder_hidden_states": context}, generator)
+        return loss, {"loss": loss.item()}
+
+    def export(self, output_dir: Path) -> None:
+        # Saved in the pipeline-directory layout that `videoldm inflate` reads.
+        pipe = VideoLDMPipeline(
+            unet=self.unet,
+            vae=self.vae,
+            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
+            label_encoder=self.label_encoder,
+        )
+        pipe.save_pretrained(output_dir)
+
+
+class _ImageAsVideo(torch.nn.Module):
+    """Runs an image UNet on one-frame videos ``(B, 1, C, H, W)`` so the image stage shares the objective."""
+
+    def __init__(self, unet: UNet2DConditionModel) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> VideoUNetOutput:
+        return VideoUNetOutput(sample=self.unet(sample[:, 0], timestep, encoder_hidden_states).sample[:, None])
+
+
+class VideoStage(_LatentStage):
+    """Video fine-tuning: inflate the image LDM, freeze its spatial layers, train temporal layers on clips."""
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        image_model: str,
+        temporal: dict[str, Any] | None = None,
+        label_dropout: float = 0.1,
+        image_batch_fraction: float = 0.0,
+    ) -> None:
+        image_model_dir = _require_dir(image_model, "image model")
+        self.data_config = _digits_config(data)
+        self.num_videos = data.get("num_videos", 20000)
+        self.vae = AutoencoderKL.from_pretrained(image_model_dir / "vae").requires_grad_(False)
+        self.label_encoder = LabelEncoder.from_pretrained(image_model_dir / "label_encoder").requires_grad_(False)
+        image_unet = UNet2DConditionModel.from_pretrained(image_model_dir / "unet")
+        self.unet = VideoUNet.from_image_unet(image_unet, **(temporal or {})).freeze_spatial()
+        self.noise_scheduler = DDPMScheduler.from_pretrained(image_model_dir / "scheduler")
+        self.objective = DiffusionObjective(self.noise_scheduler)
+        self.label_dropout = label_dropout
+        self.image_batch_fraction = image_batch_fraction
+
+    def dataset(self) -> Dataset:
+        return MovingDigitsVideos(self.data_config, self.num_videos)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet, "label_encoder": self.label_encoder, "vae": self.vae}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.unet.temporal_parameters())
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        video = batch["video"]
+        batch_size, num_frames = video.shape[:2]
+        latents = self._encode(video.flatten(0, 1)).unflatten(0, (batch_size, num_frames))
+        context = self._conditioning(batch["labels"], step)
+        generator = torch.Generator(latents.device).manual_seed(step)
+        # A fraction of the batch trains as independent images (alpha forced to 1), as the paper
+        # allows, so the spatial prior stays what the image model learned.
+        image_videos = int(round(self.image_batch_fraction * batch_size))
+        indicator = torch.zeros(batch_size, num_frames, dtype=torch.bool, device=latents.device)
+        indicator[:image_videos] = True
+        kwargs = {"encoder_hidden_states": context, "image_only_indicator": indicator}
+        loss = self.objective.loss(self.unet, latents, kwargs, generator)
+        return loss, {"loss": loss.item()}
+
+    def export(self, output_dir: Path) -> None:
+        pipe = VideoLDMPipeline(
+            unet=self.unet,
+            vae=self.vae,
+            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
+            label_encoder=self.label_encoder,
+        )
+        pipe.save_pretrained(output_dir)
+
+
+STAGES = {"autoencoder": AutoencoderStage, "image_ldm": ImageLDMStage, "video": VideoStage}
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML: ``stage``, ``output_dir``, ``train`` and the stage's own arguments."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    for key in ("stage", "output_dir"):
+        if key not in recipe:
+            raise ValueError(f"recipe {path} has no {key!r} entry")
+    if recipe["stage"] not in STAGES:
+        raise ValueError(f"recipe {path}: unknown stage {recipe['stage']!r}; expected one of {sorted(STAGES)}")
+    return recipe
+
+
+def build_trainer(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> Trainer:
+    """A :class:`Trainer` for a recipe dict; ``overrides`` replace ``train:`` settings or ``output_dir``."""
+    recipe = dict(recipe)
+    overrides = dict(overrides or {})
+    output_dir = overrides.pop("output_dir", None) or recipe.pop("output_dir")
+    recipe.pop("output_dir", None)
+    settings = TrainSettings.from_dict({**recipe.pop("train", {}), **overrides})
+    stage_class = STAGES[recipe.pop("stage")]
+    torch.manual_seed(settings.seed)
+    try:
+        stage = stage_class(**recipe)
+    except TypeError as error:
+        raise ValueError(f"recipe arguments do not fit stage {stage_class.__name__}: {error}") from None
+    return Trainer(stage, settings, output_dir)
