@@ -44,6 +44,8 @@ def _main(
 
 def load_pipeline(model: Optional[Path]):
     """The pipeline in directory ``model``, or the embedded default model when ``model`` is None."""
+    import torch
+
     from .pipelines import VideoLDMPipeline
 
     if model is None:
@@ -54,7 +56,8 @@ def load_pipeline(model: Optional[Path]):
         raise UserError(f"model directory {model} does not exist")
     if not (model / "model_index.json").is_file():
         raise UserError(f"{model} is not a videoldm pipeline directory (no model_index.json); make one with `videoldm inflate`")
-    return VideoLDMPipeline.from_pretrained(model)
+    # Weights may be stored in half precision (the embedded model is); CPUs compute in float32.
+    return VideoLDMPipeline.from_pretrained(model, torch_dtype=torch.float32)
 
 
 @app.command()
