@@ -167,10 +167,10 @@ class TemporalDecoder(ModelMixin, ConfigMixin):
         return _move(model, vae.device, vae.dtype)
 
     def image_autoencoder(self) -> AutoencoderKL:
-        """A standalone hook-free ``AutoencoderKL`` with a copy of the spatial weights."""
+        """A standalone hook-free ``AutoencoderKL`` with a copy of the spatial weights (same device, dtype, mode)."""
         vae = AutoencoderKL.from_config(self.vae.config)
         vae.load_state_dict(self.vae.state_dict())
-        return _move(vae, self.device, self.dtype)
+        return _move(vae, self.device, self.dtype).train(self.training)
 
     # ----------------------------------------------------------------------------- parameters
     def temporal_parameters(self) -> Iterator[nn.Parameter]:
@@ -215,7 +215,7 @@ class TemporalDecoder(ModelMixin, ConfigMixin):
             posterior = self.vae.encode(frames[start : start + step]).latent_dist
             latents.append(posterior.sample(generator) if sample_posterior else posterior.mode())
         latents = (torch.cat(latents) - self._shift_factor) * self.vae.config.scaling_factor
-        return rearrange(latents, "(b t) c h w -> b t c h w", t=video.shape[1])
+        return rearrange(latents, "(b t) c h w -> b t c h w", t=video.shape[1]).contiguous()
 
     # ----------------------------------------------------------------------------- decode
     def _decode_window(
@@ -225,7 +225,9 @@ class TemporalDecoder(ModelMixin, ConfigMixin):
         if not temporal:
             # alpha == 1 exactly makes every blend return the spatial path bit for bit
             image_only_indicator = torch.ones(batch, num_frames, dtype=torch.bool, device=latents.device)
-        z = rearrange(latents, "b t c h w -> (b t) c h w").to(self.dtype)
+        # channels-last strides (e.g. straight from the encoder) reach the temporal GroupNorms as odd 5-D
+        # strides, whose backward segfaults in torch 2.13 on CPU when the input needs no gradient
+        z = rearrange(latents, "b t c h w -> (b t) c h w").to(self.dtype).contiguous()
         z = z / self.vae.config.scaling_factor + self._shift_factor
         if self.vae.post_quant_conv is not None:
             z = self.vae.post_quant_conv(z)
