@@ -8,7 +8,7 @@ distribution changes. Both are read from the image model's diffusers scheduler c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +94,3 @@ def temporal_training_step(
     optimizer.step()
     return loss.item()
 
-
-def trainable(parameters: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
-    """The parameters that require gradients."""
-    return [parameter for parameter in parameters if parameter.requires_grad]

@@ -93,6 +93,17 @@ class _LatentStage:
         generator = torch.Generator().manual_seed(step)
         return self.label_encoder(drop_labels(labels, self.label_dropout, generator))
 
+    def export(self, output_dir: Path) -> None:
+        # A pipeline directory: sampled by `videoldm generate` (video stage) or inflated by
+        # `videoldm inflate` (image stage, whose unet is a plain image UNet).
+        pipe = VideoLDMPipeline(
+            unet=self.unet,
+            vae=self.vae,
+            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
+            label_encoder=self.label_encoder,
+        )
+        pipe.save_pretrained(output_dir)
+
 
 class ImageLDMStage(_LatentStage):
     """Label-conditional image LDM on single frames, with label dropout for classifier-free guidance."""
@@ -134,16 +145,6 @@ class ImageLDMStage(_LatentStage):
         generator = torch.Generator(latents.device).manual_seed(step)
         loss = self.objective.loss(_ImageAsVideo(self.unet), latents[:, None], {"encoder_hidden_states": context}, generator)
         return loss, {"loss": loss.item()}
-
-    def export(self, output_dir: Path) -> None:
-        # Saved in the pipeline-directory layout that `videoldm inflate` reads.
-        pipe = VideoLDMPipeline(
-            unet=self.unet,
-            vae=self.vae,
-            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
-            label_encoder=self.label_encoder,
-        )
-        pipe.save_pretrained(output_dir)
 
 
 class _ImageAsVideo(torch.nn.Module):
@@ -205,16 +206,6 @@ class VideoStage(_LatentStage):
         kwargs = {"encoder_hidden_states": context, "image_only_indicator": indicator}
         loss = self.objective.loss(self.unet, latents, kwargs, generator)
         return loss, {"loss": loss.item()}
-
-    def export(self, output_dir: Path) -> None:
-        pipe = VideoLDMPipeline(
-            unet=self.unet,
-            vae=self.vae,
-            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
-            label_encoder=self.label_encoder,
-        )
-        pipe.save_pretrained(output_dir)
-
 
 STAGES = {"autoencoder": AutoencoderStage, "image_ldm": ImageLDMStage, "video": VideoStage}
 
