@@ -34,6 +34,10 @@ class FrameContext:
     encoder_hidden_states: torch.Tensor | None = None
     frame_positions: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        # Decided once per forward (one host sync) rather than in every layer.
+        self.all_image_only = bool(self.image_only_indicator is not None and self.image_only_indicator.all())
+
 
 class AlphaBlender(nn.Module):
     """Learned mix of a spatial and a temporal path: ``alpha*spatial + (1-alpha)*temporal``."""
@@ -212,6 +216,9 @@ class BlendedTemporalLayer(nn.Module):
         self, spatial: torch.Tensor, context: FrameContext, temb: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``(B*T, C, H, W)`` -> same shape: ``alpha*spatial + (1-alpha)*layer(spatial)``."""
+        if context.all_image_only:
+            # alpha is 1 for every frame, so the temporal path contributes exactly nothing: skip it.
+            return spatial
         return self.blender(spatial, self.layer(spatial, context, temb), context.image_only_indicator)
 
 
