@@ -219,7 +219,7 @@ def main() -> None:
 
     real, real_bounced = real_videos(labels)
 
-    pipe = VideoLDMPipeline.from_pretrained(embedded_model_dir(), torch_dtype=torch.float32)
+    pipe = VideoLDMPipeline.from_pretrained(embedded_model_dir(), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     common = dict(steps=args.steps, batch=args.batch, seed=args.seed, cache_dir=args.cache_dir)
     image_latents, image_time = generated_latents(pipe, labels, image_only=True, **common)

@@ -17,7 +17,7 @@ def tiny_recipe(name: str, runs: Path, steps: int = 3) -> dict:
     """The shipped recipe ``name`` shrunk to a few steps of tiny models on a few short videos."""
     recipe = load_recipe(CONFIGS / f"{name}.yaml")
     recipe["output_dir"] = str(runs / recipe["stage"])
-    for key in ("autoencoder", "image_model"):
+    for key in ("autoencoder", "image_model", "video_model"):
         if key in recipe:
             recipe[key] = str(runs / Path(recipe[key]).parent.name / "final")
     recipe["data"].update(num_videos=16, num_frames=4)
@@ -29,13 +29,16 @@ def tiny_recipe(name: str, runs: Path, steps: int = 3) -> dict:
         recipe["label_embedding_dim"] = 16
     if recipe["stage"] == "video":
         recipe["temporal"]["attention_head_dim"] = 8
+    if recipe["stage"] == "decoder":
+        recipe["discriminator"].update(base_channels=8, norm_num_groups=8)
+        recipe["disc_start"] = 1
     return recipe
 
 
 @pytest.fixture(scope="module")
 def trained_stages(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
-    for name in ("digits_autoencoder", "digits_image_ldm", "digits_video"):
+    for name in ("digits_autoencoder", "digits_image_ldm", "digits_video", "decoder_digits"):
         result = build_trainer(tiny_recipe(name, runs)).train()
         assert result.step == 3 and all(torch.isfinite(torch.tensor(v)) for v in result.logs.values())
     return runs
@@ -52,6 +55,37 @@ def test_every_recipe_runs_and_exports(trained_stages):
     assert frames.shape == (1, 3, 1, 32, 32)
 
 
+def test_decoder_stage_exports_the_video_pipeline_with_its_temporal_decoder(trained_stages):
+    from diffusers import AutoencoderKL
+
+    from videoldm import TemporalDecoder, VideoLDMPipeline
+
+    pipe = VideoLDMPipeline.from_pretrained(trained_stages / "decoder" / "final")
+    assert isinstance(pipe.vae, TemporalDecoder)
+    image_vae = AutoencoderKL.from_pretrained(trained_stages / "autoencoder" / "final")
+    spatial = pipe.vae.vae.state_dict()
+    assert all(torch.equal(spatial[key], value) for key, value in image_vae.state_dict().items())
+    trained_blend = [p for name, p in pipe.vae.temporal.named_parameters() if not name.endswith("mix_logit")]
+    assert any(p.abs().sum() > 0 for p in trained_blend), "the zero-initialised temporal layers must have trained"
+    pipe.set_progress_bar_config(disable=True)
+    for decoder in ("video", "image"):
+        frames = pipe(labels=[[1, -1]], num_frames=3, num_inference_steps=2, decoder=decoder, output_type="pt").frames
+        assert frames.shape == (1, 3, 1, 32, 32)
+
+
+def test_decoder_stage_trains_only_temporal_layers_and_discriminator(trained_stages, tmp_path):
+    recipe = tiny_recipe("decoder_digits", trained_stages, steps=2)
+    recipe["output_dir"] = str(tmp_path / "decoder")
+    trainer = build_trainer(recipe)
+    stage = trainer.stage
+    before = {name: p.detach().clone() for name, p in stage.decoder.named_parameters()}
+    discriminator_before = [p.detach().clone() for p in stage.discriminator.parameters()]
+    trainer.train()
+    changed = {name for name, p in stage.decoder.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith("temporal.") for name in changed), sorted(changed)[:5]
+    assert any(not torch.equal(a, b) for a, b in zip(stage.discriminator.parameters(), discriminator_before))
+
+
 def test_video_stage_trains_temporal_layers_only(trained_stages, tmp_path):
     recipe = tiny_recipe("digits_video", trained_stages, steps=2)
     recipe["output_dir"] = str(tmp_path / "video")
@@ -62,9 +96,10 @@ def test_video_stage_trains_temporal_layers_only(trained_stages, tmp_path):
         assert torch.equal(parameter, spatial[name]), name
 
 
-def test_resumed_run_continues_from_its_checkpoint_exactly(trained_stages, tmp_path):
+@pytest.mark.parametrize("name", ["digits_video", "decoder_digits"])
+def test_resumed_run_continues_from_its_checkpoint_exactly(trained_stages, tmp_path, name):
     def recipe(directory: str) -> dict:
-        tiny = tiny_recipe("digits_video", trained_stages, steps=4)
+        tiny = tiny_recipe(name, trained_stages, steps=4)
         tiny["output_dir"] = str(tmp_path / directory)
         return tiny
 
@@ -76,8 +111,11 @@ def test_resumed_run_continues_from_its_checkpoint_exactly(trained_stages, tmp_p
     resumed = build_trainer(recipe("resumed"))
     result = resumed.train()
     assert result.step == 4
-    for (name, a), b in zip(straight.stage.unet.temporal.named_parameters(), resumed.stage.unet.temporal.parameters()):
-        assert torch.allclose(a, b, atol=1e-6), name
+    # every module the stage checkpoints (the decoder stage's discriminator and its optimiser included)
+    for key, module in straight.stage.modules().items():
+        other = dict(resumed.stage.modules()[key].named_parameters())
+        for parameter_name, parameter in module.named_parameters():
+            assert torch.allclose(parameter, other[parameter_name], atol=1e-6), f"{key}.{parameter_name}"
 
 
 def test_recipe_errors_name_the_problem(tmp_path):

@@ -7,6 +7,8 @@ from .models import (  # noqa: E402
     LabelEncoder,
     TemporalAttention,
     TemporalConvBlock,
+    TemporalDecoder,
+    VideoDiscriminator,
     VideoUNet,
     VideoUNetOutput,
 )
@@ -17,6 +19,8 @@ __all__ = [
     "LabelEncoder",
     "TemporalAttention",
     "TemporalConvBlock",
+    "TemporalDecoder",
+    "VideoDiscriminator",
     "VideoLDMPipeline",
     "VideoLDMPipelineOutput",
     "VideoUNet",

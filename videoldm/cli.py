@@ -57,7 +57,7 @@ def load_pipeline(model: Optional[Path]):
     if not (model / "model_index.json").is_file():
         raise UserError(f"{model} is not a videoldm pipeline directory (no model_index.json); make one with `videoldm inflate`")
     # Weights may be stored in half precision (the embedded model is); CPUs compute in float32.
-    return VideoLDMPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    return VideoLDMPipeline.from_pretrained(model, dtype=torch.float32)
 
 
 @app.command()

@@ -1,6 +1,8 @@
 """torch.nn modules of Video LDM (no I/O, no training loops)."""
 
+from .autoencoder import TemporalDecoder
 from .conditioning import LabelEncoder
+from .discriminator import VideoDiscriminator
 from .temporal import AlphaBlender, BlendedTemporalLayer, FrameContext, TemporalAttention, TemporalConvBlock
 from .unet import VideoUNet, VideoUNetOutput
 
@@ -11,6 +13,8 @@ __all__ = [
     "LabelEncoder",
     "TemporalAttention",
     "TemporalConvBlock",
+    "TemporalDecoder",
+    "VideoDiscriminator",
     "VideoUNet",
     "VideoUNetOutput",
 ]

@@ -12,6 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
 
+from ..models.autoencoder import TemporalDecoder
 from ..models.conditioning import LabelEncoder
 from ..models.unet import VideoUNet
 from .sampling import denoise
@@ -76,7 +77,8 @@ class VideoLDMPipeline(DiffusionPipeline):
     @property
     def vae_scale_factor(self) -> int:
         """Pixel size of one latent cell."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        image_vae = self.vae.vae if isinstance(self.vae, TemporalDecoder) else self.vae
+        return 2 ** (len(image_vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------------- conditioning
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 Stages of the embedded model, in order (each reads the previous stage's ``final`` directory):
 ``autoencoder`` (image AutoencoderKL) -> ``image_ldm`` (label-conditional image UNet) -> ``video``
-(inflate, freeze spatial, train temporal layers on clips).
+(inflate, freeze spatial, train temporal layers on clips) -> ``decoder`` (inflate the autoencoder's
+decoder, train its temporal layers against a video discriminator; exported into the video
+pipeline as its ``vae``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from torch.utils.data import Dataset
 
 from ..data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
+from ..models.autoencoder import TemporalDecoder
 from ..models.conditioning import LabelEncoder
+from ..models.discriminator import VideoDiscriminator
 from ..models.unet import VideoUNet, VideoUNetOutput
 from ..pipelines.text_to_video import VideoLDMPipeline
+from .decoder_losses import DecoderFinetuneObjective
 from .objective import DiffusionObjective
 from .trainer import Trainer, TrainSettings, parameters_of
 
@@ -207,7 +212,87 @@ class VideoStage(_LatentStage):
         loss = self.objective.loss(self.unet, latents, kwargs, generator)
         return loss, {"loss": loss.item()}
 
-STAGES = {"autoencoder": AutoencoderStage, "image_ldm": ImageLDMStage, "video": VideoStage}
+
+class DecoderStage:
+    """Temporal decoder fine-tuning (Sec. 3.2): the image autoencoder's decoder gets temporal layers,
+    trained (the image autoencoder frozen) on clips with L1 + an adversarial term from a patch-wise
+    3D-conv :class:`VideoDiscriminator`, whose own hinge loss the trainer optimises in turn.
+
+    ``video_model`` (a pipeline directory, e.g. the video stage's ``final``) makes the export a
+    copy of that pipeline with this decoder as its ``vae``; its autoencoder must be the one
+    fine-tuned here (checked). Without it the export is the :class:`TemporalDecoder` alone.
+    """
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        autoencoder: str,
+        video_model: str | None = None,
+        temporal: dict[str, Any] | None = None,
+        discriminator: dict[str, Any] | None = None,
+        disc_start: int = 0,
+        disc_weight: float = 0.5,
+    ) -> None:
+        autoencoder_dir = _require_dir(autoencoder, "autoencoder")
+        if (autoencoder_dir / "vae").is_dir():
+            autoencoder_dir = autoencoder_dir / "vae"
+        image_vae = AutoencoderKL.from_pretrained(autoencoder_dir)
+        self.video_model = None if video_model is None else _require_dir(video_model, "video model")
+        if self.video_model is not None:
+            _check_same_autoencoder(image_vae, AutoencoderKL.from_pretrained(self.video_model / "vae"), self.video_model)
+        self.data_config = _digits_config(data)
+        self.num_videos = data.get("num_videos", 20000)
+        self.decoder = TemporalDecoder.from_autoencoder(image_vae, **(temporal or {}))
+        self.discriminator = VideoDiscriminator(in_channels=image_vae.config.out_channels, **(discriminator or {}))
+        self.objective = DecoderFinetuneObjective(
+            self.decoder, self.discriminator, disc_start=disc_start, disc_weight=disc_weight
+        )
+
+    def dataset(self) -> Dataset:
+        return MovingDigitsVideos(self.data_config, self.num_videos)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"decoder": self.decoder, "discriminator": self.discriminator}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.objective.trainable_parameters())
+
+    def discriminator_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.objective.discriminator_parameters())
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        video = batch["video"]
+        with torch.no_grad():
+            # Posterior samples, as the LDM's latents were: the decoder must handle that spread.
+            generator = torch.Generator(video.device).manual_seed(step)
+            latents = self.decoder.encode(video, sample_posterior=True, generator=generator)
+        return self.objective.generator_loss(video, latents, step)
+
+    def discriminator_loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective.discriminator_loss(batch["video"], self.objective.last_reconstruction, step)
+
+    def export(self, output_dir: Path) -> None:
+        if self.video_model is None:
+            self.decoder.save_pretrained(output_dir)
+            return
+        pipe = VideoLDMPipeline.from_pretrained(self.video_model, dtype=self.decoder.dtype)
+        pipe.register_modules(vae=self.decoder)
+        pipe.save_pretrained(output_dir)
+
+
+def _check_same_autoencoder(trained: AutoencoderKL, in_pipeline: AutoencoderKL, pipeline_dir: Path) -> None:
+    # A decoder fine-tuned for another autoencoder's latents would decode this pipeline's wrongly.
+    expected, actual = trained.state_dict(), in_pipeline.state_dict()
+    if expected.keys() != actual.keys() or any(not torch.equal(expected[k], actual[k].to(expected[k].dtype)) for k in expected):
+        raise ValueError(f"the autoencoder of {pipeline_dir} differs from the one being fine-tuned; use the same one")
+
+
+STAGES = {
+    "autoencoder": AutoencoderStage,
+    "image_ldm": ImageLDMStage,
+    "video": VideoStage,
+    "decoder": DecoderStage,
+}
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
