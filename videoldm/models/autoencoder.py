@@ -18,7 +18,7 @@ decoder. Long videos are decoded in overlapping windows of frames (:meth:`Tempor
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
@@ -31,6 +31,7 @@ from torch import nn
 from .temporal import (
     BlendedTemporalLayer,
     FrameContext,
+    InflatedModelMixin,
     TemporalAttention,
     TemporalConvBlock,
     TemporalInflation,
@@ -106,7 +107,7 @@ def window_weights(windows: list[tuple[int, int]]) -> list[torch.Tensor]:
     return weights
 
 
-class TemporalDecoder(ModelMixin, ConfigMixin):
+class TemporalDecoder(InflatedModelMixin, ModelMixin, ConfigMixin):
     """Image ``AutoencoderKL`` with a video decoder. Public tensors are ``(B, T, C, H, W)``.
 
     Latents are scaled like the image LDM's: ``(z - shift_factor) * scaling_factor`` (shift 0 when
@@ -118,6 +119,8 @@ class TemporalDecoder(ModelMixin, ConfigMixin):
     ``self.vae``'s decoder has temporal hooks and runs only inside :meth:`decode`; use
     :meth:`image_autoencoder` for a standalone image VAE.
     """
+
+    spatial_attribute = "vae"
 
     @register_to_config
     def __init__(
@@ -173,16 +176,6 @@ class TemporalDecoder(ModelMixin, ConfigMixin):
         return _move(vae, self.device, self.dtype).train(self.training)
 
     # ----------------------------------------------------------------------------- parameters
-    def temporal_parameters(self) -> Iterator[nn.Parameter]:
-        """The trainable video parameters: temporal layers and their blend logits."""
-        return self.temporal.parameters()
-
-    def freeze_spatial(self) -> "TemporalDecoder":
-        """Stop gradients to the whole image autoencoder (encoder and spatial decoder)."""
-        self.vae.requires_grad_(False)
-        self.temporal.requires_grad_(True)
-        return self
-
     def last_layer_weight(self) -> nn.Parameter:
         """Weight of the last trainable layer (the output 3D conv), for the GAN's adaptive weight."""
         return self.temporal[temporal_key(OUTPUT_LAYER_PATH)][0].layer.conv.weight

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -284,3 +285,28 @@ class TemporalInflation(nn.ModuleDict):
             return _replace_main_output(output, hidden_states)
 
         return hook
+
+
+class InflatedModelMixin:
+    """Parameter handling shared by models made of a spatial network plus a :class:`TemporalInflation`.
+
+    The model keeps its image network in the attribute named by ``spatial_attribute`` and its
+    temporal layers in ``self.temporal``; the paper trains the latter only.
+    """
+
+    spatial_attribute: str
+    temporal: TemporalInflation
+
+    def temporal_parameters(self) -> Iterator[nn.Parameter]:
+        """The trainable video parameters: temporal layers and their blend logits."""
+        return self.temporal.parameters()
+
+    def spatial_parameters(self) -> Iterator[nn.Parameter]:
+        """The image network's parameters."""
+        return getattr(self, self.spatial_attribute).parameters()
+
+    def freeze_spatial(self):
+        """Stop gradients to the image network; the temporal layers stay trainable. Returns ``self``."""
+        getattr(self, self.spatial_attribute).requires_grad_(False)
+        self.temporal.requires_grad_(True)
+        return self

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
@@ -29,6 +29,7 @@ from torch import nn
 from .temporal import (
     BlendedTemporalLayer,
     FrameContext,
+    InflatedModelMixin,
     TemporalAttention,
     TemporalConvBlock,
     TemporalInflation,
@@ -72,7 +73,7 @@ def expand_timesteps(timestep: torch.Tensor | float | int, batch: int, num_frame
     )
 
 
-class VideoUNet(ModelMixin, ConfigMixin):
+class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
     """An image UNet plus temporal layers; ``forward`` maps ``(B, T, C, H, W)`` to the same shape.
 
     Options: ``temporal_kinds`` picks the layer kinds (``"conv"``, ``"attention"``);
@@ -82,6 +83,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+
+    spatial_attribute = "unet"
 
     @register_to_config
     def __init__(
@@ -145,20 +148,6 @@ class VideoUNet(ModelMixin, ConfigMixin):
         return self.unet.config
 
     # ----------------------------------------------------------------------------- parameters
-    def temporal_parameters(self) -> Iterator[nn.Parameter]:
-        """The trainable video parameters: temporal layers and their blend logits."""
-        return self.temporal.parameters()
-
-    def spatial_parameters(self) -> Iterator[nn.Parameter]:
-        """The image UNet's parameters."""
-        return self.unet.parameters()
-
-    def freeze_spatial(self) -> "VideoUNet":
-        """Stop gradients to the image UNet (the paper trains the temporal layers only)."""
-        self.unet.requires_grad_(False)
-        self.temporal.requires_grad_(True)
-        return self
-
     def temporal_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict of the temporal layers alone (keys without the ``temporal.`` prefix)."""
         return self.temporal.state_dict()
