@@ -74,10 +74,16 @@ def test_decoder_stage_exports_the_video_pipeline_with_its_temporal_decoder(trai
 
 
 def test_decoder_stage_trains_only_temporal_layers_and_discriminator(trained_stages, tmp_path):
+    from videoldm.training.perceptual import PerceptualLoss
+
+    vgg16 = {f"features.{key}": value for key, value in PerceptualLoss().features.state_dict().items()}
+    torch.save(vgg16, tmp_path / "vgg16.pth")
     recipe = tiny_recipe("decoder_digits", trained_stages, steps=2)
     recipe["output_dir"] = str(tmp_path / "decoder")
+    recipe["perceptual"] = {"vgg16_weights": str(tmp_path / "vgg16.pth"), "weight": 0.5}
     trainer = build_trainer(recipe)
     stage = trainer.stage
+    assert stage.perceptual_loss is not None
     before = {name: p.detach().clone() for name, p in stage.decoder.named_parameters()}
     discriminator_before = [p.detach().clone() for p in stage.discriminator.parameters()]
     trainer.train()

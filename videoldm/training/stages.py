@@ -26,6 +26,7 @@ from ..models.unet import VideoUNet, VideoUNetOutput
 from ..pipelines.text_to_video import VideoLDMPipeline
 from .decoder_losses import DecoderFinetuneObjective
 from .objective import DiffusionObjective
+from .perceptual import PerceptualLoss
 from .trainer import Trainer, TrainSettings, parameters_of
 
 
@@ -221,6 +222,8 @@ class DecoderStage:
     ``video_model`` (a pipeline directory, e.g. the video stage's ``final``) makes the export a
     copy of that pipeline with this decoder as its ``vae``; its autoencoder must be the one
     fine-tuned here (checked). Without it the export is the :class:`TemporalDecoder` alone.
+    ``perceptual`` (``{vgg16_weights: path, lpips_weights: path (optional), weight: 1.0}``) adds
+    an LPIPS-style term (:class:`~videoldm.training.perceptual.PerceptualLoss`) from local weights.
     """
 
     def __init__(
@@ -232,6 +235,7 @@ class DecoderStage:
         discriminator: dict[str, Any] | None = None,
         disc_start: int = 0,
         disc_weight: float = 0.5,
+        perceptual: dict[str, Any] | None = None,
     ) -> None:
         autoencoder_dir = _require_dir(autoencoder, "autoencoder")
         if (autoencoder_dir / "vae").is_dir():
@@ -244,8 +248,16 @@ class DecoderStage:
         self.num_videos = data.get("num_videos", 20000)
         self.decoder = TemporalDecoder.from_autoencoder(image_vae, **(temporal or {}))
         self.discriminator = VideoDiscriminator(in_channels=image_vae.config.out_channels, **(discriminator or {}))
+        perceptual = dict(perceptual or {})
+        perceptual_weight = float(perceptual.pop("weight", 1.0))
+        self.perceptual_loss = PerceptualLoss.from_files(**perceptual) if perceptual else None
         self.objective = DecoderFinetuneObjective(
-            self.decoder, self.discriminator, disc_start=disc_start, disc_weight=disc_weight
+            self.decoder,
+            self.discriminator,
+            disc_start=disc_start,
+            disc_weight=disc_weight,
+            perceptual_loss=self.perceptual_loss,
+            perceptual_weight=perceptual_weight,
         )
 
     def dataset(self) -> Dataset:
@@ -262,6 +274,9 @@ class DecoderStage:
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         video = batch["video"]
+        if self.perceptual_loss is not None:
+            # a fixed metric network: not a trained module, so the trainer neither moves nor checkpoints it
+            self.perceptual_loss.to(video.device)
         with torch.no_grad():
             # Posterior samples, as the LDM's latents were: the decoder must handle that spread.
             generator = torch.Generator(video.device).manual_seed(step)
