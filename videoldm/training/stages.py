@@ -48,19 +48,26 @@ def drop_labels(labels: torch.Tensor, probability: float, generator: torch.Gener
     return torch.where(keep[:, None], labels, torch.full_like(labels, -1))
 
 
-class AutoencoderStage:
+class _DigitsDataStage:
+    """Shared by every stage: the moving-digits videos described by the recipe's ``data:`` section."""
+
+    def _use_data(self, data: dict[str, Any]) -> None:
+        self.data_config = _digits_config(data)
+        self.num_videos = data.get("num_videos", 20000)
+
+    def dataset(self) -> Dataset:
+        return MovingDigitsVideos(self.data_config, self.num_videos)
+
+
+class AutoencoderStage(_DigitsDataStage):
     """Image autoencoder: L1 reconstruction + a small KL term, on single frames."""
 
     frames_only = True
 
     def __init__(self, data: dict[str, Any], model: dict[str, Any], kl_weight: float = 1e-6) -> None:
-        self.data_config = _digits_config(data)
-        self.num_videos = data.get("num_videos", 20000)
+        self._use_data(data)
         self.vae = AutoencoderKL(**model)
         self.kl_weight = kl_weight
-
-    def dataset(self) -> Dataset:
-        return MovingDigitsVideos(self.data_config, self.num_videos)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"vae": self.vae}
@@ -86,7 +93,7 @@ class AutoencoderStage:
         self.vae.save_pretrained(output_dir)
 
 
-class _LatentStage:
+class _LatentStage(_DigitsDataStage):
     """Shared by the diffusion stages: a frozen autoencoder and the image model's noise schedule."""
 
     label_dropout: float
@@ -125,8 +132,7 @@ class ImageLDMStage(_LatentStage):
         label_dropout: float = 0.1,
         label_embedding_dim: int = 64,
     ) -> None:
-        self.data_config = _digits_config(data)
-        self.num_videos = data.get("num_videos", 20000)
+        self._use_data(data)
         self.vae = AutoencoderKL.from_pretrained(_require_dir(autoencoder, "autoencoder")).requires_grad_(False)
         self.unet = UNet2DConditionModel(**model)
         self.label_encoder = LabelEncoder(
@@ -135,9 +141,6 @@ class ImageLDMStage(_LatentStage):
         self.noise_scheduler = DDPMScheduler(**scheduler)
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
-
-    def dataset(self) -> Dataset:
-        return MovingDigitsVideos(self.data_config, self.num_videos)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet, "label_encoder": self.label_encoder, "vae": self.vae}
@@ -178,8 +181,7 @@ class VideoStage(_LatentStage):
         image_batch_fraction: float = 0.0,
     ) -> None:
         image_model_dir = _require_dir(image_model, "image model")
-        self.data_config = _digits_config(data)
-        self.num_videos = data.get("num_videos", 20000)
+        self._use_data(data)
         self.vae = AutoencoderKL.from_pretrained(image_model_dir / "vae").requires_grad_(False)
         self.label_encoder = LabelEncoder.from_pretrained(image_model_dir / "label_encoder").requires_grad_(False)
         image_unet = UNet2DConditionModel.from_pretrained(image_model_dir / "unet")
@@ -188,9 +190,6 @@ class VideoStage(_LatentStage):
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
         self.image_batch_fraction = image_batch_fraction
-
-    def dataset(self) -> Dataset:
-        return MovingDigitsVideos(self.data_config, self.num_videos)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet, "label_encoder": self.label_encoder, "vae": self.vae}
@@ -214,7 +213,7 @@ class VideoStage(_LatentStage):
         return loss, {"loss": loss.item()}
 
 
-class DecoderStage:
+class DecoderStage(_DigitsDataStage):
     """Temporal decoder fine-tuning (Sec. 3.2): the image autoencoder's decoder gets temporal layers,
     trained (the image autoencoder frozen) on clips with L1 + an adversarial term from a patch-wise
     3D-conv :class:`VideoDiscriminator`, whose own hinge loss the trainer optimises in turn.
@@ -244,8 +243,7 @@ class DecoderStage:
         self.video_model = None if video_model is None else _require_dir(video_model, "video model")
         if self.video_model is not None:
             _check_same_autoencoder(image_vae, AutoencoderKL.from_pretrained(self.video_model / "vae"), self.video_model)
-        self.data_config = _digits_config(data)
-        self.num_videos = data.get("num_videos", 20000)
+        self._use_data(data)
         self.decoder = TemporalDecoder.from_autoencoder(image_vae, **(temporal or {}))
         self.discriminator = VideoDiscriminator(in_channels=image_vae.config.out_channels, **(discriminator or {}))
         perceptual = dict(perceptual or {})
@@ -259,9 +257,6 @@ class DecoderStage:
             perceptual_loss=self.perceptual_loss,
             perceptual_weight=perceptual_weight,
         )
-
-    def dataset(self) -> Dataset:
-        return MovingDigitsVideos(self.data_config, self.num_videos)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"decoder": self.decoder, "discriminator": self.discriminator}
