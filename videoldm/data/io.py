@@ -10,13 +10,21 @@ of the public ``(B, T, C, H, W)`` convention); on disk it is one of:
   with few colours, quantised otherwise). GIF delays are whole 1/100 s, so the per-frame delays are
   rounded and alternate where needed (12 fps -> 8, 9, 8, ... cs) to keep the average rate.
 - a folder (a path without extension, or ending with ``/``): lossless ``frame_00000.png``, ...
-  Folders store no frame rate; readers assume ``fps`` (default 8).
+  Folders store no frame rate; readers assume ``fps`` (default 8). A frame folder must be new or
+  empty, so frames of an earlier video never mix with the new ones.
+
+Writing is atomic: the video is written under a temporary name beside its destination and renamed
+into place when complete, so an interrupted run never leaves a half-written video (an existing file
+at the destination is replaced only then).
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
+import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +39,9 @@ from PIL import Image, UnidentifiedImageError
 __all__ = [
     "VideoClip",
     "VideoReadError",
+    "atomic_output",
+    "check_creatable",
+    "check_video_output",
     "from_uint8",
     "read_video",
     "to_uint8",
@@ -73,29 +84,84 @@ def from_uint8(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def check_creatable(path: str | os.PathLike[str]) -> None:
+    """Raise ValueError unless ``path`` can be created: its nearest existing ancestor is a writable directory."""
+    out = Path(path)
+    existing = next(p for p in out.absolute().parents if p.exists())  # the root always exists
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {out}: directory {existing} is not writable")
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path to write a file or directory at; it replaces ``path`` when the block completes.
+
+    The temporary name is hidden, on the same file system (so the rename is atomic), keeps the
+    extension (FFmpeg picks the container from it) and gets the usual permissions. If the block
+    fails or is interrupted, the temporary is removed and ``path`` is left as it was. An existing
+    ``path`` is replaced if it is a file or an empty directory.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{out.suffix}")
+    try:
+        yield staging
+        if staging.is_dir() and out.is_dir():
+            out.rmdir()  # a rename cannot replace a directory, even an empty one
+        os.replace(staging, out)
+    except BaseException:
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)
+        raise
+
+
+def check_video_output(path: str | os.PathLike[str]) -> str:
+    """Validate a destination for :func:`write_video` without writing anything; returns its kind.
+
+    The kind is ``".mp4"``, ``".gif"`` or ``"folder"``. Raises ValueError for an unknown extension,
+    a file where a frame folder is wanted (or a directory where a file is wanted), a non-empty frame
+    folder, or a location that cannot be created (:func:`check_creatable`).
+    """
+    kind = _write_kind(path)
+    out = Path(path)
+    if kind == "folder":
+        if out.is_file():
+            raise ValueError(f"{out} is a file; a folder of PNG frames needs a new or empty directory")
+        if out.is_dir() and any(out.iterdir()):
+            raise ValueError(f"{out} is a non-empty directory; PNG frames need a new or empty folder")
+    elif out.is_dir():
+        raise ValueError(f"{out} is a directory; expected a {kind} file path")
+    check_creatable(out)
+    return kind
+
+
 def write_video(
     frames: torch.Tensor | np.ndarray, path: str | os.PathLike[str], fps: float = 8.0, *, crf: int = 18
 ) -> Path:
-    """Write one video; the format follows the path (see the module docstring). Returns the path.
+    """Write one video atomically; the format follows the path (see the module docstring). Returns the path.
 
     ``frames``: torch ``(T, C, H, W)`` float in [-1, 1] or numpy ``(T, H, W, C)`` uint8, C in {1, 3}.
     ``crf``: H.264 quality for ``.mp4`` (0 lossless luma, 18 visually lossless, 23 x264 default).
-    Parent directories are created.
+    Parent directories are created; an existing file is replaced, a frame folder must be new or empty.
     """
-    kind = _write_kind(path)
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    kind = check_video_output(path)
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be positive and finite, got {fps}")
     pixels = _as_rgb_uint8(frames)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if kind == ".mp4":
-        _write_mp4(pixels, out, fps, crf)
-    elif kind == ".gif":
-        _write_gif(pixels, out, fps)
-    else:
-        out.mkdir(exist_ok=True)
-        for i, frame in enumerate(pixels):
-            Image.fromarray(frame).save(out / f"frame_{i:05d}.png")
+    with atomic_output(out) as staging:
+        if kind == ".mp4":
+            _write_mp4(pixels, staging, fps, crf)
+        elif kind == ".gif":
+            _write_gif(pixels, staging, fps)
+        else:
+            staging.mkdir()
+            for i, frame in enumerate(pixels):
+                Image.fromarray(frame).save(staging / f"frame_{i:05d}.png")
     return out
 
 
