@@ -29,6 +29,7 @@ from ..data.cache import FramesOfVideos, build_cache
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
 @dataclass
@@ -50,6 +51,21 @@ class TrainSettings:
     num_workers: int = 1
     cache_data: bool = False
     discriminator_learning_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        at_least = {"steps": 1, "batch_size": 1, "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1,
+                    "warmup_steps": 0, "weight_decay": 0, "grad_clip": 0, "seed": 0, "num_workers": 0}
+        for name, minimum in at_least.items():
+            if not getattr(self, name) >= minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
+        for name in ("learning_rate", "discriminator_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":

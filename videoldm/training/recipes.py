@@ -1,0 +1,126 @@
+"""Recipe files: find them (a path, or a recipe bundled with the package by name), parse and check them.
+
+A recipe is a YAML mapping: ``stage`` (one of :data:`~videoldm.training.stages.STAGES`),
+``output_dir``, an optional ``train:`` section (:class:`~videoldm.training.trainer.TrainSettings`)
+and the stage's own arguments. Every key and the type of every value are checked against the
+stage's signature here, so a typo or a wrongly typed value is one :class:`RecipeError` naming the
+file and the key, before any model is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class RecipeError(ValueError):
+    """A recipe is missing, not valid YAML, or has unknown, missing or wrongly typed entries."""
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package (``videoldm train NAME`` finds them)."""
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+
+
+def resolve_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` itself if it is a file, else the bundled recipe of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = RECIPES_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") and bundled.is_file():
+        return bundled
+    raise RecipeError(
+        f"{name_or_path}: no such recipe file, nor a bundled recipe of that name (bundled: {', '.join(bundled_recipes())})"
+    )
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a parameter annotation (containers are checked by kind, not element)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is not None:
+        hint = origin
+    if hint in (list, tuple, Sequence):
+        return isinstance(value, (list, tuple))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def check_arguments(function: Callable[..., Any], values: dict[str, Any], where: str) -> None:
+    """Raise :class:`RecipeError` unless ``values`` are keyword arguments ``function`` accepts, with fitting types."""
+    parameters = {
+        name: parameter
+        for name, parameter in inspect.signature(function).parameters.items()
+        if name != "self" and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+    hints = typing.get_type_hints(function)
+    unknown = sorted(set(values) - set(parameters))
+    if unknown:
+        raise RecipeError(f"{where}: unknown entries {unknown}; expected some of {sorted(parameters)}")
+    missing = sorted(name for name, p in parameters.items() if p.default is p.empty and name not in values)
+    if missing:
+        raise RecipeError(f"{where}: missing entries {missing}")
+    for name, value in values.items():
+        hint = hints.get(name, Any)
+        if not _matches(value, hint):
+            raise RecipeError(f"{where}: {name} must be {_describe(hint)}, got {value!r}")
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read and check a recipe YAML; returns its mapping (``stage``, ``output_dir``, ``train``, stage arguments)."""
+    from .stages import STAGES
+    from .trainer import TrainSettings
+
+    path = Path(path)
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "malformed"
+        raise RecipeError(f"{path}: not valid YAML ({problem}{where})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file") from None
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{path}: expected a mapping of recipe entries, got {type(recipe).__name__}")
+    for key in ("stage", "output_dir"):
+        if key not in recipe:
+            raise RecipeError(f"{path}: no {key!r} entry")
+    if recipe["stage"] not in STAGES:
+        raise RecipeError(f"{path}: unknown stage {recipe['stage']!r}; expected one of {sorted(STAGES)}")
+    if not isinstance(recipe["output_dir"], str):
+        raise RecipeError(f"{path}: output_dir must be a path, got {recipe['output_dir']!r}")
+    train = recipe.get("train", {})
+    if not isinstance(train, dict):
+        raise RecipeError(f"{path}: train must be a mapping of settings, got {train!r}")
+    check_arguments(TrainSettings, train, f"{path}: train")
+    try:
+        TrainSettings(**train)
+    except ValueError as error:
+        raise RecipeError(f"{path}: train: {error}") from None
+    stage_arguments = {key: value for key, value in recipe.items() if key not in ("stage", "output_dir", "train")}
+    check_arguments(STAGES[recipe["stage"]].__init__, stage_arguments, str(path))
+    return recipe
