@@ -151,6 +151,8 @@ HOSTILE = [
       "--real", "clip.mp4"], "--label 12"),
     (["evaluate", "--fake", "gen", "--generate", "2", "--model", "{image}", "--metrics", "fid", "--real", "clip.mp4"],
      "inflate"),
+    (["evaluate", "--fake", "gen", "--generate", "20", "--batch-size", "2", "--seed", str(2**63 - 5),
+      "--metrics", "fid", "--real", "clip.mp4"], "--seed"),
     # anything
     (["no-such-command"], "no-such-command"),
 ]

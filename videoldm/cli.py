@@ -379,6 +379,9 @@ def evaluate(
     if generate is not None:
         if fake.exists() and not fake.is_dir():
             raise UserError(f"--fake {fake} must be a directory with --generate")
+        last_seed = seed + math.ceil(generate / batch_size) - 1
+        if last_seed > MAX_SEED:
+            raise UserError(f"--seed {seed}: batch k uses seed + k, which passes {MAX_SEED} (torch's largest seed)")
         info = inspect_model(model)
         check_conditioning(info, prompt, label, prompt_is_conditioning=False)
         check_steps(info, steps)
