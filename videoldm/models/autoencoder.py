@@ -4,7 +4,9 @@ The paper fine-tunes only the decoder on video so that decoding latents frame by
 flicker; the encoder stays the image encoder, so latents of the image LDM remain valid. The whole
 ``AutoencoderKL`` is kept as ``self.vae`` with its module tree and state-dict keys untouched
 (``vae.<AutoencoderKL key>``); the temporal layers live in ``self.temporal`` and run through
-forward hooks on the decoder's modules:
+forward hooks on the decoder's modules (:class:`~videoldm.models.temporal.TemporalHook` objects
+that follow deep copies and pickle with the model; the frame context is set only while a window
+is decoded, and gradient checkpointing recomputes with the context of its own forward):
 
 * after every decoder ResNet block (mid block and up blocks): a :class:`TemporalConvBlock`;
 * after the mid-block attention (``mid_attention``): a :class:`TemporalAttention`;
@@ -117,8 +119,11 @@ class TemporalDecoder(InflatedModelMixin, ModelMixin, ConfigMixin):
     attention; ``alpha_init`` is the initial ``alpha = sigmoid(m)`` of every blender.
 
     ``self.vae``'s decoder has temporal hooks and runs only inside :meth:`decode`; use
-    :meth:`image_autoencoder` for a standalone image VAE.
+    :meth:`image_autoencoder` for a standalone image VAE. :meth:`enable_gradient_checkpointing`
+    checkpoints the encoder's and decoder's blocks.
     """
+
+    _supports_gradient_checkpointing = True
 
     spatial_attribute = "vae"
 
@@ -224,13 +229,9 @@ class TemporalDecoder(InflatedModelMixin, ModelMixin, ConfigMixin):
         z = z / self.vae.config.scaling_factor + self._shift_factor
         if self.vae.post_quant_conv is not None:
             z = self.vae.post_quant_conv(z)
-        self.temporal.frame_context = FrameContext(num_frames=num_frames, image_only_indicator=image_only_indicator)
-        try:
-            # the decoder is called directly: AutoencoderKL.decode's slicing would split the video
-            pixels = self.vae.decoder(z)
-        finally:
-            # a stale context would silently apply the wrong T to a later call of the spatial VAE
-            self.temporal.frame_context = None
+        context = FrameContext(num_frames=num_frames, image_only_indicator=image_only_indicator)
+        # the decoder is called directly: AutoencoderKL.decode's slicing would split the video
+        pixels = self.temporal.run_in_context(context, self.vae.decoder, z)
         return rearrange(pixels, "(b t) c h w -> b t c h w", t=num_frames)
 
     def decode(

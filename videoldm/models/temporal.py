@@ -7,16 +7,27 @@ Every temporal layer follows a spatial layer and is mixed with it by an :class:`
 This is the one blending convention of the whole project (the public peers use both directions).
 Temporal layers are residual with a zero-initialised last projection, so ``temporal(x) == x`` at
 initialisation and an inflated model reproduces its image model exactly, whatever alpha is.
+
+How the layers are attached: a :class:`TemporalInflation` holds the temporal layers and registers
+one forward hook (a :class:`TemporalHook` object, not a closure) on each spatial module they
+follow; the hook holds the owning ``TemporalInflation`` and a key, so ``copy.deepcopy`` of the
+whole model maps it to the copy's own layers and ``torch.save(model)`` can pickle it. The video
+model sets a :class:`FrameContext` only for the duration of its forward
+(:meth:`TemporalInflation.run_in_context`); gradient-checkpoint recomputation during backward gets
+the context of its own forward from :class:`FrameContextCheckpoint`, so no tensors stay on the
+model between forwards.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from functools import partial
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -25,7 +36,7 @@ from torch import nn
 class FrameContext:
     """What temporal layers need to know about the video batch being processed.
 
-    Spatial layers only see ``(B*T, C, H, W)``; the owning model sets this before each forward so
+    Spatial layers only see ``(B*T, C, H, W)``; the owning model sets this during each forward so
     temporal layers can recover ``(B, T)``. ``encoder_hidden_states`` is per video ``(B, L, D)``;
     ``image_only_indicator`` is ``(B, T)`` bool; ``frame_positions`` is ``(T,)``.
     """
@@ -246,22 +257,54 @@ def _main_output(output) -> torch.Tensor:
     return output.sample
 
 
+_Result = TypeVar("_Result")
+
+
+class TemporalHook:
+    """Forward hook running ``inflation[key]``'s temporal layers on one spatial module's output.
+
+    An object rather than a closure: ``copy.deepcopy`` of the whole model maps ``inflation`` to the
+    copy's own temporal layers (through the copy's memo), and pickling finds the class by name.
+    """
+
+    def __init__(self, inflation: "TemporalInflation", key: str) -> None:
+        self.inflation = inflation
+        self.key = key
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Replace the main output ``(B*T, C, H, W)`` by the blended temporal layers' output."""
+        context = self.inflation.frame_context
+        if context is None:
+            raise RuntimeError(
+                "frame_context is not set: call the video model, not its spatial network, and enable "
+                "gradient checkpointing on the video model, not on its spatial network"
+            )
+        temb = args[1] if len(args) > 1 else kwargs.get("temb")
+        hidden_states = _main_output(output)
+        for layer in self.inflation[self.key]:
+            hidden_states = layer(hidden_states, context, temb)
+        return _replace_main_output(output, hidden_states)
+
+
 class TemporalInflation(nn.ModuleDict):
     """Temporal layers attached after spatial modules of a frozen image network, by forward hooks.
 
     The spatial network keeps its exact module tree (so its state-dict keys are unchanged); this
     dict maps :func:`temporal_key` of a spatial module path to an ``nn.ModuleList`` of temporal
-    layers applied in order after that module. The owner sets :attr:`frame_context`
-    for every forward; it stays set afterwards so gradient-checkpoint recomputation sees it too.
+    layers applied in order after that module, by a :class:`TemporalHook`. :attr:`frame_context`
+    is set only while the owner's forward (:meth:`run_in_context`) or a checkpointed recomputation
+    (:class:`FrameContextCheckpoint`) runs; it is None otherwise.
     """
 
     def __init__(self, layers: dict[str, list[BlendedTemporalLayer]]) -> None:
         super().__init__({key: nn.ModuleList(value) for key, value in layers.items()})
         self.frame_context: FrameContext | None = None
-        self._hook_handles: list = []
+        # Pickled and deep-copied with the model: a handle's state names the hook dict it removes
+        # from, and unpickling advances torch's hook-id counter past it, so later hooks never collide.
+        self._hook_handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def attach(self, spatial_root: nn.Module) -> None:
-        """Register hooks on ``spatial_root``'s modules named by the temporal-layer keys."""
+        """Register hooks on ``spatial_root``'s modules named by the temporal-layer keys (replacing earlier ones)."""
         for handle in self._hook_handles:
             handle.remove()
         modules = {temporal_key(name): module for name, module in spatial_root.named_modules()}
@@ -269,29 +312,53 @@ class TemporalInflation(nn.ModuleDict):
         if missing:
             raise ValueError(f"spatial network has no modules for temporal layers {missing[:5]}")
         self._hook_handles = [
-            modules[key].register_forward_hook(self._make_hook(key), with_kwargs=True)
-            for key in self.keys()
+            modules[key].register_forward_hook(TemporalHook(self, key), with_kwargs=True) for key in self.keys()
         ]
 
-    def _make_hook(self, key: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output):
-            context = self.frame_context
-            if context is None:
-                raise RuntimeError("frame_context is not set: call the video model, not its spatial network")
-            temb = args[1] if len(args) > 1 else kwargs.get("temb")
-            hidden_states = _main_output(output)
-            for layer in self[key]:
-                hidden_states = layer(hidden_states, context, temb)
-            return _replace_main_output(output, hidden_states)
+    def run_in_context(
+        self, context: FrameContext | None, function: Callable[..., _Result], *args: Any, **kwargs: Any
+    ) -> _Result:
+        """Call ``function(*args, **kwargs)`` with :attr:`frame_context` set to ``context``, restored after."""
+        previous, self.frame_context = self.frame_context, context
+        try:
+            return function(*args, **kwargs)
+        finally:
+            # The context holds the batch's conditioning tensors: keeping it would pin them in memory
+            # and hand a stale (B, T) to any later direct call of the spatial network.
+            self.frame_context = previous
 
-        return hook
+
+class FrameContextCheckpoint:
+    """diffusers' ``gradient_checkpointing_func`` for a spatial network with temporal hooks.
+
+    Non-reentrant checkpointing recomputes a block during backward, after the forward has cleared
+    :attr:`TemporalInflation.frame_context`. The context current at forward time is bound into the
+    checkpointed function, so the recomputation sees the context of its own forward (even when
+    other forwards ran in between), and the context lives exactly as long as the autograd graph
+    that may recompute it. ``checkpoint_function`` is a user's ``(module, *args)`` function;
+    by default ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``.
+    """
+
+    def __init__(
+        self, inflation: TemporalInflation, checkpoint_function: Callable[..., Any] | None = None
+    ) -> None:
+        self.inflation = inflation
+        self.checkpoint_function = checkpoint_function
+
+    def __call__(self, module: nn.Module, *args: Any) -> Any:
+        """Run ``module(*args)`` checkpointed, with this forward's frame context."""
+        bound = partial(self.inflation.run_in_context, self.inflation.frame_context, module)
+        if self.checkpoint_function is None:
+            return torch.utils.checkpoint.checkpoint(bound, *args, use_reentrant=False)
+        return self.checkpoint_function(bound, *args)
 
 
 class InflatedModelMixin:
     """Parameter handling shared by models made of a spatial network plus a :class:`TemporalInflation`.
 
     The model keeps its image network in the attribute named by ``spatial_attribute`` and its
-    temporal layers in ``self.temporal``; the paper trains the latter only.
+    temporal layers in ``self.temporal``; the paper trains the latter only. Gradient checkpointing
+    goes through :class:`FrameContextCheckpoint`.
     """
 
     spatial_attribute: str
@@ -310,3 +377,7 @@ class InflatedModelMixin:
         getattr(self, self.spatial_attribute).requires_grad_(False)
         self.temporal.requires_grad_(True)
         return self
+
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func: Callable[..., Any] | None = None) -> None:
+        """diffusers' gradient checkpointing of the spatial blocks, recomputing them with their frame context."""
+        super().enable_gradient_checkpointing(FrameContextCheckpoint(self.temporal, gradient_checkpointing_func))

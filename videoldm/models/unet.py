@@ -2,9 +2,13 @@
 
 The image UNet is kept whole as ``self.unet`` and sees the video as a batch of images
 ``(B*T, C, H, W)``. After every spatial ResNet block a :class:`TemporalConvBlock` and after every
-spatial attention/transformer block a :class:`TemporalAttention` is attached (by forward hooks, so
-the image UNet's module tree and state-dict keys are untouched), each blended with the spatial
-output through its own :class:`AlphaBlender`.
+spatial attention/transformer block a :class:`TemporalAttention` is attached, each blended with the
+spatial output through its own :class:`AlphaBlender`. The layers live in ``self.temporal`` and run
+through forward hooks on the UNet's modules (:class:`~videoldm.models.temporal.TemporalHook`
+objects that follow deep copies and pickle with the model), so the image UNet's module tree and
+state-dict keys are untouched. The frame context is set only during :meth:`VideoUNet.forward`;
+:meth:`VideoUNet.enable_gradient_checkpointing` makes recomputation in backward use the context
+of its own forward.
 """
 
 from __future__ import annotations
@@ -237,7 +241,7 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 f"image_only_indicator must be ({batch}, {num_frames}), got {tuple(image_only_indicator.shape)}"
             )
-        self.temporal.frame_context = FrameContext(
+        context = FrameContext(
             num_frames=num_frames,
             image_only_indicator=image_only_indicator,
             encoder_hidden_states=encoder_hidden_states,
@@ -246,7 +250,9 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         # Latents from an AutoencoderKL can come channels-last strided; torch 2.13's CPU backward
         # through the temporal layers crashes (segfault) on such input, so normalise the layout.
         frames = rearrange(sample, "b t c h w -> (b t) c h w").contiguous()
-        output = self.unet(
+        output = self.temporal.run_in_context(
+            context,
+            self.unet,
             frames,
             expand_timesteps(timestep, batch, num_frames, sample.device),
             _repeat_per_frame(encoder_hidden_states, num_frames),
