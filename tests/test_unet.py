@@ -196,11 +196,22 @@ def test_timestep_shapes_and_errors():
         video(sample[0], 1, context)
 
 
+def _recomputation_counter(video: VideoUNet) -> list[int]:
+    """Counts calls of the first ResNet's temporal layer: one per forward, one more per recomputation."""
+    calls = [0]
+    first_resnet = next(key for key in video.temporal.keys() if "__resnets__" in key)
+    # a pre-hook: recomputation stops as soon as the last needed tensor is saved, before the layer returns
+    video.temporal[first_resnet][0].register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
-    video = VideoUNet.from_image_unet(tiny_image_unet())
+    # cross-attention UNet: the temporal attention after each transformer block reads the text conditioning
+    video = VideoUNet.from_image_unet(tiny_image_unet(cross_attention=True))
     randomize_temporal(video)
     video.freeze_spatial().train()
     sample, context = _inputs(1, 3)
+    calls = _recomputation_counter(video)
 
     def temporal_grads():
         video.zero_grad()
@@ -208,6 +219,34 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return [p.grad.clone() for p in video.temporal_parameters()]
 
     plain = temporal_grads()
+    assert calls[0] == 1
     video.enable_gradient_checkpointing()
     checkpointed = temporal_grads()
+    assert calls[0] == 3, "the first temporal layer's block is recomputed in backward"
+    assert video.temporal.frame_context is None
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+
+
+def test_gradient_checkpointing_recomputes_with_the_context_of_its_own_forward():
+    video = VideoUNet.from_image_unet(tiny_image_unet(cross_attention=True))
+    randomize_temporal(video)
+    video.freeze_spatial().train()
+    first, second = _inputs(1, 3), _inputs(2, 2, seed=1)
+    indicator = torch.tensor([[True, False], [True, True]])
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        # two forwards (other B, T, conditioning and image-only frames) before either backward, as
+        # when two losses share one backward: each recomputation must see its own forward's context
+        return (
+            video(first[0], 50, first[1]).sample.square().mean(),
+            video(second[0], 50, second[1], image_only_indicator=indicator).sample.square().mean(),
+        )
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        return torch.autograd.grad(loss, list(video.temporal_parameters()))
+
+    plain = [grads(loss) for loss in losses()]
+    video.enable_gradient_checkpointing()
+    checkpointed = [grads(loss) for loss in losses()]
+    for expected, actual in zip(plain, checkpointed):
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(expected, actual))
