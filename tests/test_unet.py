@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CROSS_ATTENTION_DIM, randomize_temporal, tiny_image_unet
+from conftest import CROSS_ATTENTION_DIM, randomize_temporal, tiny_image_unet, tiny_vae
 
-from videoldm import VideoUNet
+from videoldm import TemporalDecoder, VideoUNet
 from videoldm.models.unet import SPATIAL_PREFIX, TEMPORAL_PREFIX
 from videoldm.training.objective import DiffusionObjective, temporal_training_step
 from diffusers import DDPMScheduler
@@ -250,3 +250,17 @@ def test_gradient_checkpointing_recomputes_with_the_context_of_its_own_forward()
     checkpointed = [grads(loss) for loss in losses()]
     for expected, actual in zip(plain, checkpointed):
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(expected, actual))
+
+
+@pytest.mark.parametrize("options", [
+    {"conv_kernel_size": (2, 1, 1)}, {"conv_kernel_size": (3, 0, 3)}, {"conv_kernel_size": (3, 3)},
+    {"temporal_kinds": []}, {"temporal_kinds": ["conv", "warp"]},
+])
+def test_bad_temporal_options_are_refused(options):
+    with pytest.raises(ValueError, match="kernel_size|temporal_kinds"):
+        VideoUNet.from_image_unet(tiny_image_unet(), **options)
+
+
+def test_decoder_refuses_even_kernel():
+    with pytest.raises(ValueError, match="kernel_size"):
+        TemporalDecoder.from_autoencoder(tiny_vae(), kernel_size=(3, 4, 3))

@@ -37,6 +37,7 @@ from .temporal import (
     TemporalAttention,
     TemporalConvBlock,
     TemporalInflation,
+    same_padding,
     temporal_key,
 )
 
@@ -58,7 +59,7 @@ class TemporalOutputConv(nn.Module):
 
     def __init__(self, channels: int, kernel_size: Sequence[int] = (3, 3, 3)) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, tuple(kernel_size), padding=tuple(k // 2 for k in kernel_size))
+        self.conv = nn.Conv3d(channels, channels, tuple(kernel_size), padding=same_padding(kernel_size))
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -177,6 +177,15 @@ class TemporalAttention(nn.Module):
         return hidden_states + x
 
 
+def same_padding(kernel_size: Sequence[int]) -> tuple[int, ...]:
+    """Padding that keeps every dimension of a ``(t, h, w)`` convolution; the sizes must be odd and positive."""
+    kernel_size = tuple(kernel_size)
+    if len(kernel_size) != 3 or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernel_size):
+        # An even size cannot be padded symmetrically: the output would gain a frame (or a pixel).
+        raise ValueError(f"kernel_size must be three odd positive integers (t, h, w), got {kernel_size}")
+    return tuple(k // 2 for k in kernel_size)
+
+
 class TemporalConvBlock(nn.Module):
     """Residual block of (GroupNorm, SiLU, Conv3d) x2 with the diffusion-time embedding in between.
 
@@ -192,7 +201,7 @@ class TemporalConvBlock(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        padding = tuple(k // 2 for k in kernel_size)
+        padding = same_padding(kernel_size)
         self.norm1 = _group_norm(channels)
         self.conv1 = nn.Conv3d(channels, channels, kernel_size, padding=padding)
         self.time_proj = nn.Linear(temb_channels, channels) if temb_channels else None

@@ -102,8 +102,8 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         unknown = set(temporal_kinds) - set(TEMPORAL_KINDS)
-        if unknown:
-            raise ValueError(f"unknown temporal_kinds {sorted(unknown)}; expected a subset of {TEMPORAL_KINDS}")
+        if unknown or not temporal_kinds:
+            raise ValueError(f"temporal_kinds must be a non-empty subset of {TEMPORAL_KINDS}, got {list(temporal_kinds)}")
         self.unet = UNet2DConditionModel.from_config(_public_config(unet_config))
         self.temporal = TemporalInflation(self._plan_temporal_layers())
         self.temporal.attach(self.unet)
