@@ -149,8 +149,11 @@ class VideoLDMPipeline(DiffusionPipeline):
         """Generate ``num_videos`` videos of ``num_frames`` frames.
 
         ``image_only=True`` forces every alpha to 1: the image LDM sampled frame by frame, the
-        paper's baseline. ``latents`` (optional) is the initial noise ``(B, T, c, h, w)``.
-        ``frames`` follows diffusers' ``output_type`` conventions.
+        paper's baseline. ``latents`` (optional) is the initial unit-variance noise ``(B, T, c, h, w)``
+        (the scheduler's ``init_noise_sigma`` is applied after its timesteps are set).
+        ``frames`` follows diffusers' ``output_type`` conventions. ``callback_on_step_end`` runs
+        after every scheduler step (``len(scheduler.timesteps)`` times: more than
+        ``num_inference_steps`` for Heun, KDPM2 and PNDM).
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -182,18 +185,17 @@ class VideoLDMPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device) * self.scheduler.init_noise_sigma
 
         latents = denoise(
             self.unet,
             self.scheduler,
-            latents,
+            latents.to(device),
             conditional,
             unconditional,
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
             generator=generator,
-            progress=lambda steps: self.progress_bar(steps),
+            progress_bar=self.progress_bar,
             callback_on_step_end=callback_on_step_end,
         )
         if output_type == "latent":
