@@ -1,5 +1,9 @@
 """CLIP-SIM: text-video agreement as the mean cosine similarity of CLIP frame and prompt embeddings.
 
+This is CLIPSIM as defined by Wu et al. (GODIVA, 2021) and reported by Video LDM and Make-A-Video:
+the average over frames of the cosine of each frame's and the caption's CLIP embedding, unscaled
+(Video LDM's 0.2929 on MSR-VTT), not CLIPScore's ``w * max(cos, 0)``.
+
 The CLIP model is read from a local directory (``CLIPModel.save_pretrained`` layout with its
 tokenizer files), never downloaded. Frames are resized (shorter side) and centre-cropped to the
 vision tower's input size and normalised with the OpenAI CLIP statistics, unless the directory's
@@ -49,8 +53,9 @@ def _clip_pixels(frames: torch.Tensor, size: int, mean: tuple[float, ...], std: 
     if frames.shape[1] == 1:
         frames = frames.expand(-1, 3, -1, -1)
     h, w = frames.shape[-2:]
-    scale = size / min(h, w)
-    resized = (max(size, round(h * scale)), max(size, round(w * scale)))
+    # The long side truncated, as CLIP's own processors (transformers, torchvision) compute it.
+    long_side = int(size * max(h, w) / min(h, w))
+    resized = (size, long_side) if h <= w else (long_side, size)
     frames = F.interpolate(frames.float(), size=resized, mode="bicubic", align_corners=False, antialias=True)
     top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
     frames = frames[..., top:top + size, left:left + size]

@@ -30,16 +30,17 @@ C3D_RESOLUTION = 112
 def inception_score_from_probs(probs: torch.Tensor | np.ndarray, splits: int = 10) -> tuple[float, float]:
     """Inception Score of class probabilities (N, K): exp E_x[KL(p(y|x) || p(y))].
 
-    The samples are cut into ``splits`` equal consecutive parts (the remainder is dropped); returns
-    the mean and standard deviation of the per-part scores, in float64.
+    The samples are cut into ``splits`` consecutive parts at ``i * N // splits`` (every sample is
+    used, parts differ in size by at most one, as in Salimans et al.'s reference code); returns the
+    mean and (population) standard deviation of the per-part scores, in float64.
     """
     p = probs.detach().cpu().double().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs, np.float64)
-    if p.ndim != 2 or p.shape[0] < splits:
-        raise ValueError(f"probs must be (N, K) with N >= splits={splits}, got shape {p.shape}")
-    part = p.shape[0] // splits
+    if p.ndim != 2 or not 1 <= splits <= p.shape[0]:
+        raise ValueError(f"probs must be (N, K) with N >= splits={splits} >= 1, got shape {p.shape}")
+    n = p.shape[0]
     scores = []
     for i in range(splits):
-        chunk = p[i * part:(i + 1) * part]
+        chunk = p[i * n // splits:(i + 1) * n // splits]
         marginal = chunk.mean(axis=0, keepdims=True)
         # 0 * log 0 = 0: where p is zero the term vanishes.
         kl = np.where(chunk > 0, chunk * (np.log(np.clip(chunk, 1e-300, None)) - np.log(np.clip(marginal, 1e-300, None))), 0.0)
