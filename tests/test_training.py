@@ -8,6 +8,8 @@ import pytest
 import torch
 import yaml
 
+from videoldm.training.recipes import RecipeError
+from videoldm.training.recipes import load_recipe as load_checked_recipe
 from videoldm.training.stages import build_trainer, load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -136,10 +138,25 @@ def test_recipe_errors_name_the_problem(tmp_path):
         build_trainer(recipe)
 
 
-def test_embedded_model_generates_a_digit_video(tmp_path):
-    from videoldm.cli import load_pipeline
+def test_video_stage_refuses_unknown_entries_such_as_image_batch_fraction(tmp_path):
+    # image_batch_fraction was removed: with frozen spatial layers, image-only samples (alpha forced
+    # to 1) give the temporal layers no gradient. A recipe still naming it must say so, not train.
+    recipe = load_recipe(CONFIGS / "digits_video.yaml")
+    recipe["image_batch_fraction"] = 0.5
+    with pytest.raises(ValueError, match="do not fit stage VideoStage.*'image_batch_fraction'"):
+        build_trainer(recipe)
+    path = tmp_path / "video.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(RecipeError, match=r"video\.yaml: unknown entries \['image_batch_fraction'\]"):
+        load_checked_recipe(path)
 
-    pipe = load_pipeline(None)
+
+def test_embedded_model_generates_a_digit_video():
+    from videoldm import VideoLDMPipeline
+    from videoldm.embedded import embedded_model_dir
+
+    # The shipped weights are half precision; CPUs compute in float32.
+    pipe = VideoLDMPipeline.from_pretrained(embedded_model_dir(), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     frames = pipe(labels=[[7, -1]], num_frames=4, num_inference_steps=3, guidance_scale=2.0,
                   generator=torch.Generator().manual_seed(0), output_type="pt").frames

@@ -178,7 +178,6 @@ class VideoStage(_LatentStage):
         image_model: str,
         temporal: dict[str, Any] | None = None,
         label_dropout: float = 0.1,
-        image_batch_fraction: float = 0.0,
     ) -> None:
         image_model_dir = _require_dir(image_model, "image model")
         self._use_data(data)
@@ -189,7 +188,6 @@ class VideoStage(_LatentStage):
         self.noise_scheduler = DDPMScheduler.from_pretrained(image_model_dir / "scheduler")
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
-        self.image_batch_fraction = image_batch_fraction
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet, "label_encoder": self.label_encoder, "vae": self.vae}
@@ -203,12 +201,9 @@ class VideoStage(_LatentStage):
         latents = self._encode(video.flatten(0, 1)).unflatten(0, (batch_size, num_frames))
         context = self._conditioning(batch["labels"], step)
         generator = torch.Generator(latents.device).manual_seed(step)
-        # A fraction of the batch trains as independent images (alpha forced to 1), as the paper
-        # allows, so the spatial prior stays what the image model learned.
-        image_videos = int(round(self.image_batch_fraction * batch_size))
-        indicator = torch.zeros(batch_size, num_frames, dtype=torch.bool, device=latents.device)
-        indicator[:image_videos] = True
-        kwargs = {"encoder_hidden_states": context, "image_only_indicator": indicator}
+        # No image-only samples (alpha forced to 1) are mixed in: with the spatial layers frozen they
+        # would give the temporal layers no gradient, only cost compute.
+        kwargs = {"encoder_hidden_states": context}
         loss = self.objective.loss(self.unet, latents, kwargs, generator)
         return loss, {"loss": loss.item()}
 
