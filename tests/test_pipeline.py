@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_temporal, tiny_image_unet, tiny_scheduler, tiny_vae
+from conftest import CROSS_ATTENTION_DIM, randomize_temporal, tiny_image_unet, tiny_scheduler, tiny_vae
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 
+import videoldm.pipelines.text_to_video as text_to_video
 from videoldm import LabelEncoder, VideoLDMPipeline, VideoUNet
 from videoldm.data.io import read_video, write_video
+from videoldm.pipelines import VideoLDMPipelineOutput, decode_latents
 from videoldm.pipelines.sampling import guided_prediction
 
 
@@ -21,6 +27,37 @@ def tiny_pipeline(cross_attention: bool = True) -> VideoLDMPipeline:
     pipe = VideoLDMPipeline(unet=unet, vae=tiny_vae(), scheduler=tiny_scheduler(), label_encoder=label_encoder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_text_pipeline(directory) -> VideoLDMPipeline:
+    """A pipeline with a tiny random CLIP text encoder and a letters-only tokenizer written to ``directory``."""
+    transformers = pytest.importorskip("transformers")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {c: i for i, c in enumerate(letters)} | {c + "</w>": 26 + i for i, c in enumerate(letters)}
+    bos, eos = len(vocab), len(vocab) + 1
+    vocab |= {"<|startoftext|>": bos, "<|endoftext|>": eos}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.CLIPTokenizer(
+        str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=8)
+    torch.manual_seed(0)
+    config = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=CROSS_ATTENTION_DIM, intermediate_size=32,
+                                         num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=8,
+                                         bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    text_encoder = transformers.CLIPTextModel(config).eval()
+    unet = VideoUNet.from_image_unet(tiny_image_unet())
+    randomize_temporal(unet)
+    pipe = VideoLDMPipeline(unet=unet, vae=tiny_vae(), scheduler=tiny_scheduler(), text_encoder=text_encoder,
+                            tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def unet_batch_sizes(pipe) -> list[int]:
+    """The batch size of every UNet call of ``pipe`` from now on (2B for a guided step)."""
+    sizes: list[int] = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    return sizes
 
 
 def _generate(pipe, seed=0, **kwargs):
@@ -145,3 +182,102 @@ def test_generate_writes_a_playable_mp4(tmp_path):
     assert clip.frames.shape == (6, 3, 16, 16) and clip.fps == pytest.approx(10)
     again = _generate(pipe, num_frames=6)[0] * 2 - 1
     assert torch.equal(frames, again)
+
+
+@pytest.mark.parametrize("labels", [None, [[-1, -1]]], ids=["no-labels", "null-labels"])
+def test_guidance_without_labels_is_one_unet_pass_per_step(labels):
+    pipe = tiny_pipeline()
+    sizes = unet_batch_sizes(pipe)
+    guided = _generate(pipe, labels=labels, guidance_scale=3.0)
+    assert sizes == [1] * 3
+    assert torch.equal(guided, _generate(pipe, labels=labels, guidance_scale=1.0))
+    sizes.clear()
+    _generate(pipe, labels=[[4, -1]], guidance_scale=3.0)
+    assert sizes == [2] * 3
+
+
+def test_text_guidance_is_skipped_when_prompt_equals_negative_prompt(tmp_path):
+    pipe = tiny_text_pipeline(tmp_path)
+    sizes = unet_batch_sizes(pipe)
+    for prompt, negative in [(None, None), ("", None), ("abc", "abc")]:
+        sizes.clear()
+        guided = _generate(pipe, prompt=prompt, negative_prompt=negative, guidance_scale=3.0)
+        assert sizes == [1] * 3
+        assert torch.equal(guided, _generate(pipe, prompt=prompt, negative_prompt=negative, guidance_scale=1.0))
+    sizes.clear()
+    _generate(pipe, prompt="abc", guidance_scale=3.0)
+    assert sizes == [2] * 3
+
+
+def test_conditioning_the_model_cannot_use_is_refused(tmp_path):
+    label_model, text_model = tiny_pipeline(), tiny_text_pipeline(tmp_path)
+    unconditional = tiny_pipeline(cross_attention=False)
+    with pytest.raises(ValueError, match="label-conditional: it has no text encoder; pass labels instead of a prompt"):
+        _generate(label_model, prompt="a three")
+    with pytest.raises(ValueError, match="label-conditional: it has no text encoder; it takes no negative prompt"):
+        _generate(label_model, labels=[[3, -1]], negative_prompt="a four")
+    with pytest.raises(ValueError, match="text-conditional: it has no label encoder; pass a prompt instead of labels"):
+        _generate(text_model, labels=[[3, -1]])
+    with pytest.raises(ValueError, match="unconditional: it has no text encoder; it takes no negative prompt"):
+        _generate(unconditional, negative_prompt="blurry")
+    with pytest.raises(ValueError, match="unconditional: it has no label encoder; it takes no labels"):
+        _generate(unconditional, labels=[[3]])
+
+
+def test_decode_latents_honours_shift_factor():
+    vae = tiny_vae()
+    vae.register_to_config(scaling_factor=0.5, shift_factor=0.25)
+    latents = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = vae.decode(latents[0] / 0.5 + 0.25).sample.clamp(-1, 1)
+        assert torch.allclose(decode_latents(vae, latents)[0], expected, atol=1e-6)
+        vae.register_to_config(shift_factor=None)
+        unshifted = vae.decode(latents[0] / 0.5).sample.clamp(-1, 1)
+        assert torch.allclose(decode_latents(vae, latents)[0], unshifted, atol=1e-6)
+
+
+@pytest.mark.parametrize("force_upcast", [True, False])
+def test_float16_vae_decodes_in_float32_when_force_upcast(force_upcast):
+    vae = tiny_vae().half()
+    vae.register_to_config(force_upcast=force_upcast)
+    float32_vae = copy.deepcopy(vae).float()
+    latents = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    with torch.no_grad():
+        pixels = decode_latents(vae, latents)
+        in_float32 = decode_latents(float32_vae, latents).half()
+    assert pixels.dtype == torch.float16 and vae.dtype == torch.float16
+    assert torch.equal(pixels, in_float32) == force_upcast
+
+
+def test_pipeline_output_is_a_dataclass():
+    frames = torch.zeros(1, 2, 3, 16, 16)
+    output = VideoLDMPipelineOutput(frames=frames)
+    assert dataclasses.is_dataclass(output) and [field.name for field in dataclasses.fields(output)] == ["frames"]
+    assert output.frames is frames and output[0] is frames and output["frames"] is frames
+    assert output.to_tuple() == (frames,)
+    pipe = tiny_pipeline(cross_attention=False)
+    assert torch.equal(_generate(pipe), pipe(num_frames=4, num_inference_steps=3, output_type="pt",
+                                             generator=torch.Generator().manual_seed(0), return_dict=False)[0])
+
+
+@pytest.mark.parametrize("guidance_scale", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_guidance_scale_is_refused_before_sampling(guidance_scale):
+    pipe = tiny_pipeline()
+    sizes = unet_batch_sizes(pipe)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        _generate(pipe, labels=[[3, -1]], guidance_scale=guidance_scale)
+    assert sizes == []
+
+
+@pytest.mark.parametrize("output_type", ["pt", "latent"])
+def test_non_finite_latents_are_an_error_before_decoding(output_type, monkeypatch):
+    pipe = tiny_pipeline(cross_attention=False)
+    decoded = []
+    monkeypatch.setattr(text_to_video, "decode_latents", lambda *args: decoded.append(args))
+
+    def poison(step_index, timestep, latents):
+        return torch.full_like(latents, float("nan")) if step_index == 1 else None
+
+    with pytest.raises(ValueError, match=r"non-finite latents \(NaN or inf\)"):
+        _generate(pipe, output_type=output_type, callback_on_step_end=poison)
+    assert decoded == []

@@ -37,7 +37,8 @@ def guided_prediction(
     """Model output for ``latents (B, T, C, H, W)`` with guidance ``u + s * (c - u)`` when ``s != 1``.
 
     Both branches run in one batch. Guidance scale 1 returns the conditional output exactly and 0
-    the unconditional one exactly.
+    the unconditional one exactly. ``unconditional=None`` means the branches are the same (or there
+    is no guidance): one pass, the conditional output.
     """
     if unconditional is None or guidance_scale == 1.0:
         return unet(latents, timestep, **conditional).sample
@@ -71,7 +72,7 @@ def denoise(
 
     The noise is scaled by ``scheduler.init_noise_sigma`` after ``set_timesteps``, since for
     sigma-based schedulers (Euler, LMS, Heun, KDPM2, ...) that scale depends on the first timestep.
-    Returns the denoised latents ``(B, T, C, H, W)``.
+    Returns the denoised latents ``(B, T, C, H, W)``; raises ``ValueError`` if they are not finite.
 
     Second-order schedulers (Heun, KDPM2) and PNDM's Runge-Kutta warm-up evaluate the model more
     than once per step: ``callback_on_step_end`` runs after every ``scheduler.step``, with
@@ -99,4 +100,9 @@ def denoise(
     finally:
         if bar is not None:
             bar.close()
+    if not torch.isfinite(latents).all():
+        raise ValueError(
+            "sampling produced non-finite latents (NaN or inf); check guidance_scale, the scheduler's "
+            "settings, and the model's weights and dtype (float16 can overflow)"
+        )
     return latents

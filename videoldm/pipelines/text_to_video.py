@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -20,6 +22,7 @@ from .sampling import denoise
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+@dataclass
 class VideoLDMPipelineOutput(BaseOutput):
     """``frames``: PIL lists per video, ``np`` ``(B, T, H, W, C)`` / ``pt`` ``(B, T, C, H, W)`` in [0, 1], or latents."""
 
@@ -31,16 +34,34 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, chunk_size: int 
 
     A :class:`~videoldm.models.autoencoder.TemporalDecoder` decodes with its temporal layers
     (``decoder="video"``) or as the image decoder (``decoder="image"``); a plain ``AutoencoderKL``
-    always decodes frame by frame.
+    always decodes frame by frame, unscaling with ``z / scaling_factor + shift_factor`` and, like
+    diffusers' Stable Diffusion pipelines, in float32 when it is float16 with ``force_upcast``
+    (its weights are float16 again afterwards; pixels come back in the VAE's dtype).
     """
     if decoder not in ("video", "image"):
         raise ValueError(f"decoder must be 'video' or 'image', got {decoder!r}")
     if isinstance(vae, AutoencoderKL):
-        frames = rearrange(latents, "b t c h w -> (b t) c h w") / vae.config.scaling_factor
-        decoded = torch.cat([vae.decode(chunk).sample for chunk in frames.split(chunk_size)])
-        return rearrange(decoded, "(b t) c h w -> b t c h w", b=latents.shape[0]).clamp(-1, 1)
+        return _decode_image_vae(vae, latents, chunk_size)
     overlap = min(chunk_size // 4, max(chunk_size - 1, 0))
     return vae.decode(latents, chunk_size=chunk_size, overlap=overlap, temporal=decoder == "video").clamp(-1, 1)
+
+
+def _decode_image_vae(vae: AutoencoderKL, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    dtype = vae.dtype
+    # float16 AutoencoderKL decoders can overflow to NaN; force_upcast marks those diffusers upcasts.
+    upcast = dtype == torch.float16 and vae.config.force_upcast
+    decode_dtype = torch.float32 if upcast else dtype
+    frames = rearrange(latents.to(decode_dtype), "b t c h w -> (b t) c h w")
+    frames = frames / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    if upcast:
+        # nn.Module.to: ModelMixin.to logs a float32-modules warning on every dtype cast.
+        torch.nn.Module.to(vae, decode_dtype)
+    try:
+        decoded = torch.cat([vae.decode(chunk).sample for chunk in frames.split(chunk_size)])
+    finally:
+        if upcast:
+            torch.nn.Module.to(vae, dtype)
+    return rearrange(decoded.to(dtype), "(b t) c h w -> b t c h w", b=latents.shape[0]).clamp(-1, 1)
 
 
 class VideoLDMPipeline(DiffusionPipeline):
@@ -101,26 +122,44 @@ class VideoLDMPipeline(DiffusionPipeline):
         negative_prompt: str | list[str] | None,
         labels: torch.Tensor | list | None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Return (conditional, unconditional) ``encoder_hidden_states`` ``(B, L, D)`` (or ``None``)."""
+        """Return (conditional, unconditional) ``encoder_hidden_states`` ``(B, L, D)`` (or ``None``).
+
+        The unconditional states are ``None`` when both guidance branches would be the same (no
+        labels, all-null labels, or each prompt equal to its negative prompt), so sampling runs one
+        UNet pass per step instead of two. Conditioning the model cannot use is a ``ValueError``.
+        """
         if prompt is not None and labels is not None:
             raise ValueError("give a prompt or labels, not both")
-        if self.text_encoder is not None:
+        kind = "text-conditional" if self.text_encoder is not None else (
+            "label-conditional" if self.label_encoder is not None else "unconditional")
+        if self.text_encoder is None and (prompt is not None or negative_prompt is not None):
+            if prompt is None:
+                advice = "it takes no negative prompt"
+            else:
+                advice = "pass labels instead of a prompt" if self.label_encoder is not None else "it takes no prompt"
+            raise ValueError(f"this pipeline is {kind}: it has no text encoder; {advice}")
+        if self.label_encoder is None and labels is not None:
+            advice = "pass a prompt instead of labels" if self.text_encoder is not None else "it takes no labels"
+            raise ValueError(f"this pipeline is {kind}: it has no label encoder; {advice}")
+        if self.text_encoder is not None and labels is None:
             prompts = [prompt or ""] * batch if not isinstance(prompt, list) else prompt
             negatives = [negative_prompt or ""] * batch if not isinstance(negative_prompt, list) else negative_prompt
             if len(prompts) != batch or len(negatives) != batch:
                 raise ValueError(f"expected {batch} prompts, got {len(prompts)} and {len(negatives)} negative")
-            return self.encode_prompt(prompts), self.encode_prompt(negatives)
+            conditional = self.encode_prompt(prompts)
+            return conditional, None if negatives == prompts else self.encode_prompt(negatives)
         if self.label_encoder is not None:
             device = self._execution_device
+            null = self.label_encoder.null_labels(batch, device)
             if labels is None:
-                labels = self.label_encoder.null_labels(batch, device)
+                labels = null
             labels = torch.as_tensor(labels, device=device).long()
             labels = labels.reshape(batch, -1) if labels.numel() == batch or labels.ndim == 2 else labels
             if labels.shape[0] != batch:
                 raise ValueError(f"expected labels for {batch} videos, got shape {tuple(labels.shape)}")
-            return self.label_encoder(labels), self.label_encoder(self.label_encoder.null_labels(batch, device))
-        if prompt is not None or labels is not None:
-            raise ValueError("this pipeline is unconditional: it has neither a text encoder nor a label encoder")
+            conditional = self.label_encoder(labels)
+            # -1 is the null label: all-null labels are the unconditional branch itself.
+            return conditional, None if bool((labels < 0).all()) else self.label_encoder(null)
         return None, None
 
     # ------------------------------------------------------------------------- sampling
@@ -153,8 +192,11 @@ class VideoLDMPipeline(DiffusionPipeline):
         (the scheduler's ``init_noise_sigma`` is applied after its timesteps are set).
         ``frames`` follows diffusers' ``output_type`` conventions. ``callback_on_step_end`` runs
         after every scheduler step (``len(scheduler.timesteps)`` times: more than
-        ``num_inference_steps`` for Heun, KDPM2 and PNDM).
+        ``num_inference_steps`` for Heun, KDPM2 and PNDM). Non-finite sampled latents are a
+        ``ValueError``.
         """
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if num_frames < 1 or num_inference_steps < 1:
