@@ -75,7 +75,7 @@ def main() -> None:
     vae = VideoLDMPipeline.from_pretrained(model_dir, dtype=torch.float32).vae
     if not isinstance(vae, TemporalDecoder):
         raise SystemExit(f"{model_dir} has no temporal decoder (its vae is {type(vae).__name__}): train one with "
-                         "`videoldm train configs/decoder_digits.yaml`")
+                         "`videoldm train decoder_digits`")
     real = held_out_clips(args.num_clips)
     latents = torch.cat([vae.encode(chunk) for chunk in real.split(32)])
 

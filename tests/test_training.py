@@ -8,11 +8,10 @@ import pytest
 import torch
 import yaml
 
-from videoldm.training.recipes import RecipeError
-from videoldm.training.recipes import load_recipe as load_checked_recipe
-from videoldm.training.stages import build_trainer, load_recipe
+from videoldm.training.recipes import RECIPES_DIR, RecipeError, load_recipe
+from videoldm.training.stages import build_trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = RECIPES_DIR
 
 
 def tiny_recipe(name: str, runs: Path, steps: int = 3) -> dict:
@@ -131,7 +130,7 @@ def test_recipe_errors_name_the_problem(tmp_path):
     bad.write_text(yaml.safe_dump({"stage": "nonsense", "output_dir": "x"}))
     with pytest.raises(ValueError, match="nonsense"):
         load_recipe(bad)
-    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+    with pytest.raises(RecipeError, match="missing.yaml"):
         load_recipe(tmp_path / "missing.yaml")
     recipe = tiny_recipe("digits_video", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="train the previous stage first"):
@@ -148,7 +147,7 @@ def test_video_stage_refuses_unknown_entries_such_as_image_batch_fraction(tmp_pa
     path = tmp_path / "video.yaml"
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(RecipeError, match=r"video\.yaml: unknown entries \['image_batch_fraction'\]"):
-        load_checked_recipe(path)
+        load_recipe(path)
 
 
 def test_embedded_model_generates_a_digit_video():

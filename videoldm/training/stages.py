@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch.utils.data import Dataset
 
@@ -298,20 +297,6 @@ STAGES = {
     "video": VideoStage,
     "decoder": DecoderStage,
 }
-
-
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe YAML: ``stage``, ``output_dir``, ``train`` and the stage's own arguments."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} does not exist")
-    recipe = yaml.safe_load(path.read_text()) or {}
-    for key in ("stage", "output_dir"):
-        if key not in recipe:
-            raise ValueError(f"recipe {path} has no {key!r} entry")
-    if recipe["stage"] not in STAGES:
-        raise ValueError(f"recipe {path}: unknown stage {recipe['stage']!r}; expected one of {sorted(STAGES)}")
-    return recipe
 
 
 def build_trainer(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> Trainer:
