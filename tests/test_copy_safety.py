@@ -159,16 +159,14 @@ def test_decoder_keeps_no_tensors_between_decodes():
     assert alive() is None
 
 
-def test_torch_compile_matches_eager():
+@pytest.mark.parametrize("backend", [
     # aot_eager traces (dynamo) and functionalises (AOTAutograd) like inductor, without its slow C++ build
+    "aot_eager",
+    # 60 s on 2 CPU cores with a cold inductor cache (16 s warm), nearly all code generation
+    pytest.param("inductor", marks=pytest.mark.slow),
+])
+def test_torch_compile_matches_eager(backend):
     model = _video_unet()
-    compiled = torch.compile(model, backend="aot_eager")
+    compiled = torch.compile(model, backend=backend)
     torch.testing.assert_close(_run_unet(compiled), _run_unet(model), atol=1e-5, rtol=0)
     assert model.temporal.frame_context is None
-
-
-@pytest.mark.slow  # 60 s on 2 CPU cores with a cold inductor cache (16 s warm), nearly all code generation
-def test_torch_compile_inductor_matches_eager():
-    model = _video_unet()
-    compiled = torch.compile(model, backend="inductor")
-    torch.testing.assert_close(_run_unet(compiled), _run_unet(model), atol=1e-5, rtol=0)
