@@ -16,7 +16,7 @@ import videoldm.pipelines.text_to_video as text_to_video
 from videoldm import LabelEncoder, VideoLDMPipeline, VideoUNet
 from videoldm.data.io import read_video, write_video
 from videoldm.pipelines import VideoLDMPipelineOutput, decode_latents
-from videoldm.pipelines.sampling import guided_prediction
+from videoldm.pipelines.sampling import Guidance, guided_prediction
 
 
 def tiny_pipeline(cross_attention: bool = True) -> VideoLDMPipeline:
@@ -114,9 +114,9 @@ def test_guidance_scale_one_is_conditional_zero_is_unconditional():
     with torch.no_grad():
         conditional = pipe.unet(latents, 10, **cond).sample
         unconditional = pipe.unet(latents, 10, **uncond).sample
-        assert torch.equal(guided_prediction(pipe.unet, latents, torch.tensor(10), cond, uncond, 1.0), conditional)
-        assert torch.equal(guided_prediction(pipe.unet, latents, torch.tensor(10), cond, uncond, 0.0), unconditional)
-        guided = guided_prediction(pipe.unet, latents, torch.tensor(10), cond, uncond, 3.0)
+        for scale, expected in ((1.0, conditional), (0.0, unconditional)):
+            assert torch.equal(guided_prediction(pipe.unet, latents, torch.tensor(10), cond, [Guidance(uncond, scale)]), expected)
+        guided = guided_prediction(pipe.unet, latents, torch.tensor(10), cond, [Guidance(uncond, 3.0)])
     assert torch.allclose(guided, unconditional + 3.0 * (conditional - unconditional), atol=1e-5)
 
 

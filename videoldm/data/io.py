@@ -25,7 +25,7 @@ import math
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -46,6 +46,7 @@ __all__ = [
     "read_video",
     "to_uint8",
     "video_info",
+    "video_writer",
     "write_video",
 ]
 
@@ -148,21 +149,66 @@ def write_video(
     ``crf``: H.264 quality for ``.mp4`` (0 lossless luma, 18 visually lossless, 23 x264 default).
     Parent directories are created; an existing file is replaced, a frame folder must be new or empty.
     """
+    with video_writer(path, fps, crf=crf) as write:
+        write(frames)
+    return Path(path)
+
+
+@contextmanager
+def video_writer(
+    path: str | os.PathLike[str], fps: float = 8.0, *, crf: int = 18
+) -> Iterator[Callable[[torch.Tensor | np.ndarray], None]]:
+    """Write a video piece by piece, e.g. as a long rollout makes its frames; atomic like :func:`write_video`.
+
+    Yields ``write(frames)``, taking frames as :func:`write_video` does; call it any number of
+    times. ``.mp4`` and frame folders are written as the frames come (memory flat in the length);
+    ``.gif`` needs one palette for all frames, so its frames are kept until the end. The file
+    appears at ``path`` only when the block completes; at least one frame must have been written.
+    """
     kind = check_video_output(path)
     if not (fps > 0 and math.isfinite(fps)):
         raise ValueError(f"fps must be positive and finite, got {fps}")
-    pixels = _as_rgb_uint8(frames)
-    out = Path(path)
-    with atomic_output(out) as staging:
+    written = 0
+    with atomic_output(Path(path)) as staging:
         if kind == ".mp4":
-            _write_mp4(pixels, staging, fps, crf)
+            with av.open(str(staging), "w", options={"movflags": "+faststart"}) as container:
+                stream = None
+
+                def write(frames: torch.Tensor | np.ndarray) -> None:
+                    nonlocal stream, written
+                    pixels = _as_rgb_uint8(frames)
+                    if stream is None:
+                        stream = _add_h264_stream(container, pixels.shape[1:3], fps, crf)
+                    for frame in _pad_to_even(pixels):
+                        container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                    written += len(pixels)
+
+                yield write
+                if stream is not None:
+                    container.mux(stream.encode())
         elif kind == ".gif":
-            _write_gif(pixels, staging, fps)
+            pieces: list[np.ndarray] = []
+
+            def write(frames: torch.Tensor | np.ndarray) -> None:
+                nonlocal written
+                pieces.append(_as_rgb_uint8(frames))
+                written += len(pieces[-1])
+
+            yield write
+            if written:
+                _write_gif(np.concatenate(pieces), staging, fps)
         else:
             staging.mkdir()
-            for i, frame in enumerate(pixels):
-                Image.fromarray(frame).save(staging / f"frame_{i:05d}.png")
-    return out
+
+            def write(frames: torch.Tensor | np.ndarray) -> None:
+                nonlocal written
+                for frame in _as_rgb_uint8(frames):
+                    Image.fromarray(frame).save(staging / f"frame_{written:05d}.png")
+                    written += 1
+
+            yield write
+        if not written:
+            raise ValueError(f"no frames were written to {path}")
 
 
 def read_video(
@@ -271,17 +317,21 @@ def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def _write_mp4(pixels: np.ndarray, path: Path, fps: float, crf: int) -> None:
+def _pad_to_even(pixels: np.ndarray) -> np.ndarray:
+    # yuv420p subsamples chroma by 2: replicate the last row/column of odd sizes
     _, height, width, _ = pixels.shape
-    pixels = np.pad(pixels, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-    with av.open(str(path), "w", options={"movflags": "+faststart"}) as container:
-        stream = container.add_stream("libx264", rate=_rate(fps))
-        stream.width, stream.height = pixels.shape[2], pixels.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for frame in pixels:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+    return np.pad(pixels, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+def _add_h264_stream(
+    container: av.container.OutputContainer, size: tuple[int, int], fps: float, crf: int
+) -> av.video.stream.VideoStream:
+    height, width = size
+    stream = container.add_stream("libx264", rate=_rate(fps))
+    stream.width, stream.height = width + width % 2, height + height % 2
+    stream.pix_fmt = "yuv420p"
+    stream.options = {"crf": str(crf)}
+    return stream
 
 
 def _write_gif(pixels: np.ndarray, path: Path, fps: float) -> None:

@@ -31,6 +31,8 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
+from .context import ContextFeatures, ContextProjection
+
 
 @dataclass
 class FrameContext:
@@ -38,13 +40,16 @@ class FrameContext:
 
     Spatial layers only see ``(B*T, C, H, W)``; the owning model sets this during each forward so
     temporal layers can recover ``(B, T)``. ``encoder_hidden_states`` is per video ``(B, L, D)``;
-    ``image_only_indicator`` is ``(B, T)`` bool; ``frame_positions`` is ``(T,)``.
+    ``image_only_indicator`` is ``(B, T)`` bool; ``frame_positions`` is ``(T,)``;
+    ``context_features`` are the :class:`~videoldm.models.context.ContextEncoder`'s feature maps
+    ``(B*T, D, h, w)`` keyed by ``(h, w)`` (prediction/interpolation models only).
     """
 
     num_frames: int
     image_only_indicator: torch.Tensor | None = None
     encoder_hidden_states: torch.Tensor | None = None
     frame_positions: torch.Tensor | None = None
+    context_features: ContextFeatures | None = None
 
     def __post_init__(self) -> None:
         # Decided once per forward (one host sync) rather than in every layer.
@@ -201,6 +206,7 @@ class TemporalConvBlock(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.channels = channels
         padding = same_padding(kernel_size)
         self.norm1 = _group_norm(channels)
         self.conv1 = nn.Conv3d(channels, channels, kernel_size, padding=padding)
@@ -226,21 +232,31 @@ class TemporalConvBlock(nn.Module):
 
 
 class BlendedTemporalLayer(nn.Module):
-    """A temporal layer and its :class:`AlphaBlender`, applied to a spatial layer's output."""
+    """A temporal layer and its :class:`AlphaBlender`, applied to a spatial layer's output.
 
-    def __init__(self, layer: TemporalConvBlock | TemporalAttention, alpha_init: float = 0.5) -> None:
+    With ``context_channels`` the layer's input also gets the context features of its resolution
+    through a zero-initialised :class:`~videoldm.models.context.ContextProjection`.
+    """
+
+    def __init__(
+        self, layer: TemporalConvBlock | TemporalAttention, alpha_init: float = 0.5, context_channels: int | None = None
+    ) -> None:
         super().__init__()
         self.layer = layer
         self.blender = AlphaBlender(alpha_init)
+        self.context_projection = ContextProjection(context_channels, layer.channels) if context_channels else None
 
     def forward(
         self, spatial: torch.Tensor, context: FrameContext, temb: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``(B*T, C, H, W)`` -> same shape: ``alpha*spatial + (1-alpha)*layer(spatial)``."""
+        """``(B*T, C, H, W)`` -> same shape: ``alpha*spatial + (1-alpha)*layer(spatial [+ context])``."""
         if context.all_image_only:
             # alpha is 1 for every frame, so the temporal path contributes exactly nothing: skip it.
             return spatial
-        return self.blender(spatial, self.layer(spatial, context, temb), context.image_only_indicator)
+        layer_input = spatial
+        if self.context_projection is not None and context.context_features is not None:
+            layer_input = self.context_projection(spatial, context.context_features)
+        return self.blender(spatial, self.layer(layer_input, context, temb), context.image_only_indicator)
 
 
 def temporal_key(spatial_path: str) -> str:
@@ -373,9 +389,13 @@ class InflatedModelMixin:
     spatial_attribute: str
     temporal: TemporalInflation
 
+    def video_modules(self) -> list[nn.Module]:
+        """The modules added to the image network (trained; saved by ``save_temporal``)."""
+        return [self.temporal]
+
     def temporal_parameters(self) -> Iterator[nn.Parameter]:
-        """The trainable video parameters: temporal layers and their blend logits."""
-        return self.temporal.parameters()
+        """The trainable video parameters: temporal layers, their blend logits and any context encoder."""
+        return (parameter for module in self.video_modules() for parameter in module.parameters())
 
     def spatial_parameters(self) -> Iterator[nn.Parameter]:
         """The image network's parameters."""
@@ -384,7 +404,8 @@ class InflatedModelMixin:
     def freeze_spatial(self):
         """Stop gradients to the image network; the temporal layers stay trainable. Returns ``self``."""
         getattr(self, self.spatial_attribute).requires_grad_(False)
-        self.temporal.requires_grad_(True)
+        for module in self.video_modules():
+            module.requires_grad_(True)
         return self
 
     def enable_gradient_checkpointing(self, gradient_checkpointing_func: Callable[..., Any] | None = None) -> None:

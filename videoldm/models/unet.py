@@ -30,6 +30,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .context import ContextEncoder, masked_context
 from .temporal import (
     BlendedTemporalLayer,
     FrameContext,
@@ -83,7 +84,10 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
     Options: ``temporal_kinds`` picks the layer kinds (``"conv"``, ``"attention"``);
     ``attention_everywhere`` also gives ResNet blocks of attention-free UNet blocks a temporal
     attention; ``conv_kernel_size`` is ``(3, 3, 3)`` (paper) or ``(3, 1, 1)``; ``alpha_init`` is the
-    initial ``alpha = sigmoid(m)`` of every blender.
+    initial ``alpha = sigmoid(m)`` of every blender. ``context_channels`` makes a prediction /
+    interpolation model: a :class:`~videoldm.models.context.ContextEncoder` of that width turns
+    ``context_mask`` and ``context_latents`` into features for every temporal layer (zero-initialised,
+    so the model first equals the one without context).
     """
 
     _supports_gradient_checkpointing = True
@@ -99,14 +103,22 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         conv_kernel_size: Sequence[int] = (3, 3, 3),
         alpha_init: float = 0.5,
         attention_head_dim: int = 64,
+        context_channels: int | None = None,
     ) -> None:
         super().__init__()
         unknown = set(temporal_kinds) - set(TEMPORAL_KINDS)
         if unknown or not temporal_kinds:
             raise ValueError(f"temporal_kinds must be a non-empty subset of {TEMPORAL_KINDS}, got {list(temporal_kinds)}")
+        if context_channels is not None and context_channels < 1:
+            raise ValueError(f"context_channels must be a positive number of channels or None, got {context_channels}")
         self.unet = UNet2DConditionModel.from_config(_public_config(unet_config))
         self.temporal = TemporalInflation(self._plan_temporal_layers())
         self.temporal.attach(self.unet)
+        self.context_encoder = None
+        if context_channels:
+            self.context_encoder = ContextEncoder(
+                self.unet.config.in_channels, len(self.unet.config.block_out_channels), context_channels
+            )
 
     def _plan_temporal_layers(self) -> dict[str, list[BlendedTemporalLayer]]:
         cfg = self.config
@@ -134,7 +146,9 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
                     channels, cross_dim = module.query_dim, None
                 layers.append(TemporalAttention(channels, head_dim=cfg.attention_head_dim, cross_attention_dim=cross_dim))
             if layers:
-                plan[temporal_key(name)] = [BlendedTemporalLayer(layer, cfg.alpha_init) for layer in layers]
+                plan[temporal_key(name)] = [
+                    BlendedTemporalLayer(layer, cfg.alpha_init, cfg.context_channels) for layer in layers
+                ]
         return plan
 
     @classmethod
@@ -146,15 +160,42 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
             model = model.to(dtype=image_unet.dtype)
         return model.to(image_unet.device)
 
+    def with_context_conditioning(self, context_channels: int = 64) -> "VideoUNet":
+        """A copy made into a prediction model: same weights plus a fresh, zero-initialised context path.
+
+        The copy's outputs equal this model's (whatever context it is given) until it is trained.
+        """
+        if self.context_encoder is not None:
+            raise ValueError("this VideoUNet already has context conditioning")
+        model = type(self)(**{**_public_config(self.config), "context_channels": context_channels})
+        result = model.load_state_dict(self.state_dict(), strict=False)
+        if result.unexpected_keys or any(".context_" not in key and not key.startswith("context_encoder.")
+                                         for key in result.missing_keys):
+            raise RuntimeError(f"context conditioning changed non-context weights: {result}")
+        return model.to(device=self.device, dtype=self.dtype)
+
     @property
     def spatial_config(self):
         """The image UNet's diffusers config (``in_channels``, ``sample_size``, ...)."""
         return self.unet.config
 
+    @property
+    def has_context_conditioning(self) -> bool:
+        """Whether the model takes ``context_mask`` / ``context_latents`` (a prediction model)."""
+        return self.context_encoder is not None
+
     # ----------------------------------------------------------------------------- parameters
+    def video_modules(self) -> list[nn.Module]:
+        """Temporal layers and, for a prediction model, the context encoder."""
+        return [self.temporal] + ([self.context_encoder] if self.context_encoder is not None else [])
+
     def temporal_state_dict(self) -> dict[str, torch.Tensor]:
-        """State dict of the temporal layers alone (keys without the ``temporal.`` prefix)."""
-        return self.temporal.state_dict()
+        """State dict of the temporal layers (keys without the ``temporal.`` prefix) and the context
+        encoder (keys under ``context_encoder.``): everything the image UNet lacks."""
+        state = self.temporal.state_dict()
+        if self.context_encoder is not None:
+            state.update({f"context_encoder.{key}": value for key, value in self.context_encoder.state_dict().items()})
+        return state
 
     def load_image_state_dict(self, state_dict: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
         """Load an image UNet's state dict (its own keys); returns ``(missing, unexpected)`` keys.
@@ -198,7 +239,10 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
                 f"{path} does not match this model's temporal layers: missing {sorted(expected - set(state))[:3]},"
                 f" unexpected {sorted(set(state) - expected)[:3]}"
             )
-        self.temporal.load_state_dict(state)
+        self.temporal.load_state_dict({key: value for key, value in state.items() if not key.startswith("context_encoder.")})
+        if self.context_encoder is not None:
+            prefix = "context_encoder."
+            self.context_encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         return self
 
     @classmethod
@@ -219,6 +263,8 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         class_labels: torch.Tensor | None = None,
         image_only_indicator: torch.Tensor | None = None,
         frame_positions: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        context_latents: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> VideoUNetOutput | tuple[torch.Tensor]:
         """Predict noise (or v) for a noisy latent video.
@@ -231,6 +277,10 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
             image_only_indicator: ``(B, T)`` bool; where true alpha is 1 (pure image model).
             frame_positions: ``(T,)`` frame indices for the temporal attention's embedding
                 (default ``0..T-1``; interpolation passes the real time positions).
+            context_mask: prediction models only: ``(B, T)`` or ``(B, T, 1, h, w)``, nonzero at the
+                given (context) frames; ``None`` is S = 0, the unconditional branch.
+            context_latents: ``(B, T, C, H, W)`` clean latents of the given frames (other frames
+                are ignored: the model sees exact zeros there).
         Returns:
             :class:`VideoUNetOutput` with ``sample`` ``(B, T, C, H, W)``.
         """
@@ -241,11 +291,17 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 f"image_only_indicator must be ({batch}, {num_frames}), got {tuple(image_only_indicator.shape)}"
             )
+        context_features = None
+        if self.context_encoder is not None:
+            context_features = self.context_encoder(*masked_context(context_mask, context_latents, sample))
+        elif context_mask is not None or context_latents is not None:
+            raise ValueError("this VideoUNet has no context conditioning; make one with with_context_conditioning()")
         context = FrameContext(
             num_frames=num_frames,
             image_only_indicator=image_only_indicator,
             encoder_hidden_states=encoder_hidden_states,
             frame_positions=frame_positions,
+            context_features=context_features,
         )
         # Latents from an AutoencoderKL can come channels-last strided; torch 2.13's CPU backward
         # through the temporal layers crashes (segfault) on such input, so normalise the layout.

@@ -1,14 +1,21 @@
 """The one denoising loop every Video LDM pipeline uses.
 
-Guidance is generic: ``conditional`` and ``unconditional`` are keyword sets for the VideoUNet;
-classifier-free guidance over text/labels and the prediction model's guidance over context frames
-are both ``uncond + scale * (cond - uncond)`` with different keyword sets.
+Guidance is generic. ``conditional`` is the keyword set of the fully conditioned VideoUNet call;
+each :class:`Guidance` names another keyword set with one condition removed and its scale:
+
+    f = f(c) + sum_i (s_i - 1) * (f(c) - f(u_i))
+
+With one branch this is classifier-free guidance ``f(u) + s * (f(c) - f(u))``. Label/text guidance
+removes the label or prompt (context kept); the prediction model's context guidance removes the
+context frames (label or prompt kept). Each branch whose scale is not 1 costs one more UNet
+evaluation per step, all run in one batch: 1 (no guidance), 2 (one guidance) or 3 (both).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -17,12 +24,24 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], Any]
 Generator = torch.Generator | list[torch.Generator] | None
 
 
-def _concat_conditions(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    if first.keys() != second.keys():
-        raise ValueError(f"guidance branches need the same inputs, got {sorted(first)} and {sorted(second)}")
+@dataclass
+class Guidance:
+    """A guidance branch: the VideoUNet keywords with one condition removed (``inputs``), and its ``scale``.
+
+    ``scale`` 1 is no guidance (the branch is not evaluated), 0 the branch's own output.
+    """
+
+    inputs: dict[str, Any]
+    scale: float
+
+
+def _concat_conditions(branches: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = branches[0].keys()
+    if any(branch.keys() != keys for branch in branches):
+        raise ValueError(f"guidance branches need the same inputs, got {[sorted(branch) for branch in branches]}")
     return {
-        key: None if first[key] is None else torch.cat([first[key], second[key]])
-        for key in first
+        key: None if branches[0][key] is None else torch.cat([branch[key] for branch in branches])
+        for key in keys
     }
 
 
@@ -31,22 +50,24 @@ def guided_prediction(
     latents: torch.Tensor,
     timestep: torch.Tensor,
     conditional: dict[str, Any],
-    unconditional: dict[str, Any] | None,
-    guidance_scale: float,
+    guidance: Sequence[Guidance] = (),
 ) -> torch.Tensor:
-    """Model output for ``latents (B, T, C, H, W)`` with guidance ``u + s * (c - u)`` when ``s != 1``.
+    """Model output for ``latents (B, T, C, H, W)``: ``f(c) + sum_i (s_i - 1) (f(c) - f(u_i))``.
 
-    Both branches run in one batch. Guidance scale 1 returns the conditional output exactly and 0
-    the unconditional one exactly. ``unconditional=None`` means the branches are the same (or there
-    is no guidance): one pass, the conditional output.
+    Branches with scale 1 are skipped; the rest and the conditional call run in one batch. A single
+    branch with scale 0 returns that branch's output exactly (one pass).
     """
-    if unconditional is None or guidance_scale == 1.0:
+    active = [branch for branch in guidance if branch.scale != 1.0]
+    if not active:
         return unet(latents, timestep, **conditional).sample
-    if guidance_scale == 0.0:
-        return unet(latents, timestep, **unconditional).sample
-    both = unet(torch.cat([latents, latents]), timestep, **_concat_conditions(conditional, unconditional)).sample
-    cond_out, uncond_out = both.chunk(2)
-    return uncond_out + guidance_scale * (cond_out - uncond_out)
+    if len(active) == 1 and active[0].scale == 0.0:
+        return unet(latents, timestep, **active[0].inputs).sample
+    calls = [conditional] + [branch.inputs for branch in active]
+    outputs = unet(torch.cat([latents] * len(calls)), timestep, **_concat_conditions(calls)).sample.chunk(len(calls))
+    guided = outputs[0]
+    for branch, output in zip(active, outputs[1:]):
+        guided = guided + (branch.scale - 1.0) * (outputs[0] - output)
+    return guided
 
 
 def _step_kwargs(scheduler: SchedulerMixin, generator: Generator) -> dict[str, Any]:
@@ -60,9 +81,8 @@ def denoise(
     scheduler: SchedulerMixin,
     noise: torch.Tensor,
     conditional: dict[str, Any],
-    unconditional: dict[str, Any] | None = None,
+    guidance: Sequence[Guidance] = (),
     *,
-    guidance_scale: float = 1.0,
     num_inference_steps: int = 25,
     generator: Generator = None,
     progress_bar: Callable[..., Any] | None = None,
@@ -73,6 +93,7 @@ def denoise(
     The noise is scaled by ``scheduler.init_noise_sigma`` after ``set_timesteps``, since for
     sigma-based schedulers (Euler, LMS, Heun, KDPM2, ...) that scale depends on the first timestep.
     Returns the denoised latents ``(B, T, C, H, W)``; raises ``ValueError`` if they are not finite.
+    ``conditional`` and ``guidance`` are as in :func:`guided_prediction`.
 
     Second-order schedulers (Heun, KDPM2) and PNDM's Runge-Kutta warm-up evaluate the model more
     than once per step: ``callback_on_step_end`` runs after every ``scheduler.step``, with
@@ -88,7 +109,7 @@ def denoise(
     try:
         for step_index, timestep in enumerate(timesteps):
             model_input = scheduler.scale_model_input(latents, timestep)
-            prediction = guided_prediction(unet, model_input, timestep, conditional, unconditional, guidance_scale)
+            prediction = guided_prediction(unet, model_input, timestep, conditional, guidance)
             latents = scheduler.step(prediction, timestep, latents, **extra, return_dict=False)[0]
             if callback_on_step_end is not None:
                 replacement = callback_on_step_end(step_index, timestep, latents)

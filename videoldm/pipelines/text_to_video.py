@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
@@ -17,9 +17,11 @@ from einops import rearrange
 from ..models.autoencoder import TemporalDecoder
 from ..models.conditioning import LabelEncoder
 from ..models.unet import VideoUNet
-from .sampling import denoise
+from .prediction import RolloutWindow, StreamingDecoder, decoder_overlap, plan_rollout, rollout_latents
+from .sampling import Guidance, denoise
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DEFAULT_WINDOW_FRAMES = 16  # the clip length the shipped models' temporal layers were trained on
 
 
 @dataclass
@@ -42,8 +44,8 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, chunk_size: int 
         raise ValueError(f"decoder must be 'video' or 'image', got {decoder!r}")
     if isinstance(vae, AutoencoderKL):
         return _decode_image_vae(vae, latents, chunk_size)
-    overlap = min(chunk_size // 4, max(chunk_size - 1, 0))
-    return vae.decode(latents, chunk_size=chunk_size, overlap=overlap, temporal=decoder == "video").clamp(-1, 1)
+    return vae.decode(latents, chunk_size=chunk_size, overlap=decoder_overlap(chunk_size),
+                      temporal=decoder == "video").clamp(-1, 1)
 
 
 def _decode_image_vae(vae: AutoencoderKL, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
@@ -163,6 +165,178 @@ class VideoLDMPipeline(DiffusionPipeline):
         return None, None
 
     # ------------------------------------------------------------------------- sampling
+    def _latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:
+        spatial = self.unet.spatial_config
+        height = height or spatial.sample_size * self.vae_scale_factor
+        width = width or spatial.sample_size * self.vae_scale_factor
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}")
+        return spatial.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Pixels ``(B, T, C, H, W)`` in [-1, 1] -> scaled latents ``(B, T, c, h, w)`` (posterior mode)."""
+        image_vae = self.vae.vae if isinstance(self.vae, TemporalDecoder) else self.vae
+        channels = image_vae.config.in_channels
+        if frames.ndim != 5 or frames.shape[2] != channels:
+            raise ValueError(f"frames must be (B, T, {channels}, H, W) for this model, got shape {tuple(frames.shape)}")
+        if isinstance(self.vae, TemporalDecoder):
+            return self.vae.encode(frames.to(self._execution_device))
+        pixels = rearrange(frames, "b t c h w -> (b t) c h w").to(self._execution_device, self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mode()
+        latents = (latents - (self.vae.config.shift_factor or 0.0)) * self.vae.config.scaling_factor
+        return rearrange(latents, "(b t) c h w -> b t c h w", b=frames.shape[0])
+
+    def _given_frames(
+        self, batch: int, init_image: torch.Tensor | None, init_video: torch.Tensor | None, size: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """``init_image`` ``(C, H, W)``/``(B, C, H, W)`` or ``init_video`` ``(T, C, H, W)``/``(B, T, C, H, W)`` -> ``(B, K, C, H, W)``."""
+        if init_image is not None and init_video is not None:
+            raise ValueError("give init_image or init_video, not both")
+        given = init_image[..., None, :, :, :] if init_image is not None else init_video
+        if given is None:
+            return None
+        name = "init_image" if init_image is not None else "init_video"
+        given = torch.as_tensor(given)
+        if given.ndim == 4:
+            given = given[None]
+        if given.ndim != 5 or given.shape[0] not in (1, batch) or tuple(given.shape[-2:]) != size:
+            raise ValueError(f"{name} must be {size[0]}x{size[1]} frames in [-1, 1] for {batch} video(s), got shape "
+                             f"{tuple(torch.as_tensor(init_image if init_image is not None else init_video).shape)}")
+        if not torch.isfinite(given).all():
+            raise ValueError(f"{name} holds NaN or inf values")
+        return given.expand(batch, *given.shape[1:]).float()
+
+    def _sample_window(
+        self,
+        window_frames: int,
+        context_frames: torch.Tensor | None,
+        conditional_states: torch.Tensor | None,
+        unconditional_states: torch.Tensor | None,
+        *,
+        image_only: bool,
+        guidance_scale: float,
+        context_guidance_scale: float,
+        noise: torch.Tensor,
+        denoise_options: dict[str, Any],
+    ) -> torch.Tensor:
+        """Denoise one window from ``noise (B, W, c, h, w)``; its first ``S`` frames given as ``context_frames (B, S, c, h, w)``.
+
+        Returns the window's latents with the given frames put back exactly.
+        """
+        batch, num_frames = noise.shape[:2]
+        device = noise.device
+        inputs: dict[str, Any] = {
+            "encoder_hidden_states": conditional_states,
+            "image_only_indicator": torch.full((batch, num_frames), image_only, dtype=torch.bool, device=device),
+        }
+        guidance = []
+        num_context = 0 if context_frames is None else context_frames.shape[1]
+        if num_context:
+            if not self.unet.has_context_conditioning:
+                raise ValueError("this model has no context conditioning: it cannot continue given frames "
+                                 "(train a prediction model: stage 'prediction')")
+            mask = torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
+            mask[:, :num_context] = True
+            context_latents = noise.new_zeros(noise.shape)
+            context_latents[:, :num_context] = context_frames
+            inputs |= {"context_mask": mask, "context_latents": context_latents}
+            no_context = inputs | {"context_mask": torch.zeros_like(mask), "context_latents": torch.zeros_like(context_latents)}
+            guidance.append(Guidance(no_context, context_guidance_scale))
+        if unconditional_states is not None:
+            guidance.append(Guidance(inputs | {"encoder_hidden_states": unconditional_states}, guidance_scale))
+        latents = denoise(self.unet, self.scheduler, noise, inputs, guidance, **denoise_options)
+        if num_context:
+            latents[:, :num_context] = context_frames
+        return latents
+
+    @torch.no_grad()
+    def generate_frames(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        labels: torch.Tensor | list | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_videos: int = 1,
+        num_frames: int = 16,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 1.0,
+        context_guidance_scale: float = 1.0,
+        window_frames: int | None = None,
+        context_frames: int = 2,
+        init_image: torch.Tensor | None = None,
+        init_video: torch.Tensor | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        image_only: bool = False,
+        decode_chunk_size: int = 8,
+        decoder: str = "video",
+        output_type: str = "pt",
+        callback_on_step_end: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the video's frames as they are made: ``(B, k, C, H, W)`` pixels in [-1, 1] per piece.
+
+        ``output_type="latent"`` yields latents ``(B, k, c, h, w)`` instead. Arguments as in
+        :meth:`__call__`; a long video (``num_frames`` above ``window_frames``) is made window by
+        window (:func:`~videoldm.pipelines.prediction.plan_rollout`) with flat memory in its length.
+        """
+        for name, value in (("guidance_scale", guidance_scale), ("context_guidance_scale", context_guidance_scale)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if output_type not in ("pt", "latent"):
+            raise ValueError(f"generate_frames yields 'pt' pixels or 'latent' latents, got output_type {output_type!r}")
+        if decoder not in ("video", "image"):
+            raise ValueError(f"decoder must be 'video' or 'image', got {decoder!r}")
+        if num_frames < 1 or num_inference_steps < 1:
+            raise ValueError(f"num_frames and num_inference_steps must be >= 1, got {num_frames}, {num_inference_steps}")
+        batch = len(prompt) if isinstance(prompt, list) else num_videos
+        channels, latent_height, latent_width = self._latent_shape(height, width)
+        size = (latent_height * self.vae_scale_factor, latent_width * self.vae_scale_factor)
+        device = self._execution_device
+        given = self._given_frames(batch, init_image, init_video, size)
+        if window_frames is None:
+            window_frames = DEFAULT_WINDOW_FRAMES if self.unet.has_context_conditioning or given is not None else num_frames
+        # an init image is frame 0 of the output; a continued video precedes the num_frames new ones
+        num_new = num_frames - 1 if init_image is not None else num_frames
+        plan = plan_rollout(num_new, window_frames, context_frames, 0 if given is None else given.shape[1])
+        if latents is not None:
+            expected = (batch, window_frames, channels, latent_height, latent_width)
+            if len(plan) != 1 or plan[0].num_context or tuple(latents.shape) != expected:
+                raise ValueError(f"latents (initial noise) must have shape {expected} and serve for a single window "
+                                 f"without given frames; got {tuple(latents.shape)}")
+
+        conditional_states, unconditional_states = self.encode_conditions(batch, prompt, negative_prompt, labels)
+        denoise_options = dict(num_inference_steps=num_inference_steps, generator=generator,
+                               progress_bar=self.progress_bar, callback_on_step_end=callback_on_step_end)
+
+        def sample_window(window: RolloutWindow, context: torch.Tensor | None) -> torch.Tensor:
+            shape = (batch, window_frames, channels, latent_height, latent_width)
+            noise = latents if latents is not None else randn_tensor(shape, generator=generator, device=device,
+                                                                      dtype=self.unet.dtype)
+            return self._sample_window(window_frames, context, conditional_states, unconditional_states,
+                                       image_only=image_only, guidance_scale=guidance_scale,
+                                       context_guidance_scale=context_guidance_scale, noise=noise.to(device),
+                                       denoise_options=denoise_options)
+
+        given_latents = None if given is None else self.encode_frames(given)
+        stream = StreamingDecoder(self.vae, lambda z: decode_latents(self.vae, z, decode_chunk_size, decoder),
+                                  decode_chunk_size, decoder)
+        if init_video is not None:
+            # The decoder's cross-fade starts in the continued video, so its first new frame has no
+            # seam; those given frames are returned as they were given, not as decoded.
+            stream.push(given_latents[:, -decode_chunk_size:])
+        elif init_image is not None:
+            yield given_latents if output_type == "latent" else stream.push(given_latents)
+        for new in rollout_latents(plan, sample_window, given_latents):
+            pixels = new if output_type == "latent" else stream.push(new)
+            if pixels is not None:
+                yield pixels
+        rest = None if output_type == "latent" else stream.flush()
+        if rest is not None:
+            yield rest
+        self.maybe_free_model_hooks()
+
     @torch.no_grad()
     def __call__(
         self,
@@ -176,6 +350,11 @@ class VideoLDMPipeline(DiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
+        context_guidance_scale: float = 1.0,
+        window_frames: int | None = None,
+        context_frames: int = 2,
+        init_image: torch.Tensor | None = None,
+        init_video: torch.Tensor | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         image_only: bool = False,
@@ -187,63 +366,40 @@ class VideoLDMPipeline(DiffusionPipeline):
     ) -> VideoLDMPipelineOutput | tuple:
         """Generate ``num_videos`` videos of ``num_frames`` frames.
 
+        Long videos: a prediction model (a VideoUNet with context conditioning) makes videos longer
+        than ``window_frames`` (default 16 for those models; otherwise ``num_frames``, one window)
+        window by window, each conditioned on the last ``context_frames`` frames (0: independent
+        windows). ``context_guidance_scale`` ``s`` guides over the context,
+        ``f(no context) + s * (f(context) - f(no context))``; combined with label/text guidance a
+        step costs up to three UNet evaluations (see :mod:`videoldm.pipelines.sampling`).
+        ``init_image`` ``(C, H, W)`` or ``(B, C, H, W)`` in [-1, 1] becomes frame 0 (encoded and
+        decoded); ``init_video`` ``(T, C, H, W)`` or ``(B, T, C, H, W)`` in [-1, 1] is continued: the
+        output is its frames, exactly as given, followed by ``num_frames`` new ones.
+
         ``image_only=True`` forces every alpha to 1: the image LDM sampled frame by frame, the
         paper's baseline. ``latents`` (optional) is the initial unit-variance noise ``(B, T, c, h, w)``
-        (the scheduler's ``init_noise_sigma`` is applied after its timesteps are set).
-        ``frames`` follows diffusers' ``output_type`` conventions. ``callback_on_step_end`` runs
+        of a single window (the scheduler's ``init_noise_sigma`` is applied after its timesteps are
+        set). ``frames`` follows diffusers' ``output_type`` conventions. ``callback_on_step_end`` runs
         after every scheduler step (``len(scheduler.timesteps)`` times: more than
         ``num_inference_steps`` for Heun, KDPM2 and PNDM). Non-finite sampled latents are a
-        ``ValueError``.
+        ``ValueError``. :meth:`generate_frames` yields the frames as they are made instead.
         """
-        if not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if num_frames < 1 or num_inference_steps < 1:
-            raise ValueError(f"num_frames and num_inference_steps must be >= 1, got {num_frames}, {num_inference_steps}")
-        batch = len(prompt) if isinstance(prompt, list) else num_videos
-        spatial = self.unet.spatial_config
-        height = height or spatial.sample_size * self.vae_scale_factor
-        width = width or spatial.sample_size * self.vae_scale_factor
-        if height % self.vae_scale_factor or width % self.vae_scale_factor:
-            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}")
-        device = self._execution_device
-
-        conditional_states, unconditional_states = self.encode_conditions(batch, prompt, negative_prompt, labels)
-        indicator = torch.full((batch, num_frames), image_only, dtype=torch.bool, device=device)
-        conditional = {"encoder_hidden_states": conditional_states, "image_only_indicator": indicator}
-        unconditional = None
-        if unconditional_states is not None:
-            unconditional = {"encoder_hidden_states": unconditional_states, "image_only_indicator": indicator}
-
-        shape = (
-            batch,
-            num_frames,
-            spatial.in_channels,
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
-        )
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-
-        latents = denoise(
-            self.unet,
-            self.scheduler,
-            latents.to(device),
-            conditional,
-            unconditional,
-            guidance_scale=guidance_scale,
-            num_inference_steps=num_inference_steps,
-            generator=generator,
-            progress_bar=self.progress_bar,
-            callback_on_step_end=callback_on_step_end,
-        )
+        pieces = list(self.generate_frames(
+            prompt, labels=labels, negative_prompt=negative_prompt, num_videos=num_videos, num_frames=num_frames,
+            height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            context_guidance_scale=context_guidance_scale, window_frames=window_frames, context_frames=context_frames,
+            init_image=init_image, init_video=init_video, generator=generator, latents=latents, image_only=image_only,
+            decode_chunk_size=decode_chunk_size, decoder=decoder,
+            output_type="latent" if output_type == "latent" else "pt", callback_on_step_end=callback_on_step_end,
+        ))
+        frames = torch.cat(pieces, dim=1)
         if output_type == "latent":
-            frames = latents
-        else:
-            pixels = decode_latents(self.vae, latents, decode_chunk_size, decoder)
-            frames = self.video_processor.postprocess_video(rearrange(pixels, "b t c h w -> b c t h w"), output_type)
-        self.maybe_free_model_hooks()
+            return VideoLDMPipelineOutput(frames=frames) if return_dict else (frames,)
+        if init_video is not None:
+            given = torch.as_tensor(init_video).to(frames.device, frames.dtype)
+            given = given[None] if given.ndim == 4 else given
+            frames = torch.cat([given.expand(frames.shape[0], -1, -1, -1, -1), frames], dim=1)
+        frames = self.video_processor.postprocess_video(rearrange(frames, "b t c h w -> b c t h w"), output_type)
         return VideoLDMPipelineOutput(frames=frames) if return_dict else (frames,)

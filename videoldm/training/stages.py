@@ -284,6 +284,84 @@ class DecoderStage(_DigitsDataStage):
         pipe.save_pretrained(output_dir)
 
 
+def context_frame_mask(num_context: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The prediction model's ``context_mask`` ``(B, T)``: true at the first ``S`` frames, ``S = num_context (B,)``."""
+    return torch.arange(num_frames, device=num_context.device)[None] < num_context[:, None]
+
+
+class PredictionStage(_LatentStage):
+    """Prediction model (Sec. 3.1.1): the video model learns to continue ``S`` given frames.
+
+    Starts from a video pipeline (``video_model``: a directory, or ``"embedded"`` for the shipped
+    model), adds context conditioning (:meth:`VideoUNet.with_context_conditioning`) unless it has
+    it, freezes the spatial layers and trains the temporal layers and the context encoder. Each
+    clip gets ``S`` context frames, the first ``S``, with ``S`` drawn from {0, 1, 2, ...} with
+    ``context_probabilities``; S = 0 is the unconditional branch that context guidance subtracts.
+    The context frames enter the conditioning path as clean latents; the noisy input holds every
+    frame at the clip's one noise level, and the loss covers every frame, context frames
+    included: reproducing a given frame is easy, and it keeps the sampler's trajectory at the
+    context positions consistent with the given frames (the pipeline then puts the given latents
+    back there exactly).
+    """
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        video_model: str = "embedded",
+        context_channels: int = 64,
+        context_probabilities: list[float] = (0.1, 0.3, 0.6),
+        label_dropout: float = 0.1,
+    ) -> None:
+        probabilities = torch.tensor(list(context_probabilities), dtype=torch.float64)
+        if probabilities.ndim != 1 or len(probabilities) < 2 or (probabilities < 0).any() or probabilities.sum() <= 0:
+            raise ValueError(f"context_probabilities must list P(S=0), P(S=1), ... (non-negative), got {context_probabilities}")
+        self.context_probabilities = probabilities / probabilities.sum()
+        self._use_data(data)
+        if len(self.context_probabilities) > self.data_config.num_frames:
+            raise ValueError(f"context_probabilities allow more context frames than the clips' {self.data_config.num_frames}")
+        if video_model == "embedded":
+            from ..embedded import embedded_model_dir
+
+            video_model = embedded_model_dir()
+        self.video_pipeline = VideoLDMPipeline.from_pretrained(_require_dir(video_model, "video model"), dtype=torch.float32)
+        unet = self.video_pipeline.unet
+        self.unet = (unet if unet.has_context_conditioning else unet.with_context_conditioning(context_channels)).freeze_spatial()
+        vae = self.video_pipeline.vae
+        self.vae = (vae.image_autoencoder() if isinstance(vae, TemporalDecoder) else vae).requires_grad_(False)
+        self.label_encoder = self.video_pipeline.label_encoder.requires_grad_(False)
+        self.noise_scheduler = DDPMScheduler.from_config(self.video_pipeline.scheduler.config)
+        self.objective = DiffusionObjective(self.noise_scheduler)
+        self.label_dropout = label_dropout
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet, "label_encoder": self.label_encoder, "vae": self.vae}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.unet.temporal_parameters())
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        video = batch["video"]
+        batch_size, num_frames = video.shape[:2]
+        latents = self._encode(video.flatten(0, 1)).unflatten(0, (batch_size, num_frames))
+        context = self._conditioning(batch["labels"], step)
+        generator = torch.Generator(latents.device).manual_seed(step)
+        num_context = torch.multinomial(
+            self.context_probabilities, batch_size, replacement=True, generator=torch.Generator().manual_seed(step)
+        ).to(latents.device)
+        kwargs = {
+            "encoder_hidden_states": context,
+            "context_mask": context_frame_mask(num_context, num_frames),
+            "context_latents": latents,
+        }
+        loss = self.objective.loss(self.unet, latents, kwargs, generator)
+        return loss, {"loss": loss.item()}
+
+    def export(self, output_dir: Path) -> None:
+        # The video pipeline with this unet: its temporal decoder and scheduler are kept as they were.
+        self.video_pipeline.register_modules(unet=self.unet)
+        self.video_pipeline.save_pretrained(output_dir)
+
+
 def _check_same_autoencoder(trained: AutoencoderKL, in_pipeline: AutoencoderKL, pipeline_dir: Path) -> None:
     # A decoder fine-tuned for another autoencoder's latents would decode this pipeline's wrongly.
     expected, actual = trained.state_dict(), in_pipeline.state_dict()
@@ -296,6 +374,7 @@ STAGES = {
     "image_ldm": ImageLDMStage,
     "video": VideoStage,
     "decoder": DecoderStage,
+    "prediction": PredictionStage,
 }
 
 
