@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from conftest import tiny_image_unet, tiny_scheduler, tiny_vae
 
 from videoldm import LabelEncoder, VideoUNet
@@ -47,8 +48,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     not_a_model = root / "not_a_model"
     not_a_model.mkdir()
     (not_a_model / "notes.txt").write_text("hello")
+    prediction = _save_pipeline(root / "prediction", VideoUNet.from_image_unet(tiny_image_unet()).with_context_conditioning(8))
     return {"video": video, "image": image, "truncated": truncated, "bad_index": bad_index, "no_vae": no_vae,
-            "not_a_model": not_a_model}
+            "not_a_model": not_a_model, "prediction": prediction}
 
 
 def _sandbox(root: Path) -> None:
@@ -62,6 +64,7 @@ def _sandbox(root: Path) -> None:
     (root / "dir.mp4").mkdir()
     (root / "results").mkdir()
     write_video(torch.zeros(4, 3, 16, 16), root / "clip.mp4", fps=8)
+    Image.new("RGB", (8, 8)).save(root / "small.png")
     recipes = {
         "bad_yaml.yaml": "stage: video\noutput_dir: [unclosed\n",
         "list.yaml": "- stage\n- video\n",
@@ -84,7 +87,8 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
 HOSTILE = [
     # generate: options
     (["generate", "--frames", "0"], "--frames"),
-    (["generate", "--frames", "100000"], "--frames"),
+    (["generate", "--frames", "1000000"], "--frames"),
+    (["generate", "--model", "{video}", "--frames", "2000"], "--frames 2000"),
     (["generate", "--steps", "0"], "--steps"),
     (["generate", "--steps", "5000"], "--steps"),
     (["generate", "--seed", "-1"], "--seed"),
@@ -113,6 +117,17 @@ HOSTILE = [
     (["generate", "--model", "{video}", "--label", "12"], "--label 12"),
     (["generate", "--model", "{video}", "--label", "1", "--label", "2", "--label", "3"], "--label"),
     (["generate", "--label", "-1"], "--label -1"),
+    # generate: long videos (prediction models only)
+    (["generate", "--model", "{video}", "--init-image", "small.png"], "--init-image"),
+    (["generate", "--model", "{video}", "--continue", "clip.mp4"], "--continue"),
+    (["generate", "--model", "{prediction}", "--init-image", "missing.png"], "missing.png"),
+    (["generate", "--model", "{prediction}", "--init-image", "small.png"], "resize"),
+    (["generate", "--model", "{prediction}", "--init-image", "a_file"], "a_file"),
+    (["generate", "--model", "{prediction}", "--continue", "a_file"], "a_file"),
+    (["generate", "--model", "{prediction}", "--init-image", "small.png", "--continue", "clip.mp4"], "--init-image"),
+    (["generate", "--model", "{prediction}", "--context-frames", "4", "--window", "4"], "--context-frames"),
+    (["generate", "--model", "{prediction}", "--window", "1"], "--window"),
+    (["generate", "--model", "{prediction}", "--context-guidance", "nan"], "--context-guidance"),
     # inflate
     (["inflate", "--image-model", "/no/such/dir", "--out", "new"], "/no/such/dir"),
     (["inflate", "--image-model", "{image}", "--out", "new", "--kernel", "2,1,1"], "--kernel"),

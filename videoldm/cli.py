@@ -33,6 +33,10 @@ app = typer.Typer(
 # count (quadratically inside temporal attention). Longer videos are the prediction model's
 # autoregressive rollout, not one bigger batch.
 MAX_FRAMES = 1024
+# Prediction models keep only a window in memory, so length is bounded by time, not memory.
+MAX_ROLLOUT_FRAMES = 100_000
+MAX_CONTEXT_FRAMES = 8
+DEFAULT_WINDOW = 16
 # Inference steps are a subset of the training timesteps; 1000 is the usual DDPM count.
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
@@ -167,12 +171,30 @@ def load_pipeline(info):
 
 
 # ------------------------------------------------------------------------------------ commands
-FramesOption = typer.Option(16, "--frames", "-n", min=1, max=MAX_FRAMES,
-                            help=f"Number of frames (at most {MAX_FRAMES}: all frames are denoised in one batch).")
+FramesOption = typer.Option(
+    16, "--frames", "-n", min=1, max=MAX_ROLLOUT_FRAMES,
+    help=f"Number of frames. Prediction models make long videos window by window (at most {MAX_ROLLOUT_FRAMES}); "
+         f"other models denoise all frames in one batch (at most {MAX_FRAMES}).")
 StepsOption = typer.Option(25, "--steps", min=1, max=MAX_STEPS, help="Denoising steps.")
 SeedOption = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Random seed.")
 FpsOption = typer.Option(8.0, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the written video.")
 GuidanceOption = typer.Option(2.0, "--guidance", callback=_finite, help="Classifier-free guidance scale (1 = no guidance).")
+
+
+def read_given_frames(path: Path, option: str, frame_shape: tuple[int, int, int]):
+    """Frames of ``path`` (an image, video or frame folder) as the model's ``(T, C, H, W)`` in [-1, 1].
+
+    RGB frames become grey (ITU-R 601 luma) for a one-channel model; the size must be the model's.
+    """
+    from .data.io import VideoReadError, read_video, to_channels
+
+    with reported_as(option, VideoReadError, FileNotFoundError):
+        frames = read_video(path).frames
+    channels, height, width = frame_shape
+    if tuple(frames.shape[-2:]) != (height, width):
+        raise UserError(f"{option} {path}: frames are {frames.shape[-1]}x{frames.shape[-2]}; the model makes "
+                        f"{width}x{height} (resize it first)")
+    return to_channels(frames, channels)
 
 
 @app.command()
@@ -188,9 +210,16 @@ def generate(
     fps: float = FpsOption,
     decoder: str = typer.Option("video", "--decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
     image_only: bool = typer.Option(False, "--image-only", help="Sample the image model frame by frame (alpha = 1)."),
+    context_guidance: float = typer.Option(1.0, "--context-guidance", callback=_finite, help="Prediction models: guidance over the given frames (1 = none)."),
+    context_frames: int = typer.Option(2, "--context-frames", min=0, max=MAX_CONTEXT_FRAMES, help="Prediction models: frames each window is conditioned on (0 = independent windows)."),
+    window: int = typer.Option(DEFAULT_WINDOW, "--window", min=2, max=MAX_FRAMES, help="Prediction models: frames per denoised window."),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", help="Prediction models: an image (PNG/JPG) to start from; it becomes frame 0."),
+    continue_video: Optional[Path] = typer.Option(None, "--continue", help="Prediction models: a video to continue; OUT is its frames followed by --frames new ones."),
 ) -> None:
-    """Generate a video and write it to OUT."""
-    from .data.io import check_video_output, write_video
+    """Generate a video and write it to OUT (long videos are written as their frames are made)."""
+    from tqdm.auto import tqdm
+
+    from .data.io import check_video_output, video_writer
 
     if decoder not in DECODERS:
         raise UserError(f"--decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
@@ -199,24 +228,52 @@ def generate(
     info = inspect_model(model)
     check_conditioning(info, prompt, label)
     check_steps(info, steps)
+    if init_image is not None and continue_video is not None:
+        raise UserError("--init-image and --continue: give one of them")
+    if not info.has_context_conditioning:
+        for option, given in (("--init-image", init_image), ("--continue", continue_video)):
+            if given is not None:
+                raise UserError(f"{option}: model {info.path} has no context conditioning (it is not a prediction model)")
+        if frames > MAX_FRAMES:
+            raise UserError(f"--frames {frames}: model {info.path} denoises all frames in one batch; at most {MAX_FRAMES}")
+    elif context_frames >= window:
+        raise UserError(f"--context-frames {context_frames}: must be fewer than --window ({window})")
+    given = None
+    if init_image is not None:
+        given = read_given_frames(init_image, "--init-image", info.frame_shape)[:1]
+    if continue_video is not None:
+        given = read_given_frames(continue_video, "--continue", info.frame_shape)
 
     import torch
 
     pipe = load_pipeline(info)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
-    frames_out = pipe(
+    made = pipe.generate_frames(
         prompt,
         labels=[label] if label else None,
         num_frames=frames,
         num_inference_steps=steps,
         guidance_scale=guidance,
+        context_guidance_scale=context_guidance,
+        window_frames=window if info.has_context_conditioning else None,
+        context_frames=context_frames,
+        init_image=given if init_image is not None else None,
+        init_video=given if continue_video is not None else None,
         generator=torch.Generator().manual_seed(seed),
         decoder=decoder,
         image_only=image_only,
-        output_type="pt",
-    ).frames
-    path = write_video(frames_out[0] * 2 - 1, out, fps=fps)
-    typer.echo(f"wrote {path} ({frames} frames, {frames_out.shape[-1]}x{frames_out.shape[-2]}, {fps:g} fps)")
+    )
+    total = frames + (len(given) if continue_video is not None else 0)
+    with video_writer(out, fps=fps) as write, tqdm(total=total, desc="frames", unit="frame", leave=False,
+                                                   disable=total <= window) as bar:
+        if continue_video is not None:
+            write(given)
+            bar.update(len(given))
+        for piece in made:
+            write(piece[0])
+            bar.update(piece.shape[1])
+    height, width = info.frame_shape[1:]
+    typer.echo(f"wrote {out} ({total} frames, {width}x{height}, {fps:g} fps)")
 
 
 def parse_temporal_kinds(text: str) -> list[str]:

@@ -44,6 +44,7 @@ __all__ = [
     "check_video_output",
     "from_uint8",
     "read_video",
+    "to_channels",
     "to_uint8",
     "video_info",
     "video_writer",
@@ -83,6 +84,21 @@ def from_uint8(frames: np.ndarray) -> torch.Tensor:
     if frames.ndim != 4 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames (T, H, W, C), got {frames.dtype} shape {frames.shape}")
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def to_channels(frames: torch.Tensor, channels: int) -> torch.Tensor:
+    """``(T, C, H, W)`` frames with C in {1, 3} -> ``(T, channels, H, W)``: grey is repeated, RGB becomes
+    ITU-R 601 luma (exact for grey frames stored as RGB)."""
+    if frames.shape[1] == channels:
+        return frames
+    if channels == 3 and frames.shape[1] == 1:
+        return frames.expand(-1, 3, -1, -1)
+    if channels == 1 and frames.shape[1] == 3:
+        if bool((frames[:, :1] == frames[:, 1:]).all()):
+            return frames[:, :1]
+        luma = torch.tensor([0.299, 0.587, 0.114], dtype=frames.dtype, device=frames.device)
+        return torch.einsum("tchw,c->thw", frames, luma)[:, None]
+    raise ValueError(f"cannot convert {frames.shape[1]}-channel frames to {channels} channels")
 
 
 def check_creatable(path: str | os.PathLike[str]) -> None:

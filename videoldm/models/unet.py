@@ -172,7 +172,9 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         if result.unexpected_keys or any(".context_" not in key and not key.startswith("context_encoder.")
                                          for key in result.missing_keys):
             raise RuntimeError(f"context conditioning changed non-context weights: {result}")
-        return model.to(device=self.device, dtype=self.dtype)
+        if model.dtype != self.dtype:
+            model = model.to(dtype=self.dtype)
+        return model.to(self.device)
 
     @property
     def spatial_config(self):

@@ -50,6 +50,21 @@ class PipelineInfo:
         return self.components["unet"][1] == "VideoUNet"
 
     @property
+    def has_context_conditioning(self) -> bool:
+        """Whether the UNet is a prediction model (a VideoUNet with ``context_channels``)."""
+        return self.is_video and bool(self.configs["unet"].get("context_channels"))
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the pixel frames the pipeline makes by default."""
+        vae = self.configs["vae"]
+        vae = vae.get("autoencoder_config", vae)  # a TemporalDecoder nests its image autoencoder's config
+        unet = self.configs["unet"]
+        unet = unet.get("unet_config", unet)
+        size = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        return int(vae.get("out_channels", 3)), size, size
+
+    @property
     def num_train_timesteps(self) -> int:
         """The scheduler's training timesteps: the most inference steps it can take."""
         return int(self.configs["scheduler"].get("num_train_timesteps", 1000))
