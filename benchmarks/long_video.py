@@ -1,0 +1,290 @@
+"""Long videos from the embedded model: the prediction model's rollout against three baselines, one run.
+
+Every row samples the same single-digit videos (video ``i`` shows digit ``i % 10``, label guidance 2,
+its own seed ``seed + i``) of ``--frames`` frames:
+
+* rollout S=2: windows of 16 frames, each conditioned on the last 2 frames made (the paper's
+  prediction model), context guidance 1 and ``--context-guidance``;
+* rollout S=1: conditioned on the last frame only (how SVD-style extension continues a clip);
+* independent windows: S=0, every 16-frame window a fresh sample;
+* one window: all frames denoised together (the 16-frame model stretched to N frames);
+* real held-out: test-split moving digits of the same length (the reference).
+
+Measures, per 16-frame window of the video (the drift curve) and summarised:
+
+* identity: fraction of frames whose class (a small CNN trained here on train-split digits) is the label;
+* appearance persistence: normalised cross-correlation of each frame's digit crop (14x14 around the
+  intensity centroid) with the video's own first-window crop: the same handwriting, not just the
+  same class (real data: ~1; a digit that changes shape drops);
+* motion smoothness: |c[t+1] - 2c[t] + c[t-1]| of the centroid (pixels), bounce triples excluded
+  as in ``quality_digits.py``;
+* seam ratio: mean acceleration of the triples that straddle a window boundary over that of the
+  triples inside windows (1 = no seam).
+
+Then seconds per frame and peak RSS of the whole ``videoldm generate`` process (batch 1) at 64, 256
+and 512 frames, rollout versus one window.
+
+    python benchmarks/long_video.py [--seeds 32] [--frames 512] [--steps 25] [--context-guidance 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from quality_digits import CENTROID_THRESHOLD, GUIDANCE, smoothness, tile
+from videoldm import VideoLDMPipeline
+from videoldm.data.io import write_video
+from videoldm.data.moving_digits import (
+    MovingDigitsConfig,
+    centroid_of_mass,
+    classify_frames,
+    generate_video,
+    train_digit_classifier,
+)
+from videoldm.embedded import embedded_model_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+WINDOW = 16
+CROP = 14
+
+
+@dataclass
+class Row:
+    name: str
+    window_frames: int
+    context_frames: int
+    context_guidance: float = 1.0
+
+
+def real_videos(labels: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Held-out single-digit videos ``(N, T, 1, H, W)`` whose digits are ``labels``."""
+    config = MovingDigitsConfig(split="test", two_digit_prob=0.0, num_frames=num_frames)
+    videos, index = [], 0
+    for label in labels.tolist():
+        while True:
+            sample = generate_video(index, config)
+            index += 1
+            if int(sample.labels[0]) == label:
+                videos.append(sample.frames)
+                break
+    return torch.stack(videos)
+
+
+@torch.no_grad()
+def sample_row(pipe: VideoLDMPipeline, row: Row, labels: torch.Tensor, args: argparse.Namespace) -> tuple[torch.Tensor, float]:
+    """Videos ``(N, T, 1, H, W)`` in [-1, 1] of ``row`` and the seconds they took."""
+    videos, start = [], time.perf_counter()
+    for first in range(0, len(labels), args.batch):
+        chunk = labels[first : first + args.batch]
+        conditioning = torch.stack([chunk, torch.full_like(chunk, -1)], dim=1)
+        generators = [torch.Generator().manual_seed(args.seed + first + i) for i in range(len(chunk))]
+        pieces = pipe.generate_frames(
+            labels=conditioning, num_videos=len(chunk), num_frames=args.frames, num_inference_steps=args.steps,
+            guidance_scale=GUIDANCE, context_guidance_scale=row.context_guidance, window_frames=row.window_frames,
+            context_frames=row.context_frames, generator=generators,
+        )
+        videos.append(torch.cat(list(pieces), dim=1).float())
+        print(f"  {row.name}: {first + len(chunk)}/{len(labels)} videos, {time.perf_counter() - start:.0f} s", flush=True)
+    return torch.cat(videos), time.perf_counter() - start
+
+
+def digit_crops(videos: torch.Tensor) -> torch.Tensor:
+    """``(N, T, 1, H, W)`` -> ``(N, T, CROP*CROP)`` crops centred on each frame's intensity centroid (zeros if none)."""
+    n, t, _, h, w = videos.shape
+    centres = centroid_of_mass(videos, threshold=CENTROID_THRESHOLD).nan_to_num(h / 2).round().long()
+    padded = F.pad(videos[:, :, 0], (CROP, CROP, CROP, CROP), value=-1.0)
+    crops = torch.empty(n, t, CROP * CROP)
+    for i in range(n):
+        for j in range(t):
+            y, x = (centres[i, j] + CROP - CROP // 2).tolist()
+            crops[i, j] = padded[i, j, y : y + CROP, x : x + CROP].reshape(-1)
+    return crops
+
+
+def appearance_persistence(videos: torch.Tensor) -> torch.Tensor:
+    """``(N, T)`` correlation of each frame's digit crop with the mean crop of the video's first window."""
+    crops = digit_crops(videos)
+    reference = crops[:, :WINDOW].mean(dim=1, keepdim=True)
+    a = crops - crops.mean(dim=-1, keepdim=True)
+    b = reference - reference.mean(dim=-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-8)
+
+
+def accelerations(videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroid acceleration ``(N, T-2)`` at centre frames ``1..T-2`` and which of them are valid (no bounce)."""
+    c = centroid_of_mass(videos, threshold=CENTROID_THRESHOLD)
+    d = c[:, 1:] - c[:, :-1]
+    norm = (d[:, 1:] - d[:, :-1]).norm(dim=-1)
+    valid = torch.isfinite(norm) & ~((d[:, 1:] * d[:, :-1]) < 0).any(dim=-1)
+    return norm, valid
+
+
+def seam_ratio(videos: torch.Tensor, row: Row) -> float:
+    """Boundary over in-window acceleration; boundaries where a rollout window's first new frame lies."""
+    num_frames = videos.shape[1]
+    step = WINDOW - row.context_frames
+    starts = list(range(WINDOW, num_frames, step))  # the first new frame of windows 2, 3, ...
+    norm, valid = accelerations(videos)
+    straddles = torch.zeros(num_frames - 2, dtype=torch.bool)
+    for start in starts:
+        # triples (start-2, start-1, start) and (start-1, start, start+1): centre frames start-1 and start
+        straddles[[c - 1 for c in (start - 1, start) if 1 <= c <= num_frames - 2]] = True
+    boundary, inside = norm[:, straddles][valid[:, straddles]], norm[:, ~straddles][valid[:, ~straddles]]
+    return (boundary.mean() / inside.mean()).item() if len(boundary) and len(inside) else float("nan")
+
+
+def per_window(values: torch.Tensor) -> list[float]:
+    """``(N, T)`` -> mean per 16-frame window."""
+    return [values[:, start : start + WINDOW].float().mean().item() for start in range(0, values.shape[1], WINDOW)]
+
+
+def smoothness_per_window(videos: torch.Tensor) -> list[float]:
+    return [smoothness(videos[:, start : start + WINDOW])[0] for start in range(0, videos.shape[1], WINDOW)]
+
+
+def generate_cost(model: Path | None, frames: int, steps: int, one_window: bool) -> tuple[float, float]:
+    """Seconds per frame and peak RSS (GB) of a whole ``videoldm generate`` process."""
+    with tempfile.TemporaryDirectory() as folder:
+        args = ["--frames", str(frames), "--steps", str(steps), "--label", "3", "--out", str(Path(folder) / "v.mp4")]
+        if model is not None:
+            args += ["--model", str(model)]
+        if one_window:
+            args += ["--window", str(frames), "--context-frames", "0"]
+        output = subprocess.run([sys.executable, __file__, "--worker", json.dumps(args)], check=True,
+                                capture_output=True, text=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    return result["seconds"] / frames, result["rss_gb"]
+
+
+def worker(args: list[str]) -> None:
+    from videoldm.cli import main
+
+    start = time.perf_counter()
+    try:
+        main(["generate", *args])
+    except SystemExit as exit_info:
+        if exit_info.code:
+            raise
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+def plot_drift(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, metric, title in zip(axes, ("identity", "appearance", "smoothness"),
+                                 ("digit identity (higher better)", "appearance persistence (higher better)",
+                                  "motion smoothness, px (lower better)")):
+        for name, curve in curves.items():
+            ax.plot([WINDOW * (i + 0.5) for i in range(len(curve[metric]))], curve[metric], label=name)
+        ax.set_title(title)
+        ax.set_xlabel("frame")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="pipeline directory (default: the embedded model)")
+    parser.add_argument("--seeds", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context-guidance", type=float, default=2.0)
+    parser.add_argument("--cost-frames", type=int, nargs="*", default=[64, 256, 512])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+    torch.set_num_threads(args.threads)
+    total_start = time.perf_counter()
+    classifier, accuracy = train_digit_classifier(steps=600, seed=0)
+    print(f"digit classifier: held-out accuracy {accuracy:.4f}", flush=True)
+    labels = torch.arange(args.seeds) % 10
+    pipe = VideoLDMPipeline.from_pretrained(args.model or embedded_model_dir(), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    rows = [Row("rollout S=2, context guidance 1", WINDOW, 2),
+            Row(f"rollout S=2, context guidance {args.context_guidance:g}", WINDOW, 2, args.context_guidance),
+            Row("rollout S=1 (last frame only)", WINDOW, 1),
+            Row("independent windows (S=0)", WINDOW, 0),
+            Row("one window of all frames", args.frames, 0)]
+    if not pipe.unet.has_context_conditioning:
+        rows = [row for row in rows if row.context_frames == 0]
+
+    results, curves, samples = [], {}, {}
+    real = real_videos(labels, args.frames)
+    for row, (videos, seconds) in [(Row("real held-out", WINDOW, 2), (real, None))] + [
+            (row, sample_row(pipe, row, labels, args)) for row in rows]:
+        frames = videos.shape[0] * videos.shape[1]
+        predicted = classify_frames(classifier, videos.flatten(0, 1)).argmax(-1).view(videos.shape[:2])
+        identity = predicted == labels[:, None]
+        appearance = appearance_persistence(videos)
+        curves[row.name] = {"identity": per_window(identity), "appearance": per_window(appearance),
+                            "smoothness": smoothness_per_window(videos)}
+        samples[row.name] = videos[:4]
+        results.append({
+            "row": row.name,
+            "identity_last": curves[row.name]["identity"][-1],
+            "identity": identity.float().mean().item(),
+            "appearance_last": curves[row.name]["appearance"][-1],
+            "smoothness": smoothness(videos)[0],
+            "seam": seam_ratio(videos, row) if row.name != "real held-out" else float("nan"),
+            "s_per_frame": None if seconds is None else seconds / frames,
+        })
+
+    real_smooth = results[0]["smoothness"]
+    print()
+    print(f"{args.seeds} single-digit videos x {args.frames} frames per row (32x32), labels cycling 0..9, label "
+          f"guidance {GUIDANCE}, {args.steps} steps, seeds {args.seed}..{args.seed + args.seeds - 1}, "
+          f"{torch.get_num_threads()} CPU threads; digit classifier held-out accuracy {accuracy:.4f}.")
+    print()
+    print("| row | identity, last window | identity, all | appearance, last window | smoothness px (x real) "
+          "| seam ratio | s/frame (batch) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        seam = "-" if math.isnan(r["seam"]) else f"{r['seam']:.2f}"
+        speed = "-" if r["s_per_frame"] is None else f"{r['s_per_frame']:.3f}"
+        print(f"| {r['row']} | {r['identity_last']:.3f} | {r['identity']:.3f} | {r['appearance_last']:.3f} "
+              f"| {r['smoothness']:.3f} ({r['smoothness'] / real_smooth:.2f}x) | {seam} | {speed} |")
+
+    plot_drift(curves, args.out_dir / "long_video_drift.png")
+    gif_rows = [name for name in samples if name.startswith(("real", "rollout S=2, context guidance 1", "one window"))]
+    gif = torch.cat([tile(samples[name][:, : min(args.frames, 256)], scale=2) for name in gif_rows], dim=-2)
+    write_video(gif, args.out_dir / "long_video.gif", fps=16)
+    print(f"\ndrift curve: {args.out_dir / 'long_video_drift.png'}; GIF (rows: {', '.join(gif_rows)}; first 4 videos, "
+          f"first 256 frames): {args.out_dir / 'long_video.gif'}")
+
+    if args.cost_frames:
+        print("\n| frames | rollout s/frame | rollout peak RSS GB | one window s/frame | one window peak RSS GB |")
+        print("|---:|---:|---:|---:|---:|")
+        for frames in args.cost_frames:
+            rollout = generate_cost(args.model, frames, args.steps, one_window=False)
+            single = generate_cost(args.model, frames, args.steps, one_window=True)
+            print(f"| {frames} | {rollout[0]:.3f} | {rollout[1]:.2f} | {single[0]:.3f} | {single[1]:.2f} |", flush=True)
+    print(f"\nTotal wall time: {time.perf_counter() - total_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
