@@ -116,7 +116,8 @@ HOSTILE = [
     (["generate", "--model", "{video}", "--prompt", "a red car"], "--prompt"),
     (["generate", "--model", "{video}", "--label", "12"], "--label 12"),
     (["generate", "--model", "{video}", "--label", "1", "--label", "2", "--label", "3"], "--label"),
-    (["generate", "--label", "-1"], "--label -1"),
+    (["generate", "--label", "-2"], "--label -2"),
+    (["generate", "--label", "3", "--label", "-1"], "--label -1"),
     # generate: long videos (prediction models only)
     (["generate", "--model", "{video}", "--init-image", "small.png"], "--init-image"),
     (["generate", "--model", "{video}", "--continue", "clip.mp4"], "--continue"),

@@ -206,7 +206,7 @@ def generate(
     seed: int = SeedOption,
     guidance: float = GuidanceOption,
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (models with a text encoder)."),
-    label: Optional[list[int]] = typer.Option(None, "--label", help="Class label(s) (label-conditional models); repeat for two digits."),
+    label: Optional[list[int]] = typer.Option(None, "--label", help="Class label(s) (label-conditional models); repeat for two digits. Default: class SEED mod the number of classes; -1 for none."),
     fps: float = FpsOption,
     decoder: str = typer.Option("video", "--decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
     image_only: bool = typer.Option(False, "--image-only", help="Sample the image model frame by frame (alpha = 1)."),
@@ -226,6 +226,11 @@ def generate(
     with reported_as("--out"):
         check_video_output(out)
     info = inspect_model(model)
+    if label == [-1]:
+        label = None  # explicitly unconditional
+    elif not label and info.conditioning == "label":
+        # A label model shows one clean digit; with no label at all, digits morph into each other.
+        label = [seed % int(info.configs["label_encoder"].get("num_classes", 10))]
     check_conditioning(info, prompt, label)
     check_steps(info, steps)
     if init_image is not None and continue_video is not None:
