@@ -142,7 +142,7 @@ def test_video_stage_refuses_unknown_entries_such_as_image_batch_fraction(tmp_pa
     # to 1) give the temporal layers no gradient. A recipe still naming it must say so, not train.
     recipe = load_recipe(CONFIGS / "digits_video.yaml")
     recipe["image_batch_fraction"] = 0.5
-    with pytest.raises(ValueError, match="do not fit stage VideoStage.*'image_batch_fraction'"):
+    with pytest.raises(RecipeError, match=r"recipe of stage VideoStage: unknown entries \[.image_batch_fraction.\]"):
         build_trainer(recipe)
     path = tmp_path / "video.yaml"
     path.write_text(yaml.safe_dump(recipe))
