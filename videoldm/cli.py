@@ -345,10 +345,12 @@ def train(
     except (CheckpointMismatch, TrainingDiverged) as error:
         raise UserError(_first_line(error)) from None
     except TrainingInterrupted as error:
-        typer.echo(str(error), err=True)
+        if trainer.is_main:
+            typer.echo(str(error), err=True)
         sys.exit(error.exit_code)
     losses = ", ".join(f"{key} {value:.4f}" for key, value in result.logs.items())
-    typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
+    if trainer.is_main:
+        typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
 
 
 @app.command()

@@ -193,15 +193,20 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
 
 
 class _StopSignals:
-    """Records the first SIGINT/SIGTERM (training stops after the current step); a second one stops at once."""
+    """Records the first SIGINT/SIGTERM (training stops after the current step); another one at least
+    ``patience`` seconds later stops at once (Ctrl-C twice). Launchers such as torchrun forward the
+    signal they got to processes that got it too: such an echo comes within milliseconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, patience: float = 1.0) -> None:
         self.signum = 0
+        self.patience = patience
+        self._first = 0.0
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum:
+        if not self.signum:
+            self.signum, self._first = signum, time.monotonic()
+        elif time.monotonic() - self._first > self.patience:
             raise KeyboardInterrupt
-        self.signum = signum
 
     @contextmanager
     def installed(self) -> Iterator["_StopSignals"]:
