@@ -330,7 +330,7 @@ def train(
             raise ValueError(f"{run_dir} is a file; expected a directory")
 
     from .training.draws import micro_batch_size
-    from .training.trainer import CheckpointMismatch, TrainingDiverged, TrainingInterrupted, TrainSettings
+    from .training.trainer import CheckpointMismatch, SetupError, TrainingDiverged, TrainingInterrupted, TrainSettings
 
     # accelerate launch / torchrun set WORLD_SIZE: check the global batch splits before building anything
     with reported_as("--batch-size" if batch_size else f"recipe {recipe}: train.batch_size"):
@@ -339,7 +339,8 @@ def train(
 
     from .training.stages import build_trainer
 
-    trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
+    with reported_as(f"recipe {recipe}", SetupError):
+        trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
     try:
         result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
     except (CheckpointMismatch, TrainingDiverged) as error:

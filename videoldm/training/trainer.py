@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
 from accelerate.utils import send_to_device
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -161,6 +161,10 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; nothing of that step was applied or saved."""
 
 
+class SetupError(ValueError):
+    """The launch or the recipe's settings do not fit the trainer (a user error, found before training)."""
+
+
 class CheckpointMismatch(ValueError):
     """The latest checkpoint does not fit the recipe's models or optimiser."""
 
@@ -237,9 +241,16 @@ class Trainer:
             # each yielded batch is the micro-batch of all processes; accelerate gives each its block
             dataloader_config=DataLoaderConfiguration(split_batches=True, dispatch_batches=False),
         )
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            # their sharded parameters and optimiser states do not fit this trainer's checkpoints and EMA
+            raise SetupError(f"the accelerate config asks for {self.accelerator.distributed_type.value}; this trainer "
+                             "runs data-parallel (DDP): launch with --multi_gpu instead")
         self.device = self.accelerator.device
         self.world_size = self.accelerator.num_processes
-        self.micro_batch = micro_batch_size(settings.batch_size, self.world_size, settings.gradient_accumulation_steps)
+        try:
+            self.micro_batch = micro_batch_size(settings.batch_size, self.world_size, settings.gradient_accumulation_steps)
+        except ValueError as error:
+            raise SetupError(str(error)) from None
 
         modules = stage.modules()
         for module in modules.values():
@@ -357,6 +368,8 @@ class Trainer:
             return CheckpointMismatch(f"{path} does not fit this recipe ({detail}); rerun with --fresh to start over "
                                       "(the old run is set aside, not deleted)")
 
+        if not (path / TRAINABLE_FILE).is_file():
+            raise mismatch(f"no {TRAINABLE_FILE}: written by an earlier videoldm")
         trainable = load_file(path / TRAINABLE_FILE)
         expected = {self.parameter_names[id(p)]: p for p in self.parameters + self.discriminator_parameters}
         if trainable.keys() != expected.keys():
@@ -577,7 +590,7 @@ def _enable_gradient_checkpointing(modules: dict[str, torch.nn.Module], paramete
     trained = _modules_holding(modules, parameters)
     supporting = [m for m in trained.values() if getattr(m, "_supports_gradient_checkpointing", False)]
     if not supporting:
-        raise ValueError(f"gradient_checkpointing: none of the trained modules {sorted(trained)} supports it")
+        raise SetupError(f"gradient_checkpointing: none of the trained modules {sorted(trained)} supports it")
     for module in supporting:
         module.enable_gradient_checkpointing()
 
