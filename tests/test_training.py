@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -242,8 +243,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(trained_stages,
     single.train()
     recipe = _write_recipe(_video_recipe(trained_stages, tmp_path / "two", steps), tmp_path / "video.yaml")
     (tmp_path / "script.py").write_text(EVERY_RANK_SAVES)
-    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(tmp_path / "script.py"), str(recipe), str(tmp_path)]
+    with socket.socket() as probe:  # a free port: other test runs on this machine may hold the default one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(tmp_path / "script.py"), str(recipe), str(tmp_path)]
     run = subprocess.run(command, env={**SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -281,15 +281,17 @@ class Trainer:
         self.ema = EMAModel(self.parameters, decay=settings.ema_decay)
         self.ema.to(self.device)
 
-        dataset = stage.dataset()
+        self.source = dataset = stage.dataset()
         # Image stages train on single frames of the same videos: they need the cached video tensor.
         frames_only = getattr(stage, "frames_only", False)
+        self.streaming = hasattr(dataset, "stream")
+        if self.streaming and (settings.cache_data or frames_only):
+            raise SetupError("cache_data and image stages need a map-style source (with a length), not a stream")
         if settings.cache_data or frames_only:
             dataset = build_cache(dataset, workers=settings.num_workers)
         if frames_only:
             dataset = FramesOfVideos(dataset)
         self.dataset = dataset
-        self.streaming = hasattr(dataset, "stream")
         if not self.streaming:
             self.draws = DrawDataset(dataset, settings.seed)
         self.step = 0
@@ -487,6 +489,10 @@ class Trainer:
                     raise TrainingInterrupted(signum, self.step, checkpoint)
                 if out_of_time:
                     break
+        skipped = getattr(self.source, "skipped", None)  # as far as this process has seen
+        if skipped:
+            counts = skipped.items() if hasattr(skipped, "items") else [("unusable", len(skipped))]
+            self.accelerator.print("skipped bad files: " + ", ".join(f"{count} {reason}" for reason, count in counts))
         if self.step >= settings.steps or out_of_time:
             self.export()
         return TrainResult(step=self.step, logs=logs, seconds=time.perf_counter() - started)
