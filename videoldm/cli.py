@@ -306,7 +306,7 @@ def inflate(
 def train(
     recipe: str = typer.Argument(..., help="Recipe: a YAML file, or the name of a bundled recipe (e.g. digits_video)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Override the recipe's total steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the batch size."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the global batch size (all processes and accumulation steps together)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the recipe's output directory."),
     fresh: bool = typer.Option(False, "--fresh", help="Start at step 0 instead of resuming: the earlier checkpoints, log and final model are moved into OUTPUT_DIR/previous-<UTC time>/ (nothing is deleted)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.01, callback=_finite, help="Stop (checkpoint and export) after this long."),
@@ -315,7 +315,7 @@ def train(
 
     Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint and exits with 130 or
     143; the same command then resumes exactly. Several processes or machines:
-    ``accelerate launch [--multi_gpu --num_processes N --num_machines M ...] -m videoldm train RECIPE``.
+    accelerate launch [--multi_gpu --num_processes N --num_machines M ...] -m videoldm train RECIPE
     """
     from .data.io import check_creatable
     from .training.recipes import RecipeError, load_recipe, resolve_recipe
