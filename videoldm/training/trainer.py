@@ -405,6 +405,9 @@ class Trainer:
         state = json.loads((path / STATE_FILE).read_text())
         self.ema.optimization_step = state["ema_optimization_step"]
         self.step = state["step"]
+        if state["global_batch"] != self.settings.batch_size:
+            self.accelerator.print(f"note: {path.name} was trained with global batch {state['global_batch']}, this run "
+                                   f"uses {self.settings.batch_size}: from here on it sees other samples than that run would")
         return True
 
     def _set_aside_previous_run(self) -> None:
