@@ -110,3 +110,40 @@ def test_per_sample_noise_does_not_depend_on_the_batch_it_is_drawn_in():
                         randn_per_sample(seeds[2:], "noise", (3, 2), torch.device("cpu"))])
     assert torch.equal(whole, halves)
     assert not torch.equal(whole, randn_per_sample(seeds, "posterior", (3, 2), torch.device("cpu")))
+
+
+class _StreamStage:
+    """A minimal stage on a streaming source: a linear map of the latents; remembers the draws it trained on."""
+
+    def __init__(self) -> None:
+        self.source = _Stream()
+        self.model = torch.nn.Linear(1, 1)
+        self.seen: list[int] = []
+
+    def dataset(self) -> IterableDataset:
+        return self.source
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.parameters())
+
+    def loss(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        self.seen += [int(value) for value in batch["latents"][:, 0]]
+        loss = self.model(batch["latents"]).pow(2).mean()
+        return loss, {"loss": loss.item()}
+
+    def export(self, output_dir) -> None:
+        output_dir.mkdir(parents=True)
+
+
+def test_the_trainer_streams_from_the_resumed_position(tmp_path):
+    from videoldm.training.trainer import Trainer, TrainSettings
+
+    settings = TrainSettings(steps=3, batch_size=4, num_workers=0, checkpoint_every=1)
+    first = _StreamStage()
+    assert Trainer(first, settings, tmp_path).train(max_steps=1).step == 1
+    resumed = _StreamStage()
+    assert Trainer(resumed, settings, tmp_path).train().step == 3
+    assert first.seen == [0, 1, 2, 3] and resumed.seen == list(range(4, 12))
