@@ -74,6 +74,8 @@ def _sandbox(root: Path) -> None:
         "under_file.yaml": "stage: autoencoder\noutput_dir: a_file/run\ndata: {}\nmodel: {}\n",
         "missing_arg.yaml": "stage: video\noutput_dir: runs/x\ndata: {}\n",
         "bad_settings.yaml": "stage: autoencoder\noutput_dir: runs/x\ndata: {}\nmodel: {}\ntrain: {mixed_precision: fp8}\n",
+        "accumulate.yaml": "stage: autoencoder\noutput_dir: runs/x\ndata: {}\nmodel: {}\n"
+                           "train: {batch_size: 4, gradient_accumulation_steps: 2}\n",
     }
     for name, text in recipes.items():
         (root / name).write_text(text)
@@ -153,6 +155,7 @@ HOSTILE = [
     (["train", "under_file.yaml"], "a_file"),
     (["train", "bad_type.yaml", "--steps", "0"], "--steps"),
     (["train", "bad_type.yaml", "--max-minutes", "nan"], "--max-minutes"),
+    (["train", "accumulate.yaml", "--batch-size", "3"], "--batch-size"),
     # evaluate
     (["evaluate", "--fake", "clip.mp4", "--real", "clip.mp4", "--num-frames", "8"], "--num-frames"),
     (["evaluate", "--fake", "clip.mp4", "--metrics", "fid", "--real", "clip.mp4", "--device", "foo"], "--device"),

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,7 +149,7 @@ def test_video_stage_refuses_unknown_entries_such_as_image_batch_fraction(tmp_pa
     # to 1) give the temporal layers no gradient. A recipe still naming it must say so, not train.
     recipe = load_recipe(CONFIGS / "digits_video.yaml")
     recipe["image_batch_fraction"] = 0.5
-    with pytest.raises(ValueError, match="do not fit stage VideoStage.*'image_batch_fraction'"):
+    with pytest.raises(RecipeError, match=r"recipe of stage VideoStage: unknown entries \[.image_batch_fraction.\]"):
         build_trainer(recipe)
     path = tmp_path / "video.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -161,3 +168,241 @@ def test_embedded_model_generates_a_digit_video():
                   generator=torch.Generator().manual_seed(0), output_type="pt").frames
     assert frames.shape == (1, 4, 1, 32, 32) and frames.dtype == torch.float32
     assert frames.max() > 0.5, "a digit is drawn (bright pixels on the dark canvas)"
+
+
+# ----------------------------------------------------------------------------- processes, checkpoints, interruption
+def _trained(output_dir: Path) -> dict[str, torch.Tensor]:
+    """The trainable weights of the newest checkpoint of a run."""
+    from safetensors.torch import load_file
+
+    from videoldm.training.trainer import TRAINABLE_FILE, complete_checkpoints
+
+    return load_file(complete_checkpoints(output_dir)[-1] / TRAINABLE_FILE)
+
+
+def _losses(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(run: Path, reference: Path, weight_tolerance: float = 1e-6) -> None:
+    """Same loss sequence and same trainable weights, within float tolerance."""
+    losses, expected = _losses(run), _losses(reference)
+    assert [entry["step"] for entry in losses] == [entry["step"] for entry in expected]
+    assert torch.allclose(torch.tensor([e["loss"] for e in losses]), torch.tensor([e["loss"] for e in expected]), atol=1e-6)
+    weights, expected_weights = _trained(run), _trained(reference)
+    assert weights.keys() == expected_weights.keys()
+    for name, value in expected_weights.items():
+        assert torch.allclose(weights[name], value, atol=weight_tolerance), name
+
+
+def _video_recipe(trained_stages: Path, output_dir: Path, steps: int, **train) -> dict:
+    recipe = tiny_recipe("digits_video", trained_stages, steps=steps)
+    recipe["output_dir"] = str(output_dir)
+    recipe["train"].update(log_every=1, **train)
+    return recipe
+
+
+def _write_recipe(recipe: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+# Splitting the batch over processes or accumulation steps sums the gradient in another order. Adam's
+# first steps divide each gradient by its own size, so elements with a near-zero gradient turn that
+# float noise into up to ~2e-5: half an Adam step (lr 2e-4) is the tolerance.
+REORDERED_SUM_TOLERANCE = 1e-4
+
+# One thread per process: the runs agree with the in-process reference (conftest sets one thread)
+# and share the CI machine's cores politely.
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+# Rank-wise weights of a multi-process `videoldm train`: the real command, with each process also
+# saving what it ended with (only the main process writes checkpoints).
+EVERY_RANK_SAVES = """
+import sys, torch
+import videoldm.training.stages as stages
+from videoldm.cli import main
+built = []
+def build_and_keep(*args, **kwargs):
+    built.append(build_trainer(*args, **kwargs))
+    return built[-1]
+build_trainer, stages.build_trainer = stages.build_trainer, build_and_keep
+try:
+    main(["train", sys.argv[1]])
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+trainer = built[0]
+weights = {trainer.parameter_names[id(p)]: p.detach().cpu() for p in trainer.parameters}
+torch.save(weights, f"{sys.argv[2]}/rank{trainer.accelerator.process_index}.pt")
+"""
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(trained_stages, tmp_path):
+    steps = 3
+    single = build_trainer(_video_recipe(trained_stages, tmp_path / "one", steps))
+    single.train()
+    recipe = _write_recipe(_video_recipe(trained_stages, tmp_path / "two", steps), tmp_path / "video.yaml")
+    (tmp_path / "script.py").write_text(EVERY_RANK_SAVES)
+    with socket.socket() as probe:  # a free port: other test runs on this machine may hold the default one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(tmp_path / "script.py"), str(recipe), str(tmp_path)]
+    run = subprocess.run(command, env={**SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 process(es) (MULTI_CPU, cpu), global batch 4 = 2 x 2" in run.stdout + run.stderr
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    # Unsynchronised ranks would differ from each other; ranks training on other samples would differ
+    # from the 1-process run by whole Adam steps.
+    expected = {single.parameter_names[id(p)]: p.detach() for p in single.parameters}
+    for name, value in expected.items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), f"the ranks differ in {name}"
+        assert torch.allclose(ranks[0][name], value, atol=REORDERED_SUM_TOLERANCE), name
+    _assert_same_run(tmp_path / "two", tmp_path / "one", weight_tolerance=REORDERED_SUM_TOLERANCE)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(trained_stages, tmp_path_factory) -> tuple[dict, Path]:
+    """A 12-step video run (checkpoint every 4 steps, a data worker), trained without interruption."""
+    recipe = _video_recipe(trained_stages, tmp_path_factory.mktemp("straight") / "run", steps=12, checkpoint_every=4)
+    build_trainer(recipe).train()
+    return recipe, Path(recipe["output_dir"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights_and_losses(uninterrupted, tmp_path, capsys, signum):
+    from videoldm.cli import main
+
+    recipe, reference = uninterrupted
+    run_dir = tmp_path / "run"
+    path = _write_recipe({**recipe, "output_dir": str(run_dir)}, tmp_path / "video.yaml")
+    command = [sys.executable, "-m", "videoldm", "train", str(path)]
+    # its own process group, as a shell job: Ctrl-C reaches the data worker too
+    process = subprocess.Popen(command, env=SUBPROCESS_ENV, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoint-4").is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(process.pid, signum)
+    _, stderr = process.communicate(timeout=120)
+    assert not (run_dir / "final").exists()
+    if signum == signal.SIGINT:
+        assert process.returncode == 130, stderr[-2000:]
+        stopped_at = _losses(run_dir)[-1]["step"]
+        assert f"interrupted by SIGINT at step {stopped_at}; saved" in stderr
+        assert (run_dir / f"checkpoint-{stopped_at}").is_dir(), "Ctrl-C writes a checkpoint of the last step"
+    else:
+        assert process.returncode == -signal.SIGKILL
+    # the same command again (in this process, to save a start-up)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path)])
+    assert exit_info.value.code in (0, None)
+    assert "resumed from step" in capsys.readouterr().out
+    _assert_same_run(run_dir, reference)
+    assert not list(run_dir.glob(".*")), "no partial checkpoint is left behind"
+
+
+def _stage_with_loss(trainer, loss):
+    """Replace the stage's loss in a trainer (it reaches the stage through its prepared StageLoss)."""
+    trainer.loss_module.compute = loss
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_means_exit_143(trained_stages, tmp_path):
+    from videoldm.training.trainer import TrainingInterrupted
+
+    trainer = build_trainer(_video_recipe(trained_stages, tmp_path / "run", steps=8, checkpoint_every=4))
+    real_loss = trainer.stage.loss
+
+    def loss_then_sigterm(batch, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step
+        return real_loss(batch, step)
+
+    _stage_with_loss(trainer, loss_then_sigterm)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 2") as interrupted:
+        trainer.train()
+    assert interrupted.value.exit_code == 143
+    assert [path.name for path in (tmp_path / "run").glob("checkpoint-*")] == ["checkpoint-2"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "the handlers are restored"
+
+
+def test_a_nan_loss_stops_with_its_step_and_keeps_the_last_good_checkpoint(trained_stages, tmp_path):
+    from videoldm.training.trainer import TrainingDiverged
+
+    trainer = build_trainer(_video_recipe(trained_stages, tmp_path / "run", steps=8, checkpoint_every=2))
+    real_loss = trainer.stage.loss
+
+    def loss_nan_at_step_3(batch, step):
+        loss, logs = real_loss(batch, step)
+        return (loss * float("nan") if step == 3 else loss), logs
+
+    _stage_with_loss(trainer, loss_nan_at_step_3)
+    with pytest.raises(TrainingDiverged, match=r"at step 4; .*last good checkpoint is .*checkpoint-2"):
+        trainer.train()
+    assert sorted(path.name for path in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    good = _trained(tmp_path / "run")
+    assert all(torch.isfinite(value).all() for value in good.values())
+
+
+def test_checkpoints_hold_only_trained_weights_and_partial_ones_are_ignored(trained_stages, tmp_path):
+    from videoldm.training.trainer import complete_checkpoints
+
+    run = tmp_path / "run"
+    trainer = build_trainer(_video_recipe(trained_stages, run, steps=4, checkpoint_every=1, keep_checkpoints=2))
+    trainer.train()
+    assert [path.name for path in complete_checkpoints(run)] == ["checkpoint-3", "checkpoint-4"]
+    names = _trained(run).keys()
+    assert names == {trainer.parameter_names[id(p)] for p in trainer.stage.unet.temporal_parameters()}
+    assert all(name.startswith("unet.temporal.") for name in names)
+    # a write that was killed half-way (no state file) and a partial directory are not resumed from
+    (run / "checkpoint-9").mkdir()
+    (run / ".checkpoint-10.partial").mkdir()
+    resumed = build_trainer(_video_recipe(trained_stages, run, steps=4))
+    assert resumed.resume() and resumed.step == 4
+
+
+def test_a_changed_recipe_suggests_fresh_and_fresh_sets_the_old_run_aside(trained_stages, tmp_path, capsys):
+    from videoldm.cli import main
+
+    run = tmp_path / "run"
+    build_trainer(_video_recipe(trained_stages, run, steps=2)).train()
+    changed = _video_recipe(trained_stages, run, steps=2)
+    changed["temporal"]["temporal_kinds"] = ["conv"]
+    path = _write_recipe(changed, tmp_path / "changed.yaml")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert "checkpoint-2 does not fit this recipe" in lines[0] and "--fresh" in lines[0]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path), "--fresh"])
+    assert exit_info.value.code in (0, None)
+    (aside,) = run.glob("previous-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-2", "final", "train_log.jsonl"]
+    assert (run / "checkpoint-2").is_dir() and (run / "final").is_dir()
+
+
+def test_accumulation_and_gradient_checkpointing_leave_the_result_unchanged(trained_stages, tmp_path):
+    def weights(name: str, **train) -> dict[str, torch.Tensor]:
+        trainer = build_trainer(_video_recipe(trained_stages, tmp_path / name, steps=2, **train))
+        assert trainer.stage.unet.is_gradient_checkpointing == train.get("gradient_checkpointing", False)
+        trainer.train()
+        return {trainer.parameter_names[id(p)]: p.detach() for p in trainer.parameters}
+
+    plain = weights("plain")
+    checkpointed = weights("checkpointed", gradient_checkpointing=True)
+    accumulated = weights("accumulated", gradient_accumulation_steps=2)
+    for name, value in plain.items():
+        assert torch.allclose(checkpointed[name], value, atol=1e-6), name
+        assert torch.allclose(accumulated[name], value, atol=REORDERED_SUM_TOLERANCE), name
+    _assert_same_run(tmp_path / "accumulated", tmp_path / "plain", weight_tolerance=REORDERED_SUM_TOLERANCE)
+
+
+def test_mixed_precision_on_a_cpu_computes_in_float32(trained_stages, tmp_path):
+    trainer = build_trainer(_video_recipe(trained_stages, tmp_path / "run", steps=1, mixed_precision="bf16"))
+    assert trainer.mixed_precision == "no" and trainer.accelerator.mixed_precision == "no"
+    assert trainer.train().step == 1

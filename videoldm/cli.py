@@ -4,7 +4,8 @@ The error contract: every command checks all its arguments, input files and outp
 loads a network, samples or trains. A user error (a bad option, a missing, truncated or malformed
 file, conditioning the model cannot use, an output path that cannot be written) is one line on
 stderr naming the option or file and what was expected, exit status 2, no traceback, and nothing
-written. Outputs are written atomically (a temporary name, then a rename). Ctrl-C exits with 130.
+written. Outputs are written atomically (a temporary name, then a rename). Ctrl-C exits with 130 (``train``
+first writes a checkpoint; SIGTERM there exits with 143).
 Anything else is a bug in videoldm and keeps its traceback.
 """
 
@@ -367,12 +368,17 @@ def inflate(
 def train(
     recipe: str = typer.Argument(..., help="Recipe: a YAML file, or the name of a bundled recipe (e.g. digits_video)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Override the recipe's total steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the batch size."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the global batch size (all processes and accumulation steps together)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the recipe's output directory."),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints instead of resuming."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start at step 0 instead of resuming: the earlier checkpoints, log and final model are moved into OUTPUT_DIR/previous-<UTC time>/ (nothing is deleted)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.01, callback=_finite, help="Stop (checkpoint and export) after this long."),
 ) -> None:
-    """Train one stage from a recipe; resumes from the latest checkpoint in its output directory."""
+    """Train one stage from a recipe; resumes from the latest checkpoint in its output directory.
+
+    Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint and exits with 130 or
+    143; the same command then resumes exactly. Several processes or machines:
+    accelerate launch [--multi_gpu --num_processes N --num_machines M ...] -m videoldm train RECIPE
+    """
     from .data.io import check_creatable
     from .training.recipes import RecipeError, load_recipe, resolve_recipe
 
@@ -385,12 +391,29 @@ def train(
         if run_dir.is_file():
             raise ValueError(f"{run_dir} is a file; expected a directory")
 
+    from .training.draws import micro_batch_size
+    from .training.trainer import CheckpointMismatch, SetupError, TrainingDiverged, TrainingInterrupted, TrainSettings
+
+    # accelerate launch / torchrun set WORLD_SIZE: check the global batch splits before building anything
+    with reported_as("--batch-size" if batch_size else f"recipe {recipe}: train.batch_size"):
+        settings = TrainSettings.from_dict({**recipe_dict.get("train", {}), **overrides})
+        micro_batch_size(settings.batch_size, int(os.environ.get("WORLD_SIZE", 1)), settings.gradient_accumulation_steps)
+
     from .training.stages import build_trainer
 
-    trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
-    result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
+    with reported_as(f"recipe {recipe}", SetupError):
+        trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
+    try:
+        result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
+    except (CheckpointMismatch, TrainingDiverged) as error:
+        raise UserError(_first_line(error)) from None
+    except TrainingInterrupted as error:
+        if trainer.is_main:
+            typer.echo(str(error), err=True)
+        sys.exit(error.exit_code)
     losses = ", ".join(f"{key} {value:.4f}" for key, value in result.logs.items())
-    typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
+    if trainer.is_main:
+        typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
 
 
 @app.command()

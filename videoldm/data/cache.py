@@ -48,7 +48,7 @@ class FramesOfVideos(Dataset):
         return len(self.videos) * self.num_frames
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.gather(torch.tensor([index]))
+        return {key: value[0] for key, value in self.gather(torch.tensor([index])).items()}
 
     def gather(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         """Batch of the frames at ``indices (B,)``: ``image`` ``(B, C, H, W)`` and per-video entries."""

@@ -65,11 +65,17 @@ class DiffusionObjective:
         latents: torch.Tensor,
         model_kwargs: dict[str, Any] | None = None,
         generator: torch.Generator | None = None,
+        timesteps: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean-squared denoising loss of ``model`` on clean latents ``(B, T, C, H, W)``."""
-        batch = latents.shape[0]
-        timesteps = self.sample_timesteps(batch, latents.device, generator)
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        """Mean-squared denoising loss of ``model`` on clean latents ``(B, T, C, H, W)``.
+
+        ``timesteps (B,)`` and ``noise`` (shaped like ``latents``) are drawn from ``generator`` unless given.
+        """
+        if timesteps is None:
+            timesteps = self.sample_timesteps(latents.shape[0], latents.device, generator)
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = model(noisy, timesteps, **(model_kwargs or {})).sample
         return F.mse_loss(prediction.float(), self.target(latents, noise, timesteps).float())

@@ -24,8 +24,10 @@ from ..models.discriminator import VideoDiscriminator
 from ..models.unet import VideoUNet, VideoUNetOutput
 from ..pipelines.text_to_video import VideoLDMPipeline
 from .decoder_losses import DecoderFinetuneObjective
+from .draws import DRAW_SEED, rand_per_sample, randint_per_sample, randn_per_sample, sample_generators
 from .objective import DiffusionObjective
 from .perceptual import PerceptualLoss
+from .recipes import check_arguments
 from .trainer import Trainer, TrainSettings, parameters_of
 
 
@@ -41,10 +43,32 @@ def _require_dir(path: str | Path, what: str) -> Path:
     return path
 
 
-def drop_labels(labels: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace all labels of a sample by -1 (null) with ``probability``: ``(B, K)`` -> ``(B, K)``."""
-    keep = torch.rand(labels.shape[0], generator=generator).to(labels.device) >= probability
+def drop_labels(labels: torch.Tensor, probability: float, draw_seeds: torch.Tensor) -> torch.Tensor:
+    """Replace all labels of a sample by -1 (null) with ``probability``: ``(B, K)`` -> ``(B, K)``.
+
+    Each sample's coin comes from its ``draw_seeds (B,)`` entry.
+    """
+    keep = rand_per_sample(draw_seeds, "label_dropout", labels.device) >= probability
     return torch.where(keep[:, None], labels, torch.full_like(labels, -1))
+
+
+def posterior_sample(distribution: Any, draw_seeds: torch.Tensor) -> torch.Tensor:
+    """A sample of a diagonal Gaussian posterior over ``(B*T, c, h, w)`` (``T`` frames per draw), noise per draw."""
+    mean, std = distribution.mean, distribution.std
+    per_draw = (mean.shape[0] // len(draw_seeds), *mean.shape[1:])
+    noise = randn_per_sample(draw_seeds, "posterior", per_draw, mean.device, mean.dtype).flatten(0, 1)
+    return mean + std * noise
+
+
+def denoising_loss(
+    objective: DiffusionObjective, model: torch.nn.Module, latents: torch.Tensor, model_kwargs: dict[str, Any],
+    draw_seeds: torch.Tensor,
+) -> torch.Tensor:
+    """The objective's loss on latents ``(B, T, C, H, W)`` with each sample's diffusion time and noise from its draw."""
+    num_train_timesteps = objective.noise_scheduler.config.num_train_timesteps
+    timesteps = randint_per_sample(draw_seeds, "timestep", num_train_timesteps, latents.device)
+    noise = randn_per_sample(draw_seeds, "noise", latents.shape[1:], latents.device, latents.dtype)
+    return objective.loss(model, latents, model_kwargs, timesteps=timesteps, noise=noise)
 
 
 class _DigitsDataStage:
@@ -77,7 +101,7 @@ class AutoencoderStage(_DigitsDataStage):
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch["image"]
         posterior = self.vae.encode(images).latent_dist
-        reconstruction = self.vae.decode(posterior.sample()).sample
+        reconstruction = self.vae.decode(posterior_sample(posterior, batch[DRAW_SEED])).sample
         l1 = F.l1_loss(reconstruction, images)
         kl = posterior.kl().mean()
         return l1 + self.kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
@@ -97,13 +121,13 @@ class _LatentStage(_DigitsDataStage):
 
     label_dropout: float
 
-    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _encode(self, pixels: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
+        """Frames ``(B*T, C, H, W)`` of ``B`` draws -> posterior-sampled scaled latents ``(B*T, c, h, w)``."""
         with torch.no_grad():
-            return self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+            return posterior_sample(self.vae.encode(pixels).latent_dist, draw_seeds) * self.vae.config.scaling_factor
 
-    def _conditioning(self, labels: torch.Tensor, step: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(step)
-        return self.label_encoder(drop_labels(labels, self.label_dropout, generator))
+    def _conditioning(self, labels: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
+        return self.label_encoder(drop_labels(labels, self.label_dropout, draw_seeds))
 
     def export(self, output_dir: Path) -> None:
         # A pipeline directory: sampled by `videoldm generate` (video stage) or inflated by
@@ -148,10 +172,11 @@ class ImageLDMStage(_LatentStage):
         return parameters_of([self.unet, self.label_encoder])
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        latents = self._encode(batch["image"])
-        context = self._conditioning(batch["labels"], step)
-        generator = torch.Generator(latents.device).manual_seed(step)
-        loss = self.objective.loss(_ImageAsVideo(self.unet), latents[:, None], {"encoder_hidden_states": context}, generator)
+        draw_seeds = batch[DRAW_SEED]
+        latents = self._encode(batch["image"], draw_seeds)
+        context = self._conditioning(batch["labels"], draw_seeds)
+        loss = denoising_loss(self.objective, _ImageAsVideo(self.unet), latents[:, None],
+                              {"encoder_hidden_states": context}, draw_seeds)
         return loss, {"loss": loss.item()}
 
 
@@ -195,15 +220,13 @@ class VideoStage(_LatentStage):
         return list(self.unet.temporal_parameters())
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        video = batch["video"]
+        video, draw_seeds = batch["video"], batch[DRAW_SEED]
         batch_size, num_frames = video.shape[:2]
-        latents = self._encode(video.flatten(0, 1)).unflatten(0, (batch_size, num_frames))
-        context = self._conditioning(batch["labels"], step)
-        generator = torch.Generator(latents.device).manual_seed(step)
+        latents = self._encode(video.flatten(0, 1), draw_seeds).unflatten(0, (batch_size, num_frames))
+        context = self._conditioning(batch["labels"], draw_seeds)
         # No image-only samples (alpha forced to 1) are mixed in: with the spatial layers frozen they
         # would give the temporal layers no gradient, only cost compute.
-        kwargs = {"encoder_hidden_states": context}
-        loss = self.objective.loss(self.unet, latents, kwargs, generator)
+        loss = denoising_loss(self.objective, self.unet, latents, {"encoder_hidden_states": context}, draw_seeds)
         return loss, {"loss": loss.item()}
 
 
@@ -268,8 +291,9 @@ class DecoderStage(_DigitsDataStage):
             self.perceptual_loss.to(video.device)
         with torch.no_grad():
             # Posterior samples, as the LDM's latents were: the decoder must handle that spread.
-            generator = torch.Generator(video.device).manual_seed(step)
-            latents = self.decoder.encode(video, sample_posterior=True, generator=generator)
+            generators = sample_generators(batch[DRAW_SEED], "posterior")
+            latents = torch.cat([self.decoder.encode(clip[None], sample_posterior=True, generator=generator)
+                                 for clip, generator in zip(video, generators)])
         return self.objective.generator_loss(video, latents, step)
 
     def discriminator_loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -386,9 +410,6 @@ def build_trainer(recipe: dict[str, Any], overrides: dict[str, Any] | None = Non
     recipe.pop("output_dir", None)
     settings = TrainSettings.from_dict({**recipe.pop("train", {}), **overrides})
     stage_class = STAGES[recipe.pop("stage")]
+    check_arguments(stage_class.__init__, recipe, f"recipe of stage {stage_class.__name__}")
     torch.manual_seed(settings.seed)
-    try:
-        stage = stage_class(**recipe)
-    except TypeError as error:
-        raise ValueError(f"recipe arguments do not fit stage {stage_class.__name__}: {error}") from None
-    return Trainer(stage, settings, output_dir)
+    return Trainer(stage_class(**recipe), settings, output_dir)
