@@ -36,12 +36,12 @@ def tiny_image_unet(cross_attention: bool = True, seed: int = 0, in_channels: in
     return unet.eval()
 
 
-def tiny_vae(seed: int = 0) -> AutoencoderKL:
-    """A random AutoencoderKL with 2x downsampling: pixels ``(3, 16, 16)`` <-> latents ``(4, 8, 8)``."""
+def tiny_vae(seed: int = 0, channels: int = 3) -> AutoencoderKL:
+    """A random AutoencoderKL with 2x downsampling: pixels ``(channels, 16, 16)`` <-> latents ``(4, 8, 8)``."""
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
+        in_channels=channels,
+        out_channels=channels,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         block_out_channels=(8, 16),

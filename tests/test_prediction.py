@@ -237,3 +237,22 @@ def test_cli_rollout_and_continuation_write_exact_frame_counts(tmp_path):
     assert torch.equal(continued[:4], read_video(tmp_path / "given").frames)
     run("--frames", "5", "--init-image", str(tmp_path / "given" / "frame_00000.png"), "--out", str(tmp_path / "i2v.gif"))
     assert read_video(tmp_path / "i2v.gif").frames.shape[0] == 5
+
+
+def test_prediction_stage_trains_temporal_and_context_weights_only(tmp_path):
+    from videoldm.training.stages import build_trainer
+
+    context_pipeline(tiny_vae(channels=1)).save_pretrained(tmp_path / "video")  # digits are grey
+    recipe = {"stage": "prediction", "output_dir": str(tmp_path / "run"), "video_model": str(tmp_path / "video"),
+              "data": {"canvas_size": 16, "digit_size": 6, "num_frames": 4, "num_videos": 4},
+              "context_probabilities": [0.2, 0.3, 0.5],
+              "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "num_workers": 0, "warmup_steps": 0}}
+    trainer = build_trainer(recipe)
+    spatial = {k: v.clone() for k, v in trainer.stage.unet.unet.state_dict().items()}
+    context = [p.clone() for p in trainer.stage.unet.context_encoder.parameters()]
+    result = trainer.train()
+    assert result.step == 2
+    assert all(torch.equal(v, trainer.stage.unet.unet.state_dict()[k]) for k, v in spatial.items())
+    assert any(not torch.equal(a, b) for a, b in zip(context, trainer.stage.unet.context_encoder.parameters()))
+    exported = VideoLDMPipeline.from_pretrained(tmp_path / "run" / "final")
+    assert exported.unet.has_context_conditioning

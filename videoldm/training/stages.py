@@ -364,20 +364,20 @@ class PredictionStage(_LatentStage):
         return list(self.unet.temporal_parameters())
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        video = batch["video"]
+        video, draw_seeds = batch["video"], batch[DRAW_SEED]
         batch_size, num_frames = video.shape[:2]
-        latents = self._encode(video.flatten(0, 1)).unflatten(0, (batch_size, num_frames))
-        context = self._conditioning(batch["labels"], step)
-        generator = torch.Generator(latents.device).manual_seed(step)
-        num_context = torch.multinomial(
-            self.context_probabilities, batch_size, replacement=True, generator=torch.Generator().manual_seed(step)
-        ).to(latents.device)
+        latents = self._encode(video.flatten(0, 1), draw_seeds).unflatten(0, (batch_size, num_frames))
+        context = self._conditioning(batch["labels"], draw_seeds)
+        # S per sample by inverting the cumulative distribution at a uniform draw
+        uniform = rand_per_sample(draw_seeds, "context_frames", torch.device("cpu")).double()
+        num_context = torch.searchsorted(self.context_probabilities.cumsum(0), uniform, right=True)
+        num_context = num_context.clamp_max(len(self.context_probabilities) - 1).to(latents.device)
         kwargs = {
             "encoder_hidden_states": context,
             "context_mask": context_frame_mask(num_context, num_frames),
             "context_latents": latents,
         }
-        loss = self.objective.loss(self.unet, latents, kwargs, generator)
+        loss = denoising_loss(self.objective, self.unet, latents, kwargs, draw_seeds)
         return loss, {"loss": loss.item()}
 
     def export(self, output_dir: Path) -> None:
