@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -38,10 +39,13 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "VideoClip",
+    "VIDEO_SUFFIXES",
     "VideoReadError",
+    "VideoSource",
     "atomic_output",
     "check_creatable",
     "check_video_output",
+    "frames_at_rate",
     "from_uint8",
     "read_video",
     "to_uint8",
@@ -52,6 +56,12 @@ __all__ = [
 WRITE_FORMATS = (".mp4", ".gif", "folder of PNG frames (no extension or trailing '/')")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_FPS = 8.0  # folders store no rate; also the fallback for containers that state none
+# Files taken for videos when a folder is listed (FFmpeg reads many more; these are the common ones).
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".ts", ".ogv", ".flv",
+                  ".wmv", ".3gp")
+# A path to a video file or frame folder, or an open binary file holding a video (e.g. a member of
+# a webdataset shard in a BytesIO; its ``name`` attribute, when set, names it in errors).
+VideoSource = str | os.PathLike[str] | BinaryIO
 
 
 class VideoReadError(ValueError):
@@ -166,7 +176,7 @@ def write_video(
 
 
 def read_video(
-    path: str | os.PathLike[str],
+    path: VideoSource,
     *,
     fps: float | None = None,
     start_frame: int = 0,
@@ -184,6 +194,8 @@ def read_video(
     Then ``start_frame``, ``stride`` and ``num_frames`` pick resampled frames ``start_frame``,
     ``start_frame + stride``, ... (``num_frames`` of them, fewer if the video ends first).
     Decoding stops as soon as the requested frames are in hand.
+
+    ``path`` may also be an open binary file (read from its start).
 
     Raises FileNotFoundError if ``path`` is missing, VideoReadError if it cannot be decoded, holds
     no frames, or has none in the requested range.
@@ -203,28 +215,28 @@ def read_video(
         target_fps = source_fps if fps is None else fps
         picked, seen = _resample(decoded, source_fps / target_fps, start_frame, step, num_frames)
     if seen == 0:
-        raise VideoReadError(f"{path}: video is empty (no frames decoded)")
+        raise VideoReadError(f"{_name(path)}: video is empty (no frames decoded)")
     if not picked:
         raise VideoReadError(
-            f"{path}: requested range is empty: start_frame={start_frame} but the video has only "
+            f"{_name(path)}: requested range is empty: start_frame={start_frame} but the video has only "
             f"{_count_after_resampling(seen, source_fps / target_fps)} frames at {target_fps:g} fps"
         )
     return VideoClip(frames=from_uint8(np.stack(picked)), fps=float(target_fps))
 
 
-def video_info(path: str | os.PathLike[str]) -> dict[str, float | int]:
+def video_info(path: VideoSource) -> dict[str, float | int]:
     """``{"num_frames", "fps", "width", "height"}`` of a video file or frame folder.
 
     The frame count comes from the container when it records one, otherwise the video is decoded
     to count. Folders report ``fps`` 8 (they store no rate). Errors as for ``read_video``.
     """
     path = _existing(path)
-    if path.is_dir():
+    if _is_folder(path):
         files = _frame_files(path)
         width, height = _load_image(files[0]).size
         return {"num_frames": len(files), "fps": DEFAULT_FPS, "width": width, "height": height}
     try:
-        with av.open(str(path)) as container:
+        with av.open(_opened(path)) as container:
             stream = _video_stream(container, path)
             info = {
                 "num_frames": stream.frames,
@@ -235,9 +247,9 @@ def video_info(path: str | os.PathLike[str]) -> dict[str, float | int]:
             if not info["num_frames"]:
                 info["num_frames"] = sum(1 for _ in container.decode(stream))
     except av.FFmpegError as err:
-        raise VideoReadError(f"{path}: cannot read video: {err}") from err
+        raise VideoReadError(f"{_name(path)}: cannot read video: {err}") from err
     if info["num_frames"] == 0:
-        raise VideoReadError(f"{path}: video is empty (no frames decoded)")
+        raise VideoReadError(f"{_name(path)}: video is empty (no frames decoded)")
     return info
 
 
@@ -308,7 +320,30 @@ def _write_gif(pixels: np.ndarray, path: Path, fps: float) -> None:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _existing(path: str | os.PathLike[str]) -> Path:
+def frames_at_rate(num_frames: int, source_fps: float, fps: float | None) -> int:
+    """How many frames a video of ``num_frames`` at ``source_fps`` has when :func:`read_video` resamples it to ``fps``."""
+    return num_frames if fps is None else _count_after_resampling(num_frames, source_fps / fps)
+
+
+def _is_folder(source: Path | BinaryIO) -> bool:
+    return isinstance(source, Path) and source.is_dir()
+
+
+def _opened(source: Path | BinaryIO) -> str | BinaryIO:
+    """What ``av.open`` takes: a path string, or the binary file rewound to its start."""
+    if isinstance(source, Path):
+        return str(source)
+    source.seek(0)
+    return source
+
+
+def _name(source: Path | BinaryIO) -> str:
+    return str(source) if isinstance(source, Path) else str(getattr(source, "name", "<video stream>"))
+
+
+def _existing(path: VideoSource) -> Path | BinaryIO:
+    if hasattr(path, "read"):
+        return path
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "no such video file or frame folder", str(path))
@@ -316,27 +351,27 @@ def _existing(path: str | os.PathLike[str]) -> Path:
 
 
 @contextmanager
-def _open_frames(path: Path, folder_fps: float) -> Iterator[tuple[float, Iterator[np.ndarray]]]:
+def _open_frames(path: Path | BinaryIO, folder_fps: float) -> Iterator[tuple[float, Iterator[np.ndarray]]]:
     """Yield ``(source_fps, lazy iterator of (H, W, 3) uint8 frames)``; ``folder_fps`` for folders.
 
     The container stays open while the caller pulls frames, so decoder failures that surface
     mid-stream (a truncated file) are caught here too and reported as VideoReadError.
     """
-    if path.is_dir():
+    if _is_folder(path):
         yield folder_fps, _folder_frames(_frame_files(path))
         return
     try:
-        with av.open(str(path)) as container:
+        with av.open(_opened(path)) as container:
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
             yield _stream_fps(stream), (f.to_ndarray(format="rgb24") for f in container.decode(stream))
     except av.FFmpegError as err:
-        raise VideoReadError(f"{path}: cannot read video: {err}") from err
+        raise VideoReadError(f"{_name(path)}: cannot read video: {err}") from err
 
 
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+def _video_stream(container: av.container.InputContainer, path: Path | BinaryIO) -> av.video.stream.VideoStream:
     if not container.streams.video:
-        raise VideoReadError(f"{path}: no video stream found (format {container.format.name!r})")
+        raise VideoReadError(f"{_name(path)}: no video stream found (format {container.format.name!r})")
     return container.streams.video[0]
 
 

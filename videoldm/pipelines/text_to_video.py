@@ -64,6 +64,14 @@ def _decode_image_vae(vae: AutoencoderKL, latents: torch.Tensor, chunk_size: int
     return rearrange(decoded.to(dtype), "(b t) c h w -> b t c h w", b=latents.shape[0]).clamp(-1, 1)
 
 
+def encode_prompts(text_encoder: torch.nn.Module, tokenizer: Any, prompts: list[str], device: torch.device | str) -> torch.Tensor:
+    """Prompts -> the text encoder's last hidden states ``(B, L, D)``, padded to the tokenizer's maximum length
+    (as Stable Diffusion's pipelines do, so training and sampling see the same sequence)."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(device))[0]
+
+
 class VideoLDMPipeline(DiffusionPipeline):
     """Text-, label- or unconditional video generation with a :class:`VideoUNet`.
 
@@ -106,14 +114,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         """Prompts -> text-encoder hidden states ``(B, L, D)``."""
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("this pipeline has no text encoder; pass class labels or nothing instead of a prompt")
-        tokens = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(self._execution_device))[0]
+        return encode_prompts(self.text_encoder, self.tokenizer, prompts, self._execution_device)
 
     def encode_conditions(
         self,

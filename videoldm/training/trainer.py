@@ -99,8 +99,12 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tensors stacked; strings (captions) as a list."""
+    return {
+        key: [sample[key] for sample in samples] if isinstance(samples[0][key], str) else torch.stack([sample[key] for sample in samples])
+        for key in samples[0]
+    }
 
 
 def _latest_checkpoint(output_dir: Path) -> Path | None:
@@ -146,17 +150,27 @@ class Trainer:
             self.dataset = build_cache(self.dataset, workers=settings.num_workers).to(self.device)
         if frames_only:
             self.dataset = FramesOfVideos(self.dataset)
+        self._stream, self._stream_step = None, None
         self.step = 0
 
     # ------------------------------------------------------------------------- batches
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
+    def batch(self, step: int) -> dict[str, Any]:
         """The batch of ``step``: a function of ``(seed, step)`` only, so resumption is exact."""
-        generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
-        indices = torch.randint(0, len(self.dataset), (self.settings.batch_size,), generator=generator)
-        gather = getattr(self.dataset, "gather", None)
-        batch = gather(indices) if gather is not None else _collate([self.dataset[int(i)] for i in indices])
+        stream = getattr(self.dataset, "stream", None)
+        if stream is not None:
+            # A streaming source: the samples at stream positions [step * B, (step + 1) * B).
+            if self._stream_step != step:
+                self._stream = stream(self.settings.seed, step * self.settings.batch_size)
+            batch = _collate([next(self._stream)[1] for _ in range(self.settings.batch_size)])
+            self._stream_step = step + 1
+        else:
+            generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
+            indices = torch.randint(0, len(self.dataset), (self.settings.batch_size,), generator=generator)
+            gather = getattr(self.dataset, "gather", None)
+            batch = gather(indices) if gather is not None else _collate([self.dataset[int(i)] for i in indices])
         return {
             key: value.to(self.device, torch.float32 if value.is_floating_point() else value.dtype)
+            if isinstance(value, torch.Tensor) else value
             for key, value in batch.items()
         }
 
