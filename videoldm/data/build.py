@@ -30,11 +30,15 @@ from .latents import CACHE_FILE, CachedLatents
 from .moving_digits import MovingDigitsConfig, MovingDigitsVideos
 from .sources import ClipFormat, FramesAsImages, ImageFolder, VideoCsv, VideoFolder, WebDatasetVideos, list_video_files
 
-__all__ = ["SOURCE_KINDS", "build_source", "infer_kind"]
+__all__ = ["SOURCE_KINDS", "DataError", "build_source", "infer_kind"]
 
 _FILE_KINDS = {"folder": VideoFolder, "csv": VideoCsv, "webdataset": WebDatasetVideos, "images": ImageFolder}
 SOURCE_KINDS = ("digits", *_FILE_KINDS, "latents")
 _CLIP_ENTRIES = ("num_frames", "fps", "size")
+
+
+class DataError(ValueError):
+    """A ``data:`` section or ``--data`` path that cannot make a source (bad entries, no usable clip)."""
 
 
 def infer_kind(path: str | Path, images: bool = False) -> str:
@@ -82,12 +86,18 @@ def build_source(data: dict[str, Any], *, height: int, width: int, channels: int
     """The source a ``data:`` section describes, for a model of ``height`` x ``width`` x ``channels`` frames.
 
     ``images``: for an image stage (samples ``{"image": (C, H, W)}``; moving digits stay videos,
-    the trainer takes their frames). Raises ValueError for a bad section, or a source without a
-    usable clip (naming the path).
+    the trainer takes their frames). Raises :class:`DataError` for a bad section, or a source
+    without a usable clip (naming the path).
     """
+    try:
+        return _build_source(dict(data), height, width, channels, images)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+
+
+def _build_source(data: dict[str, Any], height: int, width: int, channels: int, images: bool) -> Dataset:
     from ..training.recipes import check_arguments
 
-    data = dict(data)
     kind = data.pop("kind", "digits")
     if kind not in SOURCE_KINDS:
         raise ValueError(f"data: unknown kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")

@@ -54,7 +54,8 @@ def cache_shard_count(source: Dataset, shard_size: int) -> int:
 def check_cache_directory(directory: Path, description: dict[str, Any]) -> bool:
     """Whether ``directory`` continues an earlier cache (True) or starts a new one (False).
 
-    Raises ValueError if it exists and is neither empty nor a cache made with ``description``.
+    Raises ValueError if it exists and is neither empty nor a cache made with ``description``
+    (every entry of ``description`` must equal the earlier one's).
     """
     if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
         return False
@@ -65,7 +66,7 @@ def check_cache_directory(directory: Path, description: dict[str, Any]) -> bool:
         earlier = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{marker}: not a readable cache description ({error})") from None
-    differing = sorted(key for key in set(earlier) | set(description) if earlier.get(key) != description.get(key))
+    differing = sorted(key for key in description if earlier.get(key) != description[key])
     if differing:
         raise ValueError(f"{directory} holds a cache made with other settings ({', '.join(differing)} differ); "
                          "give a new directory to encode with these")

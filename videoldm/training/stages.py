@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch.utils.data import Dataset
 
-from ..data.build import build_source
+from ..data.build import DataError, build_source
 from ..data.latents import CachedLatents
 from ..data.moving_digits import MovingDigitsVideos
+from ..embedded import embedded_model_dir
 from ..models.autoencoder import TemporalDecoder, encode_video
 from ..models.conditioning import LabelEncoder
 from ..models.discriminator import VideoDiscriminator
@@ -28,8 +29,13 @@ from ..pipelines.components import frame_format, load_components
 from ..pipelines.text_to_video import VideoLDMPipeline, encode_prompts
 from .decoder_losses import DecoderFinetuneObjective
 from .objective import DiffusionObjective
+from .recipes import RecipeError
 from .perceptual import PerceptualLoss
 from .trainer import Trainer, TrainSettings, parameters_of
+
+
+# A recipe's ``model: embedded`` is the moving-digits pipeline shipped in the package.
+EMBEDDED_MODEL = "embedded"
 
 
 def _require_dir(path: str | Path, what: str) -> Path:
@@ -178,7 +184,7 @@ class VideoStage(_LatentStage):
 
     The model is either ``image_model`` (an image pipeline directory: its UNet is inflated here
     with ``temporal`` options) or ``model`` (a video pipeline, e.g. made by ``videoldm inflate``
-    or an earlier run, whose temporal layers go on training). Its conditioning is its own: class
+    or an earlier run, whose temporal layers go on training; ``embedded``: the shipped model). Its conditioning is its own: class
     labels (null labels where the data has none, ``label_dropout``), or captions through its
     text encoder and tokenizer, replaced by the empty caption with probability
     ``caption_dropout`` for classifier-free guidance (an unconditional model where the data has
@@ -198,9 +204,11 @@ class VideoStage(_LatentStage):
         gradient_checkpointing: bool = False,
     ) -> None:
         if (image_model is None) == (model is None):
-            raise ValueError("give either image_model (an image pipeline to inflate) or model (a video pipeline)")
+            raise RecipeError("give either image_model (an image pipeline to inflate) or model (a video pipeline)")
         if model is not None and temporal is not None:
-            raise ValueError("temporal options apply when inflating image_model; model already has its temporal layers")
+            raise RecipeError("temporal options apply when inflating image_model; model already has its temporal layers")
+        if model == EMBEDDED_MODEL:
+            model = str(embedded_model_dir())
         directory = _require_dir(image_model or model, "image model" if image_model else "model")
         parts = load_components(directory, ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "label_encoder"))
         self.vae = parts["vae"].requires_grad_(False)
@@ -214,11 +222,11 @@ class VideoStage(_LatentStage):
         unet = parts["unet"]
         if isinstance(unet, VideoUNet):
             if image_model is not None:
-                raise ValueError(f"image_model {directory} is already a video pipeline; give it as model")
+                raise RecipeError(f"image_model {directory} is already a video pipeline; give it as model")
             self.unet = unet.freeze_spatial()
         else:
             if model is not None:
-                raise ValueError(f"model {directory} has an image UNet; give it as image_model (or inflate it first)")
+                raise RecipeError(f"model {directory} has an image UNet; give it as image_model (or inflate it first)")
             self.unet = VideoUNet.from_image_unet(unet, **(temporal or {})).freeze_spatial()
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
@@ -238,12 +246,12 @@ class VideoStage(_LatentStage):
         sample = self.source[0]
         channels = self.unet.spatial_config.in_channels
         if sample["latents"].shape[1] != channels:
-            raise ValueError(f"{self.source.path}: cached latents have {sample['latents'].shape[1]} channels, "
+            raise DataError(f"{self.source.path}: cached latents have {sample['latents'].shape[1]} channels, "
                              f"the model takes {channels}; encode with this model's autoencoder")
         states = sample.get("encoder_hidden_states")
         width = self.unet.spatial_config.cross_attention_dim
         if states is not None and (self.text_encoder is None or states.shape[-1] != width):
-            raise ValueError(f"{self.source.path}: cached caption embeddings of width {states.shape[-1]} "
+            raise DataError(f"{self.source.path}: cached caption embeddings of width {states.shape[-1]} "
                              "do not fit this model's text conditioning; encode with this model")
 
     def modules(self) -> dict[str, torch.nn.Module]:
