@@ -204,31 +204,36 @@ def test_image_sources_give_frames_of_videos_or_images(video_folder, tmp_path):
 
 
 def test_killed_parent_leaves_no_decoding_workers(video_folder, tmp_path):
+    (tmp_path / "carphone.mp4").write_bytes((video_folder / "carphone_pristine.mp4").read_bytes())
     script = textwrap.dedent(f"""
-        import os, sys, torch
+        import os, sys, time, torch
         from torch.utils.data import DataLoader
         from videoldm.data.sources import ClipFormat, VideoFolder, worker_init
-        source = VideoFolder({str(video_folder)!r}, ClipFormat(num_frames=4, fps=8, height=16, width=16))
+        source = VideoFolder({str(tmp_path)!r}, ClipFormat(num_frames=4, fps=8, height=16, width=16))
         loader = DataLoader(source, batch_size=1, num_workers=2, worker_init_fn=worker_init, sampler=torch.utils.data.RandomSampler(source, replacement=True, num_samples=10**6))
         for i, batch in enumerate(loader):
             if i == 2:
                 children = open(f"/proc/{{os.getpid()}}/task/{{os.getpid()}}/children").read().split()
                 print(" ".join(children), flush=True)
+                time.sleep(60)  # the workers fill their prefetch queues and wait
     """)
     parent = subprocess.Popen([sys.executable, "-W", "ignore", "-c", script], stdout=subprocess.PIPE, text=True)
     workers = [int(pid) for pid in parent.stdout.readline().split()]
-    assert len(workers) == 2
+    assert len(workers) == 2 and all(_running(pid) for pid in workers)
+    time.sleep(1.0)
     parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers):
-        time.sleep(0.05)
-    assert not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers)
     parent.stdout.close()
+    # Idle workers notice a dead parent by themselves only at torch's next status check (up to 5 s).
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.02)
+    assert not any(_running(pid) for pid in workers)
 
 
-def _state(pid: int) -> str:
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a dead child waiting for the reaper)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
-        return "Z"
+        return False

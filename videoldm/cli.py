@@ -392,6 +392,7 @@ def encode(
     Interrupted runs resume: run the same command again.
     """
     from .data.build import DataError, build_source, infer_kind
+    from .data.io import check_creatable
     from .data.latents import check_cache_directory
     from .data.sources import skipped_summary
     from .pipelines.components import pipeline_frame_format
@@ -407,21 +408,23 @@ def encode(
         kind = infer_kind(data)
     if kind not in ("folder", "csv", "webdataset"):
         raise UserError(f"--data {data}: holds {kind}; expected a folder of videos, a CSV file or webdataset shards")
-    text_model = info.conditioning == "text"
+    embed = info.conditioning == "text" and embed_captions
     description = {"data": str(Path(data).expanduser().absolute()) if kind != "webdataset" else data, "kind": kind,
                    "model": str(info.path.absolute()), "num_frames": num_frames, "fps": fps, "height": height,
                    "width": width, "channels": frames.channels}
+    # what encode_to_cache adds to the description (but the shard count, which needs the data)
+    settings = {"shard_size": shard_size, "seed": seed, "captions": "embeddings" if embed else "text"}
     with reported_as("--out"):
         if out.is_file():
             raise ValueError(f"{out} is a file; expected a directory")
-        check_cache_directory(out, description)  # before any data is read
+        check_cache_directory(out, {**description, **settings})  # before any data is read
         check_creatable(out)
     with plain_warnings():
         with reported_as("--data", DataError):
             source = build_source({"kind": kind, "path": data, "num_frames": num_frames, "fps": fps, "size": [height, width]},
                                   height=height, width=width, channels=frames.channels)
         _encode_source(source, info, out, description, shard_size=shard_size, batch_size=batch_size, seed=seed,
-                       embed=text_model and embed_captions, device=device)
+                       embed=embed, device=device)
     summary = skipped_summary(source)
     if summary:
         typer.echo(f"data: {summary}")
@@ -433,13 +436,17 @@ def _encode_source(source, info, out: Path, description: dict, *, shard_size: in
     import torch
     from accelerate import PartialState
 
-    from .data.latents import CachedLatents, encode_to_cache
+    from .data.latents import CachedLatents, cache_description, encode_to_cache, prepare_cache
     from .models.autoencoder import encode_video
     from .pipelines.components import load_components
     from .pipelines.text_to_video import encode_prompts
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     target = torch.device(device) if device else state.device
+    if state.is_main_process:
+        with reported_as("--out"):  # the data on disk changed since an interrupted run
+            prepare_cache(out, cache_description(description, source, shard_size, seed, embed))
+    state.wait_for_everyone()
     parts = load_components(info.path, ("vae", "text_encoder", "tokenizer") if embed else ("vae",))
     vae = parts["vae"].to(target).eval()
     captions = None

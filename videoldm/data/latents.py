@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from .io import atomic_output
 from .sources import WebDatasetVideos, draw_generator
 
-__all__ = ["CACHE_FILE", "CachedLatents", "cache_shard_count", "check_cache_directory", "encode_to_cache", "shard_path"]
+__all__ = ["CACHE_FILE", "CachedLatents", "cache_description", "cache_shard_count", "check_cache_directory", "encode_to_cache",
+           "prepare_cache", "shard_path"]
 
 CACHE_FILE = "cache.json"
 # Clip generators of webdataset shard k start at draw k * this (shards hold fewer samples).
@@ -73,6 +74,25 @@ def check_cache_directory(directory: Path, description: dict[str, Any]) -> bool:
     return True
 
 
+def cache_description(description: dict[str, Any], source: Dataset, shard_size: int, seed: int, embed: bool) -> dict[str, Any]:
+    """The whole ``cache.json`` of encoding ``source``: ``description`` plus the shard layout, seed and caption form."""
+    return {**description, "num_shards": cache_shard_count(source, shard_size), "shard_size": shard_size, "seed": seed,
+            "captions": "embeddings" if embed else "text"}
+
+
+def prepare_cache(directory: Path, description: dict[str, Any]) -> bool:
+    """Check ``directory`` (:func:`check_cache_directory`) and write its ``cache.json`` if it is new.
+
+    Process 0 calls it before the others start encoding (they only check). Returns whether an
+    earlier cache is continued.
+    """
+    resuming = check_cache_directory(directory, description)
+    if not resuming:
+        with atomic_output(directory / CACHE_FILE) as staging:
+            staging.write_text(json.dumps(description, indent=2) + "\n")
+    return resuming
+
+
 def _items(source: Dataset, shard: int, shard_size: int, seed: int) -> Iterator[dict[str, Any]]:
     if isinstance(source, WebDatasetVideos):
         yield from source.shard_clips(shard, lambda j: draw_generator(seed, shard * _DRAWS_PER_SHARD + j))
@@ -100,16 +120,16 @@ def encode_to_cache(
 
     ``encode`` maps pixels ``(B, T, C, H, W)`` to latents ``(B, T, c, h, w)``; ``embed_captions``
     (optional) maps captions to ``(B, L, D)``, stored instead of the captions. ``description``
-    is written as ``cache.json`` (by process 0, before any shard), with the shard count added.
+    (with :func:`cache_description`'s entries added) is the cache's ``cache.json``: process 0
+    writes it (:func:`prepare_cache`); the other processes must start after that.
     """
     directory = Path(directory)
-    num_shards = cache_shard_count(source, shard_size)
-    description = {**description, "num_shards": num_shards, "shard_size": shard_size, "seed": seed,
-                   "captions": "embeddings" if embed_captions else "text"}
-    resuming = check_cache_directory(directory, description)
-    if process_index == 0 and not resuming:
-        with atomic_output(directory / CACHE_FILE) as staging:
-            staging.write_text(json.dumps(description, indent=2) + "\n")
+    description = cache_description(description, source, shard_size, seed, embed_captions is not None)
+    num_shards = description["num_shards"]
+    if process_index == 0:
+        prepare_cache(directory, description)
+    elif not check_cache_directory(directory, description):
+        raise RuntimeError(f"process {process_index} started before process 0 wrote {directory / CACHE_FILE}")
     mine = [k for k in range(num_shards) if k % num_processes == process_index and not shard_path(directory, k).is_file()]
     total = sum(min(shard_size, len(source) - k * shard_size) for k in mine) if not isinstance(source, WebDatasetVideos) else None
     encoded = 0
