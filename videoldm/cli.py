@@ -388,13 +388,13 @@ def encode(
 ) -> None:
     """Encode the clips of --data into latents once (sharded safetensors); train on them with `data: {kind: latents, path: OUT}`.
 
-    Multi-process: `accelerate launch -m videoldm encode ...` splits the shards between processes.
+    Multi-process: `accelerate launch --num_processes N -m videoldm encode ...` (GPUs) or
+    `torchrun --nproc_per_node N -m videoldm encode ...` (CPUs) splits the shards between processes.
     Interrupted runs resume: run the same command again.
     """
     from .data.build import DataError, build_source, infer_kind
     from .data.io import check_creatable
     from .data.latents import check_cache_directory
-    from .data.sources import skipped_summary
     from .pipelines.components import pipeline_frame_format
     from .pipelines.directory import PipelineDirectoryError, inspect_pipeline_directory
 
@@ -425,9 +425,6 @@ def encode(
                                   height=height, width=width, channels=frames.channels)
         _encode_source(source, info, out, description, shard_size=shard_size, batch_size=batch_size, seed=seed,
                        embed=embed, device=device)
-    summary = skipped_summary(source)
-    if summary:
-        typer.echo(f"data: {summary}")
 
 
 def _encode_source(source, info, out: Path, description: dict, *, shard_size: int, batch_size: int, seed: int, embed: bool,
@@ -435,8 +432,10 @@ def _encode_source(source, info, out: Path, description: dict, *, shard_size: in
     """Load the autoencoder (and text encoder) of ``info`` and write ``source``'s latents to ``out``."""
     import torch
     from accelerate import PartialState
+    from accelerate.utils import gather_object
 
     from .data.latents import CachedLatents, cache_description, encode_to_cache, prepare_cache
+    from .data.sources import skipped_summary
     from .models.autoencoder import encode_video
     from .pipelines.components import load_components
     from .pipelines.text_to_video import encode_prompts
@@ -458,10 +457,13 @@ def _encode_source(source, info, out: Path, description: dict, *, shard_size: in
         shard_size=shard_size, batch_size=batch_size, seed=seed, embed_captions=captions,
         process_index=state.process_index, num_processes=state.num_processes, progress=state.is_local_main_process,
     )
-    state.wait_for_everyone()
+    encoded = sum(gather_object([encoded]))  # waits for every process
     if state.is_main_process:
         cache = CachedLatents(out)
         typer.echo(f"wrote {out}: {len(cache)} clips in {len(cache.shards)} shard(s) ({encoded} encoded by this run)")
+        summary = skipped_summary(source)
+        if summary:
+            typer.echo(f"data: {summary}")
 
 
 def parse_size(text: str) -> tuple[int, int]:
