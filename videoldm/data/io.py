@@ -25,7 +25,7 @@ import math
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -193,7 +193,10 @@ def read_video(
     later frame). For a folder, which stores no rate, ``fps`` *is* the source rate (default 8).
     Then ``start_frame``, ``stride`` and ``num_frames`` pick resampled frames ``start_frame``,
     ``start_frame + stride``, ... (``num_frames`` of them, fewer if the video ends first).
-    Decoding stops as soon as the requested frames are in hand.
+    Decoding stops as soon as the requested frames are in hand, and starts near ``start_frame``:
+    a video file is sought to the key frame before it (frame ``i`` is the one shown at
+    ``i / source_fps`` after the first; where the timestamps do not step by exactly one frame, a
+    variable-rate video, it is decoded from the start instead), a folder skips earlier images.
 
     ``path`` may also be an open binary file (read from its start).
 
@@ -211,9 +214,17 @@ def read_video(
         raise ValueError(f"stride must be >= 1, got {stride}")
 
     path = _existing(path)
-    with _open_frames(path, DEFAULT_FPS if fps is None else fps) as (source_fps, decoded):
-        target_fps = source_fps if fps is None else fps
-        picked, seen = _resample(decoded, source_fps / target_fps, start_frame, step, num_frames)
+
+    def first_needed(source_fps: float) -> int:
+        return int(np.floor(start_frame * source_fps / (source_fps if fps is None else fps) + 0.5))
+
+    try:
+        with _open_frames(path, DEFAULT_FPS if fps is None else fps, first_needed) as (source_fps, decoded):
+            target_fps = source_fps if fps is None else fps
+            picked, seen = _resample(decoded, source_fps / target_fps, start_frame, step, num_frames)
+    except _InexactSeek:
+        with _open_frames(path, DEFAULT_FPS if fps is None else fps) as (source_fps, decoded):
+            picked, seen = _resample(decoded, source_fps / target_fps, start_frame, step, num_frames)
     if seen == 0:
         raise VideoReadError(f"{_name(path)}: video is empty (no frames decoded)")
     if not picked:
@@ -350,23 +361,62 @@ def _existing(path: VideoSource) -> Path | BinaryIO:
     return path
 
 
-@contextmanager
-def _open_frames(path: Path | BinaryIO, folder_fps: float) -> Iterator[tuple[float, Iterator[np.ndarray]]]:
-    """Yield ``(source_fps, lazy iterator of (H, W, 3) uint8 frames)``; ``folder_fps`` for folders.
+class _InexactSeek(Exception):
+    """Frame timestamps after a seek do not give frame indices exactly; decode from the start."""
 
-    The container stays open while the caller pulls frames, so decoder failures that surface
-    mid-stream (a truncated file) are caught here too and reported as VideoReadError.
+
+@contextmanager
+def _open_frames(
+    path: Path | BinaryIO, folder_fps: float, first_needed: Callable[[float], int] = lambda fps: 0
+) -> Iterator[tuple[float, Iterator[tuple[int, np.ndarray]]]]:
+    """Yield ``(source_fps, lazy iterator of (index, (H, W, 3) uint8 frame))``; ``folder_fps`` for folders.
+
+    Frames come in order; the first has index at most ``first_needed(source_fps)`` (video files
+    are sought there, see :func:`read_video`; the iterator raises :class:`_InexactSeek` where
+    that is not exact). The container stays open while the caller pulls frames, so decoder
+    failures that surface mid-stream (a truncated file) are caught here too and reported as
+    VideoReadError.
     """
     if _is_folder(path):
-        yield folder_fps, _folder_frames(_frame_files(path))
+        files = _frame_files(path)
+        # keep the last frame at least, so the frame count stays known
+        yield folder_fps, _folder_frames(files, min(first_needed(folder_fps), len(files) - 1))
         return
     try:
         with av.open(_opened(path)) as container:
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
-            yield _stream_fps(stream), (f.to_ndarray(format="rgb24") for f in container.decode(stream))
+            source_fps = _stream_fps(stream)
+            yield source_fps, _indexed_frames(container, stream, source_fps, first_needed(source_fps))
     except av.FFmpegError as err:
         raise VideoReadError(f"{_name(path)}: cannot read video: {err}") from err
+
+
+def _indexed_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float, start: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    decoded = container.decode(stream)
+    if start <= 0:
+        yield from ((i, frame.to_ndarray(format="rgb24")) for i, frame in enumerate(decoded))
+        return
+    first = next(decoded, None)
+    if first is None:
+        return
+    if first.pts is None or first.time_base is None:
+        raise _InexactSeek
+    origin, seconds_per_tick = first.pts, float(first.time_base)
+    container.seek(origin + int(start / fps / seconds_per_tick), stream=stream, backward=True, any_frame=False)
+    expected = None
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            raise _InexactSeek
+        position = (frame.pts - origin) * seconds_per_tick * fps
+        index = round(position)
+        # a timestamp off the frame grid, a gap, or a landing after the wanted frame: not exact
+        if abs(position - index) > 0.25 or (index != expected if expected is not None else index > start):
+            raise _InexactSeek
+        expected = index + 1
+        yield index, frame.to_ndarray(format="rgb24")
 
 
 def _video_stream(container: av.container.InputContainer, path: Path | BinaryIO) -> av.video.stream.VideoStream:
@@ -397,27 +447,29 @@ def _load_image(file: Path) -> Image.Image:
         raise VideoReadError(f"{file}: cannot read frame image: {err}") from err
 
 
-def _folder_frames(files: list[Path]) -> Iterator[np.ndarray]:
+def _folder_frames(files: list[Path], start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     expected = None
-    for file in files:
-        image = _load_image(file)
+    for index in range(start, len(files)):
+        image = _load_image(files[index])
         expected = expected or image.size
         if image.size != expected:
-            raise VideoReadError(f"{file}: frame size {image.size} differs from {files[0].name}'s {expected}")
-        yield np.asarray(image)
+            raise VideoReadError(f"{files[index]}: frame size {image.size} differs from {files[start].name}'s {expected}")
+        yield index, np.asarray(image)
 
 
 def _resample(
-    frames: Iterator[np.ndarray], ratio: float, start: int, step: int, limit: int | None
+    frames: Iterator[tuple[int, np.ndarray]], ratio: float, start: int, step: int, limit: int | None
 ) -> tuple[list[np.ndarray], int]:
-    """Pick resampled frames ``start, start + step, ...`` from a stream (``ratio`` = source/target fps).
+    """Pick resampled frames ``start, start + step, ...`` from a stream of ``(index, frame)``
+    (``ratio`` = source/target fps; consecutive indices from at most the first one needed).
 
-    Returns the picked frames and how many source frames were decoded. Output frame ``j`` is
-    source frame ``floor(j * ratio + 0.5)``, which only grows with ``j``, so one pass suffices.
+    Returns the picked frames and how many source frames there were up to the last one decoded.
+    Output frame ``j`` is source frame ``floor(j * ratio + 0.5)``, which only grows with ``j``, so
+    one pass suffices.
     """
     picked: list[np.ndarray] = []
     j, seen, last = start, 0, None
-    for i, frame in enumerate(frames):
+    for i, frame in frames:
         seen, last = i + 1, frame
         while (limit is None or len(picked) < limit) and int(np.floor(j * ratio + 0.5)) == i:
             picked.append(frame)
