@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -361,6 +362,10 @@ def _existing(path: VideoSource) -> Path | BinaryIO:
     return path
 
 
+# A decoded frame, converted to (H, W, 3) uint8 pixels when called (inside the open container).
+Frame = Callable[[], np.ndarray]
+
+
 class _InexactSeek(Exception):
     """Frame timestamps after a seek do not give frame indices exactly; decode from the start."""
 
@@ -368,8 +373,8 @@ class _InexactSeek(Exception):
 @contextmanager
 def _open_frames(
     path: Path | BinaryIO, folder_fps: float, first_needed: Callable[[float], int] = lambda fps: 0
-) -> Iterator[tuple[float, Iterator[tuple[int, np.ndarray]]]]:
-    """Yield ``(source_fps, lazy iterator of (index, (H, W, 3) uint8 frame))``; ``folder_fps`` for folders.
+) -> Iterator[tuple[float, Iterator[tuple[int, Frame]]]]:
+    """Yield ``(source_fps, lazy iterator of (index, frame))``; ``folder_fps`` for folders.
 
     Frames come in order; the first has index at most ``first_needed(source_fps)`` (video files
     are sought there, see :func:`read_video`; the iterator raises :class:`_InexactSeek` where
@@ -394,10 +399,10 @@ def _open_frames(
 
 def _indexed_frames(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float, start: int
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Iterator[tuple[int, Frame]]:
     decoded = container.decode(stream)
     if start <= 0:
-        yield from ((i, frame.to_ndarray(format="rgb24")) for i, frame in enumerate(decoded))
+        yield from ((i, partial(frame.to_ndarray, format="rgb24")) for i, frame in enumerate(decoded))
         return
     first = next(decoded, None)
     if first is None:
@@ -416,7 +421,7 @@ def _indexed_frames(
         if abs(position - index) > 0.25 or (index != expected if expected is not None else index > start):
             raise _InexactSeek
         expected = index + 1
-        yield index, frame.to_ndarray(format="rgb24")
+        yield index, partial(frame.to_ndarray, format="rgb24")
 
 
 def _video_stream(container: av.container.InputContainer, path: Path | BinaryIO) -> av.video.stream.VideoStream:
@@ -447,21 +452,27 @@ def _load_image(file: Path) -> Image.Image:
         raise VideoReadError(f"{file}: cannot read frame image: {err}") from err
 
 
-def _folder_frames(files: list[Path], start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-    expected = None
+def _folder_frames(files: list[Path], start: int = 0) -> Iterator[tuple[int, Frame]]:
+    first: list[tuple[Path, tuple[int, int]]] = []  # the first image loaded, which the others must match
+
+    def load(file: Path) -> np.ndarray:
+        image = _load_image(file)
+        if not first:
+            first.append((file, image.size))
+        if image.size != first[0][1]:
+            raise VideoReadError(f"{file}: frame size {image.size} differs from {first[0][0].name}'s {first[0][1]}")
+        return np.asarray(image)
+
     for index in range(start, len(files)):
-        image = _load_image(files[index])
-        expected = expected or image.size
-        if image.size != expected:
-            raise VideoReadError(f"{files[index]}: frame size {image.size} differs from {files[start].name}'s {expected}")
-        yield index, np.asarray(image)
+        yield index, partial(load, files[index])
 
 
 def _resample(
-    frames: Iterator[tuple[int, np.ndarray]], ratio: float, start: int, step: int, limit: int | None
+    frames: Iterator[tuple[int, Frame]], ratio: float, start: int, step: int, limit: int | None
 ) -> tuple[list[np.ndarray], int]:
     """Pick resampled frames ``start, start + step, ...`` from a stream of ``(index, frame)``
     (``ratio`` = source/target fps; consecutive indices from at most the first one needed).
+    Only picked frames are converted to pixels (colour conversion costs more than decoding).
 
     Returns the picked frames and how many source frames there were up to the last one decoded.
     Output frame ``j`` is source frame ``floor(j * ratio + 0.5)``, which only grows with ``j``, so
@@ -471,15 +482,19 @@ def _resample(
     j, seen, last = start, 0, None
     for i, frame in frames:
         seen, last = i + 1, frame
+        pixels = None
         while (limit is None or len(picked) < limit) and int(np.floor(j * ratio + 0.5)) == i:
-            picked.append(frame)
+            pixels = frame() if pixels is None else pixels
+            picked.append(pixels)
             j += step
         if limit is not None and len(picked) == limit:
             break
     # When upsampling, times in the last frame's second half are nearest to a frame that does not
     # exist; the last frame is still on screen then, so it fills them.
+    pixels = None
     while last is not None and (limit is None or len(picked) < limit) and j * ratio < seen:
-        picked.append(last)
+        pixels = last() if pixels is None else pixels
+        picked.append(pixels)
         j += step
     return picked, seen
 
