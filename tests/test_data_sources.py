@@ -237,3 +237,25 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("kind", ["images", "folder"])
+def test_image_stages_train_on_images_or_frames_of_videos(kind, video_folder, tmp_path):
+    from PIL import Image
+    from test_training import tiny_recipe
+
+    from videoldm.training.stages import build_trainer
+
+    if kind == "images":
+        images = tmp_path / "images"
+        images.mkdir()
+        for i in range(3):
+            Image.new("RGB", (40, 30), (80 * i, 40, 200)).save(images / f"{i}.png")
+    recipe = tiny_recipe("digits_autoencoder", tmp_path / "runs", steps=1)
+    recipe["data"] = {"kind": kind, "path": str(images if kind == "images" else video_folder)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        trainer = build_trainer(recipe)
+    assert not trainer.stage.frames_only
+    assert trainer.batch(0)["image"].shape == (4, 1, 32, 32)  # the autoencoder's grey 32x32 frames
+    assert trainer.train().step == 1

@@ -205,3 +205,23 @@ def test_keep_captions_stores_text_and_training_encodes_it(tiny_text_pipeline, c
     code, out, err = run_cli(["train", recipe_file, "--data", cache], capsys)
     assert code == 0, err
     assert (tmp_path / "run" / "final" / "model_index.json").is_file()
+
+
+def test_encode_refuses_bad_arguments_before_reading_anything(tiny_text_pipeline, video_folder, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    base = ["encode", "--data", video_folder, "--model", tiny_text_pipeline]
+    cases = {
+        "--size": [*base, "--out", tmp_path / "a", "--size", "0x4"],
+        "--out": [*base, "--out", tmp_path / "file"],
+        "--out ": [*base, "--out", tmp_path / "full"],
+        "--model": ["encode", "--data", video_folder, "--model", tmp_path / "nothing", "--out", tmp_path / "b"],
+        "--data": ["encode", "--data", tmp_path / "missing", "--model", tiny_text_pipeline, "--out", tmp_path / "c"],
+    }
+    before = sorted(tmp_path.rglob("*"))
+    for option, args in cases.items():
+        code, out, err = run_cli(args, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {option.strip()}"), (option, err)
+    assert sorted(tmp_path.rglob("*")) == before
