@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any

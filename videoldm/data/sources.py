@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import tarfile
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -46,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoReadError, VideoSource, frames_at_rate, read_video, video_info
+from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoReadError, frames_at_rate, read_video, video_info
 
 __all__ = [
     "ClipFormat",
@@ -133,12 +134,21 @@ class _SkipCounter:
     def _init_skips(self) -> None:
         self.skipped: Counter = Counter()
         self._skipped_files: set[str] = set()
+        self._skip_lock = threading.Lock()  # files are checked in threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_skip_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._skip_lock = threading.Lock()
 
     def _skip(self, name: str, reason: str, detail: str | None = None) -> None:
-        if name in self._skipped_files:
-            return
-        self._skipped_files.add(name)
-        self.skipped[reason] += 1
+        with self._skip_lock:
+            if name in self._skipped_files:
+                return
+            self._skipped_files.add(name)
+            self.skipped[reason] += 1
         warnings.warn(f"skipping {name}: {reason}" + (f" ({detail})" if detail else ""), DataWarning, stacklevel=3)
 
 
@@ -189,6 +199,9 @@ class VideoFiles(Dataset, _SkipCounter):
             info = video_info(path)
         except VideoReadError as error:
             self._skip(str(path), *_reason_of(error))
+            return None
+        except OSError as error:  # e.g. no permission to read it
+            self._skip(str(path), "unreadable", error.strerror or str(error))
             return None
         frames = frames_at_rate(int(info["num_frames"]), float(info["fps"]), self.clip.fps)
         if frames < self.clip.num_frames:

@@ -5,6 +5,11 @@ Stages of the embedded model, in order (each reads the previous stage's ``final`
 (inflate, freeze spatial, train temporal layers on clips) -> ``decoder`` (inflate the autoencoder's
 decoder, train its temporal layers against a video discriminator; exported into the video
 pipeline as its ``vae``).
+
+Every stage reads its data from the recipe's ``data:`` section (:mod:`videoldm.data.build`): the
+moving digits by default, or users' videos, images or cached latents. The ``video`` stage also
+fine-tunes an existing video pipeline (``model:``, e.g. ``configs/video_finetune.yaml``), with
+text (captions) or label conditioning, whichever the pipeline has.
 """
 
 from __future__ import annotations
