@@ -226,3 +226,33 @@ def test_encode_refuses_bad_arguments_before_reading_anything(tiny_text_pipeline
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {option.strip()}"), (option, err)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("kind", ["csv", "webdataset"])
+def test_an_interrupted_run_on_videos_resumes_with_the_same_clips(kind, tiny_text_pipeline, captions_csv, shards, tmp_path):
+    path = str(captions_csv if kind == "csv" else shards)
+
+    def trainer(directory: str):
+        recipe = tiny_sd_recipe(tiny_text_pipeline, {"kind": kind, "path": path}, tmp_path / directory, steps=3)
+        recipe["train"]["checkpoint_every"] = 1
+        return build_trainer(recipe)
+
+    straight = trainer("straight")
+    straight.train()
+    assert trainer("resumed").train(max_steps=2).step == 2
+    resumed = trainer("resumed")
+    assert resumed.train().step == 3
+    other = dict(resumed.stage.unet.temporal.named_parameters())
+    for name, parameter in straight.stage.unet.temporal.named_parameters():
+        assert torch.allclose(parameter, other[name], atol=1e-6), name
+
+
+def test_encode_webdataset_shards(tiny_text_pipeline, shards, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    code, out, err = run_cli(["encode", "--data", shards, "--model", tiny_text_pipeline, "--out", cache,
+                              "--num-frames", 4, "--fps", 8], capsys)
+    assert code == 0, err
+    assert f"wrote {cache}: 2 clips in 1 shard(s) (2 encoded by this run)" in out
+    assert "data: skipped 4 bad file(s): 1 empty file, 1 too short, 2 unreadable" in out
+    latents = CachedLatents(cache)
+    assert latents[1]["encoder_hidden_states"].shape == (16, 16)
