@@ -23,6 +23,7 @@ from videoldm.data.sources import (
     FramesAsImages,
     ImageFolder,
     VideoCsv,
+    VideoFiles,
     VideoFolder,
     WebDatasetVideos,
     draw_generator,
@@ -259,3 +260,21 @@ def test_image_stages_train_on_images_or_frames_of_videos(kind, video_folder, tm
     assert not trainer.stage.frames_only
     assert trainer.batch(0)["image"].shape == (4, 1, 32, 32)  # the autoencoder's grey 32x32 frames
     assert trainer.train().step == 1
+
+
+def test_a_file_truncated_after_its_header_is_skipped_when_decoded(video_folder, tmp_path):
+    """A fast-start MP4 cut in half: its header (read when the source is built) promises 60 frames,
+    the data holds 19; draws that reach past them skip it and fall to another video."""
+    from videoldm.data.io import read_video, write_video
+
+    frames = read_video(video_folder / "carphone_pristine.mp4", num_frames=60).frames
+    whole = write_video(frames, tmp_path / "whole.mp4", fps=30).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    source, skipped = _build(lambda: VideoFiles([(tmp_path / "cut.mp4", None), (video_folder / "bikes.mp4", None)], CLIP, "two"))
+    assert not skipped and len(source) == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clips = [source.sample(0, draw_generator(0, draw))["video"] for draw in range(8)]
+    assert _skipped_files(caught) == {"cut.mp4"} and source.skipped == Counter({"truncated": 1})
+    assert all(clip.shape == (4, 3, 16, 16) for clip in clips)
+    assert all(torch.equal(clip, source.sample(0, draw_generator(0, draw))["video"]) for draw, clip in enumerate(clips))

@@ -228,7 +228,9 @@ class VideoFiles(Dataset, _SkipCounter):
             try:
                 frames = read_video(video.path, fps=self.clip.fps, start_frame=start, num_frames=self.clip.num_frames).frames
             except VideoReadError as error:
-                self._skip(str(video.path), *_reason_of(error))
+                reason, detail = _reason_of(error)
+                # the header promised these frames (checked when the source was built)
+                self._skip(str(video.path), "truncated" if "requested range is empty" in detail else reason, detail)
             else:
                 if len(frames) == self.clip.num_frames:
                     sample: dict[str, Any] = {"video": fit_frames(frames, self.clip, generator)}
