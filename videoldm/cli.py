@@ -344,10 +344,10 @@ def train(
     from .training.stages import build_trainer
 
     with plain_warnings():
-        with reported_as("--data" if data is not None else f"recipe {recipe}: data", DataError), \
-                reported_as(f"recipe {recipe}", RecipeError):
-            trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
-        result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
+        with reported_as("--data" if data is not None else f"recipe {recipe}: data", DataError):
+            with reported_as(f"recipe {recipe}", RecipeError):
+                trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
+            result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
     losses = ", ".join(f"{key} {value:.4f}" for key, value in result.logs.items())
     typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
     summary = skipped_summary(getattr(trainer.stage, "source", None))

@@ -28,17 +28,13 @@ from torch.utils.data import Dataset
 from .io import IMAGE_SUFFIXES
 from .latents import CACHE_FILE, CachedLatents
 from .moving_digits import MovingDigitsConfig, MovingDigitsVideos
-from .sources import ClipFormat, FramesAsImages, ImageFolder, VideoCsv, VideoFolder, WebDatasetVideos, list_video_files
+from .sources import ClipFormat, DataError, FramesAsImages, ImageFolder, VideoCsv, VideoFolder, WebDatasetVideos, list_video_files
 
 __all__ = ["SOURCE_KINDS", "DataError", "build_source", "infer_kind"]
 
 _FILE_KINDS = {"folder": VideoFolder, "csv": VideoCsv, "webdataset": WebDatasetVideos, "images": ImageFolder}
 SOURCE_KINDS = ("digits", *_FILE_KINDS, "latents")
 _CLIP_ENTRIES = ("num_frames", "fps", "size")
-
-
-class DataError(ValueError):
-    """A ``data:`` section or ``--data`` path that cannot make a source (bad entries, no usable clip)."""
 
 
 def infer_kind(path: str | Path, images: bool = False) -> str:

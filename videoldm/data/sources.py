@@ -51,6 +51,7 @@ from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoReadError, frames_at_rate, 
 
 __all__ = [
     "ClipFormat",
+    "DataError",
     "DataWarning",
     "FramesAsImages",
     "ImageFolder",
@@ -71,6 +72,11 @@ MAX_REDRAWS = 32
 
 class DataWarning(UserWarning):
     """A file of a data source was skipped (it names the file and the reason)."""
+
+
+class DataError(ValueError):
+    """Data that cannot make clips: a bad ``data:`` section, a source without one usable clip, or
+    so many failing files in a row that skipping them cannot go on. Names the path."""
 
 
 def draw_generator(seed: int, draw: int) -> torch.Generator:
@@ -239,7 +245,7 @@ class VideoFiles(Dataset, _SkipCounter):
                     return sample
                 self._skip(str(video.path), "truncated", f"{len(frames)} of {self.clip.num_frames} frames decoded")
             index = int(torch.randint(0, len(self.videos), (), generator=generator))
-        raise ValueError(f"{self.name}: {MAX_REDRAWS} videos in a row failed to decode ({skipped_summary(self)})")
+        raise DataError(f"{self.name}: {MAX_REDRAWS} videos in a row failed to decode ({skipped_summary(self)})")
 
 
 def _is_frame_folder(names: Sequence[str]) -> bool:
@@ -533,7 +539,7 @@ class WebDatasetVideos(IterableDataset, _SkipCounter):
                 yield position, sample
                 position, count = position + 1, count + 1
             if count == 0:
-                raise ValueError(f"{self.name}: the shards hold no samples")
+                raise DataError(f"{self.name}: the shards hold no samples")
             epoch += 1
 
     def stream(self, seed: int, start: int = 0, keep: Callable[[int], bool] = lambda n: True) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -553,7 +559,7 @@ class WebDatasetVideos(IterableDataset, _SkipCounter):
                     break
                 yield pending.pop(0), clip
             if pending and position - pending[0] > MAX_REDRAWS:
-                raise ValueError(f"{self.name}: {MAX_REDRAWS} samples in a row had no usable clip ({skipped_summary(self)})")
+                raise DataError(f"{self.name}: {MAX_REDRAWS} samples in a row had no usable clip ({skipped_summary(self)})")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """One endless pass with ``seed``; DataLoader workers split the positions between them."""
