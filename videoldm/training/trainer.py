@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..data.cache import FramesOfVideos, build_cache
+from ..data.sources import draw_generator
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -163,6 +164,13 @@ class Trainer:
                 self._stream = stream(self.settings.seed, step * self.settings.batch_size)
             batch = _collate([next(self._stream)[1] for _ in range(self.settings.batch_size)])
             self._stream_step = step + 1
+        elif hasattr(self.dataset, "sample"):
+            # Sources with random choices (clip start, crop): draw n = step * B + j takes its item
+            # and every choice from the generator of (seed, n).
+            draws = range(step * self.settings.batch_size, (step + 1) * self.settings.batch_size)
+            generators = [draw_generator(self.settings.seed, n) for n in draws]
+            batch = _collate([self.dataset.sample(int(torch.randint(0, len(self.dataset), (), generator=g)), g)
+                              for g in generators])
         else:
             generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
             indices = torch.randint(0, len(self.dataset), (self.settings.batch_size,), generator=generator)
