@@ -450,15 +450,20 @@ class WebDatasetVideos(IterableDataset, _SkipCounter):
 
     # ----------------------------------------------------------------------------- reading
     def _samples(self, shards: Sequence[str]) -> Iterator[dict[str, Any]]:
+        """The samples of ``shards`` in order; an unreadable shard (or its unreadable rest) is skipped."""
         import webdataset
-
-        def skip_shard(error: Exception) -> bool:
-            self._skip(getattr(error, "url", None) or str(error.args[-1] if error.args else error), "unreadable shard", str(error))
-            return True
+        from webdataset.tariterators import group_by_keys, tar_file_expander
 
         for shard in shards:
+            def skip_shard(error: Exception, shard: str = shard) -> bool:
+                self._skip(shard, "unreadable shard", str(error.args[0]) if error.args else type(error).__name__)
+                return True
+
             try:
-                yield from webdataset.tarfile_samples([{"url": shard}], handler=skip_shard)
+                # Opened here, so the file is closed when a stream stops mid-shard (the generator closes).
+                with webdataset.gopen(shard, "rb") as stream:
+                    members = tar_file_expander([{"url": shard, "stream": stream}], handler=skip_shard)
+                    yield from group_by_keys(members, handler=skip_shard)
             except (tarfile.TarError, OSError) as error:
                 self._skip(shard, "unreadable shard", str(error))
 
