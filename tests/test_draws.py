@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
+from videoldm.data.sources import draw_seed
 from videoldm.training.draws import (
     DRAW_SEED,
     DrawDataset,
     GlobalDrawBatches,
     RankStream,
     collate,
-    draw_seed,
     micro_batch_size,
     randn_per_sample,
     rank_draws,

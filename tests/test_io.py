@@ -151,3 +151,47 @@ def test_unknown_extension(tmp_path):
     with pytest.raises(ValueError, match=r"clip\.avi.*'\.avi'.*\.mp4.*\.gif"):
         write_video(moving_square(2), tmp_path / "clip.avi")
     assert not (tmp_path / "clip.avi").exists()
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "carphone_pristine.mp4", "written.mp4", "written.gif", "frames"])
+def test_reading_from_a_start_frame_seeks_to_exactly_the_frames_of_a_full_read(name, tmp_path):
+    """Seeking (files) and skipping images (folders) give the frames a read from the start gives."""
+    from conftest import real_video
+
+    from videoldm.data.io import read_video, write_video
+
+    if name in ("bikes.mp4", "carphone_pristine.mp4"):
+        path = real_video(name)
+    else:
+        frames = read_video(real_video("carphone_pristine.mp4"), num_frames=40).frames[:, :, ::4, ::4]
+        path = write_video(frames, tmp_path / name, fps=12)
+    for fps in (None, 5.0) if name != "bikes.mp4" else (5.0,):  # bikes: 250 frames of 640x272, one rate
+        full = read_video(path, fps=fps).frames
+        for start in (1, 7, len(full) // 2, len(full) - 3):
+            clip = read_video(path, fps=fps, start_frame=start, num_frames=3).frames
+            assert torch.equal(clip, full[start : start + 3]), (fps, start)
+    with pytest.raises(VideoReadError, match=f"start_frame={len(full) + 5} but the video has only {len(full)} frames"):
+        read_video(path, fps=5.0, start_frame=len(full) + 5)
+
+
+def test_a_variable_rate_video_is_read_from_its_start_instead_of_sought(tmp_path):
+    """Timestamps with a gap (frame 4 missing from the 10 fps grid): seeking by time would land
+    one frame off, so reading falls back to counting frames from the start."""
+    import fractions
+
+    import av
+
+    path = tmp_path / "variable.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = fractions.Fraction(1, 10)
+        for index, pts in enumerate([0, 1, 2, 3, *range(5, 21)]):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), index * 10, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, stream.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    full = read_video(path).frames
+    assert len(full) == 20
+    assert torch.equal(read_video(path, start_frame=8, num_frames=3).frames, full[8:11])

@@ -243,7 +243,7 @@ def test_prediction_stage_trains_temporal_and_context_weights_only(tmp_path):
     from videoldm.training.stages import build_trainer
 
     context_pipeline(tiny_vae(channels=1)).save_pretrained(tmp_path / "video")  # digits are grey
-    recipe = {"stage": "prediction", "output_dir": str(tmp_path / "run"), "video_model": str(tmp_path / "video"),
+    recipe = {"stage": "prediction", "output_dir": str(tmp_path / "run"), "model": str(tmp_path / "video"),
               "data": {"canvas_size": 16, "digit_size": 6, "num_frames": 4, "num_videos": 4},
               "context_probabilities": [0.2, 0.3, 0.5],
               "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "num_workers": 0, "warmup_steps": 0}}

@@ -1,4 +1,4 @@
-"""The ``videoldm`` command line: generate, inflate, train, evaluate.
+"""The ``videoldm`` command line: generate, inflate, train, encode, evaluate.
 
 The error contract: every command checks all its arguments, input files and output paths before it
 loads a network, samples or trains. A user error (a bad option, a missing, truncated or malformed
@@ -69,6 +69,19 @@ def _finite(value: Optional[float]) -> Optional[float]:
     if value is not None and not math.isfinite(value):
         raise typer.BadParameter(f"{value} is not a finite number")
     return value
+
+
+@contextmanager
+def plain_warnings() -> Iterator[None]:
+    """Show each warning (a skipped file, a resized video) as one ``warning:`` line on stderr, not
+    Python's file:line format; tqdm.write keeps the line from tearing an active progress bar."""
+    import warnings
+
+    from tqdm.auto import tqdm
+
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: tqdm.write(f"warning: {message}", file=sys.stderr)
+        yield
 
 
 def _version(value: bool) -> None:
@@ -372,6 +385,7 @@ def train(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the recipe's output directory."),
     fresh: bool = typer.Option(False, "--fresh", help="Start at step 0 instead of resuming: the earlier checkpoints, log and final model are moved into OUTPUT_DIR/previous-<UTC time>/ (nothing is deleted)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.01, callback=_finite, help="Stop (checkpoint and export) after this long."),
+    data: Optional[str] = typer.Option(None, "--data", help="Train on this instead of the recipe's data: a folder of videos, a .csv, webdataset shards (.tar, folder, {000..009} pattern) or a latent cache from `videoldm encode`; the recipe's num_frames/fps/size stay."),
 ) -> None:
     """Train one stage from a recipe; resumes from the latest checkpoint in its output directory.
 
@@ -379,11 +393,15 @@ def train(
     143; the same command then resumes exactly. Several processes or machines:
     accelerate launch [--multi_gpu --num_processes N --num_machines M ...] -m videoldm train RECIPE
     """
+    from .data.build import DataError
     from .data.io import check_creatable
+    from .data.sources import skipped_summary
     from .training.recipes import RecipeError, load_recipe, resolve_recipe
 
     with reported_as("recipe", RecipeError):
         recipe_dict = load_recipe(resolve_recipe(recipe))
+    if data is not None:
+        recipe_dict["data"] = data_override(recipe_dict, data)
     overrides = {key: value for key, value in {"steps": steps, "batch_size": batch_size}.items() if value is not None}
     run_dir = Path(output_dir or recipe_dict["output_dir"])
     with reported_as("--output-dir" if output_dir else f"recipe {recipe}: output_dir"):
@@ -401,19 +419,152 @@ def train(
 
     from .training.stages import build_trainer
 
-    with reported_as(f"recipe {recipe}", SetupError):
-        trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
-    try:
-        result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
-    except (CheckpointMismatch, TrainingDiverged) as error:
-        raise UserError(_first_line(error)) from None
-    except TrainingInterrupted as error:
-        if trainer.is_main:
-            typer.echo(str(error), err=True)
-        sys.exit(error.exit_code)
-    losses = ", ".join(f"{key} {value:.4f}" for key, value in result.logs.items())
+    with plain_warnings():
+        with reported_as("--data" if data is not None else f"recipe {recipe}: data", DataError):
+            with reported_as(f"recipe {recipe}", SetupError, RecipeError):
+                trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
+            try:
+                result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
+            except (CheckpointMismatch, TrainingDiverged) as error:
+                raise UserError(_first_line(error)) from None
+            except TrainingInterrupted as error:
+                if trainer.is_main:
+                    typer.echo(str(error), err=True)
+                sys.exit(error.exit_code)
     if trainer.is_main:
+        losses = ", ".join(f"{key} {value:.4f}" for key, value in result.logs.items())
         typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
+        summary = skipped_summary(getattr(trainer.stage, "source", None))
+        if summary:
+            typer.echo(f"data: {summary}")
+
+
+def data_override(recipe: dict, path: str) -> dict:
+    """The recipe's ``data:`` section for ``--data PATH``: the source kind ``PATH`` holds, and the
+    recipe's clip entries (``num_frames``, ``fps``, ``size``), which every video source takes."""
+    from .data.build import infer_kind
+    from .training.stages import STAGES, AutoencoderStage, ImageLDMStage
+
+    images = issubclass(STAGES[recipe["stage"]], (AutoencoderStage, ImageLDMStage))
+    with reported_as("--data"):
+        kind = infer_kind(path, images=images)
+    clip = {key: value for key, value in recipe.get("data", {}).items() if key in ("num_frames", "fps", "size")}
+    if kind == "latents":
+        clip = {}
+    if images:
+        clip.pop("num_frames", None)
+    return {"kind": kind, "path": path, **clip}
+
+
+@app.command()
+def encode(
+    data: str = typer.Option(..., "--data", help="Videos to encode: a folder, a .csv (path,caption) or webdataset shards."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory whose autoencoder (and text encoder) to use (default: the embedded digits model)."),
+    out: Path = typer.Option(..., "--out", help="New or empty directory for the cache (or an unfinished cache with the same settings, to resume)."),
+    num_frames: int = typer.Option(16, "--num-frames", min=1, max=MAX_FRAMES, help="Frames per clip."),
+    fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the clips (default: each file's own)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Frame size HxW, e.g. 320x512 (default: the model's)."),
+    shard_size: int = typer.Option(256, "--shard-size", min=1, help="Clips per output shard (folders and CSV lists; webdataset keeps its shards)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, max=4096, help="Clips per autoencoder batch."),
+    seed: int = SeedOption,
+    embed_captions: bool = typer.Option(True, "--embed-captions/--keep-captions", help="Store captions as text-encoder states (text models) or as text."),
+    device: Optional[str] = typer.Option(None, "--device", help="Torch device (default: accelerate's choice for this process)."),
+) -> None:
+    """Encode the clips of --data into latents once (sharded safetensors); train on them with `data: {kind: latents, path: OUT}`.
+
+    Multi-process: `accelerate launch --num_processes N -m videoldm encode ...` (GPUs) or
+    `torchrun --nproc_per_node N -m videoldm encode ...` (CPUs) splits the shards between processes.
+    Interrupted runs resume: run the same command again.
+    """
+    from .data.build import DataError, build_source, infer_kind
+    from .data.io import check_creatable
+    from .data.latents import check_cache_directory
+    from .pipelines.components import pipeline_frame_format
+    from .pipelines.directory import PipelineDirectoryError, inspect_pipeline_directory
+
+    if device is not None:
+        check_device(device)
+    with reported_as("--model", PipelineDirectoryError):
+        info = inspect_pipeline_directory(model or _embedded())
+    frames = pipeline_frame_format(info)
+    height, width = parse_size(size) if size else (frames.height, frames.width)
+    with reported_as("--data"):
+        kind = infer_kind(data)
+    if kind not in ("folder", "csv", "webdataset"):
+        raise UserError(f"--data {data}: holds {kind}; expected a folder of videos, a CSV file or webdataset shards")
+    embed = info.conditioning == "text" and embed_captions
+    description = {"data": str(Path(data).expanduser().absolute()) if kind != "webdataset" else data, "kind": kind,
+                   "model": str(info.path.absolute()), "num_frames": num_frames, "fps": fps, "height": height,
+                   "width": width, "channels": frames.channels}
+    # what encode_to_cache adds to the description (but the shard count, which needs the data)
+    settings = {"shard_size": shard_size, "seed": seed, "captions": "embeddings" if embed else "text"}
+    with reported_as("--out"):
+        if out.is_file():
+            raise ValueError(f"{out} is a file; expected a directory")
+        check_cache_directory(out, {**description, **settings})  # before any data is read
+        check_creatable(out)
+    with plain_warnings():
+        with reported_as("--data", DataError):
+            source = build_source({"kind": kind, "path": data, "num_frames": num_frames, "fps": fps, "size": [height, width]},
+                                  height=height, width=width, channels=frames.channels)
+        _encode_source(source, info, out, description, shard_size=shard_size, batch_size=batch_size, seed=seed,
+                       embed=embed, device=device)
+
+
+def _encode_source(source, info, out: Path, description: dict, *, shard_size: int, batch_size: int, seed: int, embed: bool,
+                   device: Optional[str]) -> None:
+    """Load the autoencoder (and text encoder) of ``info`` and write ``source``'s latents to ``out``."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from .data.latents import CachedLatents, cache_description, encode_to_cache, prepare_cache
+    from .data.sources import skipped_summary
+    from .models.autoencoder import encode_video
+    from .pipelines.components import load_components
+    from .pipelines.text_to_video import encode_prompts
+
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    target = torch.device(device) if device else state.device
+    if state.is_main_process:
+        with reported_as("--out"):  # the data on disk changed since an interrupted run
+            prepare_cache(out, cache_description(description, source, shard_size, seed, embed))
+    state.wait_for_everyone()
+    parts = load_components(info.path, ("vae", "text_encoder", "tokenizer") if embed else ("vae",))
+    vae = parts["vae"].to(target).eval()
+    captions = None
+    if embed and getattr(source, "has_captions", True):
+        text_encoder, tokenizer = parts["text_encoder"].to(target).eval(), parts["tokenizer"]
+        captions = lambda texts: encode_prompts(text_encoder, tokenizer, texts, target)  # noqa: E731
+    encoded = encode_to_cache(
+        source, lambda video: encode_video(vae, video.to(target, vae.dtype), sample=False), out, description,
+        shard_size=shard_size, batch_size=batch_size, seed=seed, embed_captions=captions,
+        process_index=state.process_index, num_processes=state.num_processes, progress=state.is_local_main_process,
+    )
+    encoded = sum(gather_object([encoded]))  # waits for every process
+    if state.is_main_process:
+        cache = CachedLatents(out)
+        typer.echo(f"wrote {out}: {len(cache)} clips in {len(cache.shards)} shard(s) ({encoded} encoded by this run)")
+        summary = skipped_summary(source)
+        if summary:
+            typer.echo(f"data: {summary}")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"320x512"`` -> ``(320, 512)``; ``"256"`` -> ``(256, 256)``."""
+    try:
+        size = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) not in (1, 2) or any(part < 1 for part in size):
+        raise UserError(f"--size {text!r}: expected HEIGHTxWIDTH like 320x512, or one number")
+    return (size[0], size[-1])
+
+
+def _embedded() -> Path:
+    from .embedded import embedded_model_dir
+
+    return embedded_model_dir()
 
 
 @app.command()
@@ -441,9 +592,6 @@ def evaluate(
 ) -> None:
     """Compute FVD / FID / IS / CLIP-SIM of generated videos (optionally sampling them first)."""
     import json
-    import warnings
-
-    from tqdm.auto import tqdm
 
     from .data.io import atomic_output
     from .metrics.evaluate import check_metric_inputs, evaluate_videos, generate_videos, list_videos, load_clips
@@ -473,10 +621,7 @@ def evaluate(
     else:
         with reported_as("--fake", ValueError, FileNotFoundError):
             fake_paths = list_videos(fake)
-    with warnings.catch_warnings():
-        # One plain line per warning (skipped or resized videos), not Python's file:line format.
-        # tqdm.write keeps the line from tearing an active progress bar.
-        warnings.showwarning = lambda message, *_, **__: tqdm.write(f"warning: {message}", file=sys.stderr)
+    with plain_warnings():
         generated = None
         if info is not None:
             pipe = load_pipeline(info)

@@ -29,7 +29,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -38,10 +40,13 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "VideoClip",
+    "VIDEO_SUFFIXES",
     "VideoReadError",
+    "VideoSource",
     "atomic_output",
     "check_creatable",
     "check_video_output",
+    "frames_at_rate",
     "from_uint8",
     "read_video",
     "to_channels",
@@ -54,6 +59,12 @@ __all__ = [
 WRITE_FORMATS = (".mp4", ".gif", "folder of PNG frames (no extension or trailing '/')")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_FPS = 8.0  # folders store no rate; also the fallback for containers that state none
+# Files taken for videos when a folder is listed (FFmpeg reads many more; these are the common ones).
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".ts", ".ogv", ".flv",
+                  ".wmv", ".3gp")
+# A path to a video file or frame folder, or an open binary file holding a video (e.g. a member of
+# a webdataset shard in a BytesIO; its ``name`` attribute, when set, names it in errors).
+VideoSource = str | os.PathLike[str] | BinaryIO
 
 
 class VideoReadError(ValueError):
@@ -228,7 +239,7 @@ def video_writer(
 
 
 def read_video(
-    path: str | os.PathLike[str],
+    path: VideoSource,
     *,
     fps: float | None = None,
     start_frame: int = 0,
@@ -245,7 +256,12 @@ def read_video(
     later frame). For a folder, which stores no rate, ``fps`` *is* the source rate (default 8).
     Then ``start_frame``, ``stride`` and ``num_frames`` pick resampled frames ``start_frame``,
     ``start_frame + stride``, ... (``num_frames`` of them, fewer if the video ends first).
-    Decoding stops as soon as the requested frames are in hand.
+    Decoding stops as soon as the requested frames are in hand, and starts near ``start_frame``:
+    a video file is sought to the key frame before it (frame ``i`` is the one shown at
+    ``i / source_fps`` after the first; where the timestamps do not step by exactly one frame, a
+    variable-rate video, it is decoded from the start instead), a folder skips earlier images.
+
+    ``path`` may also be an open binary file (read from its start).
 
     Raises FileNotFoundError if ``path`` is missing, VideoReadError if it cannot be decoded, holds
     no frames, or has none in the requested range.
@@ -261,32 +277,40 @@ def read_video(
         raise ValueError(f"stride must be >= 1, got {stride}")
 
     path = _existing(path)
-    with _open_frames(path, DEFAULT_FPS if fps is None else fps) as (source_fps, decoded):
-        target_fps = source_fps if fps is None else fps
-        picked, seen = _resample(decoded, source_fps / target_fps, start_frame, step, num_frames)
+
+    def first_needed(source_fps: float) -> int:
+        return int(np.floor(start_frame * source_fps / (source_fps if fps is None else fps) + 0.5))
+
+    try:
+        with _open_frames(path, DEFAULT_FPS if fps is None else fps, first_needed) as (source_fps, decoded):
+            target_fps = source_fps if fps is None else fps
+            picked, seen = _resample(decoded, source_fps / target_fps, start_frame, step, num_frames)
+    except _InexactSeek:
+        with _open_frames(path, DEFAULT_FPS if fps is None else fps) as (source_fps, decoded):
+            picked, seen = _resample(decoded, source_fps / target_fps, start_frame, step, num_frames)
     if seen == 0:
-        raise VideoReadError(f"{path}: video is empty (no frames decoded)")
+        raise VideoReadError(f"{_name(path)}: video is empty (no frames decoded)")
     if not picked:
         raise VideoReadError(
-            f"{path}: requested range is empty: start_frame={start_frame} but the video has only "
+            f"{_name(path)}: requested range is empty: start_frame={start_frame} but the video has only "
             f"{_count_after_resampling(seen, source_fps / target_fps)} frames at {target_fps:g} fps"
         )
     return VideoClip(frames=from_uint8(np.stack(picked)), fps=float(target_fps))
 
 
-def video_info(path: str | os.PathLike[str]) -> dict[str, float | int]:
+def video_info(path: VideoSource) -> dict[str, float | int]:
     """``{"num_frames", "fps", "width", "height"}`` of a video file or frame folder.
 
     The frame count comes from the container when it records one, otherwise the video is decoded
     to count. Folders report ``fps`` 8 (they store no rate). Errors as for ``read_video``.
     """
     path = _existing(path)
-    if path.is_dir():
+    if _is_folder(path):
         files = _frame_files(path)
         width, height = _load_image(files[0]).size
         return {"num_frames": len(files), "fps": DEFAULT_FPS, "width": width, "height": height}
     try:
-        with av.open(str(path)) as container:
+        with av.open(_opened(path)) as container:
             stream = _video_stream(container, path)
             info = {
                 "num_frames": stream.frames,
@@ -297,9 +321,9 @@ def video_info(path: str | os.PathLike[str]) -> dict[str, float | int]:
             if not info["num_frames"]:
                 info["num_frames"] = sum(1 for _ in container.decode(stream))
     except av.FFmpegError as err:
-        raise VideoReadError(f"{path}: cannot read video: {err}") from err
+        raise VideoReadError(f"{_name(path)}: cannot read video: {err}") from err
     if info["num_frames"] == 0:
-        raise VideoReadError(f"{path}: video is empty (no frames decoded)")
+        raise VideoReadError(f"{_name(path)}: video is empty (no frames decoded)")
     return info
 
 
@@ -374,35 +398,101 @@ def _write_gif(pixels: np.ndarray, path: Path, fps: float) -> None:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _existing(path: str | os.PathLike[str]) -> Path:
+def frames_at_rate(num_frames: int, source_fps: float, fps: float | None) -> int:
+    """How many frames a video of ``num_frames`` at ``source_fps`` has when :func:`read_video` resamples it to ``fps``."""
+    return num_frames if fps is None else _count_after_resampling(num_frames, source_fps / fps)
+
+
+def _is_folder(source: Path | BinaryIO) -> bool:
+    return isinstance(source, Path) and source.is_dir()
+
+
+def _opened(source: Path | BinaryIO) -> str | BinaryIO:
+    """What ``av.open`` takes: a path string, or the binary file rewound to its start."""
+    if isinstance(source, Path):
+        return str(source)
+    source.seek(0)
+    return source
+
+
+def _name(source: Path | BinaryIO) -> str:
+    return str(source) if isinstance(source, Path) else str(getattr(source, "name", "<video stream>"))
+
+
+def _existing(path: VideoSource) -> Path | BinaryIO:
+    if hasattr(path, "read"):
+        return path
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "no such video file or frame folder", str(path))
     return path
 
 
-@contextmanager
-def _open_frames(path: Path, folder_fps: float) -> Iterator[tuple[float, Iterator[np.ndarray]]]:
-    """Yield ``(source_fps, lazy iterator of (H, W, 3) uint8 frames)``; ``folder_fps`` for folders.
+# A decoded frame, converted to (H, W, 3) uint8 pixels when called (inside the open container).
+Frame = Callable[[], np.ndarray]
 
-    The container stays open while the caller pulls frames, so decoder failures that surface
-    mid-stream (a truncated file) are caught here too and reported as VideoReadError.
+
+class _InexactSeek(Exception):
+    """Frame timestamps after a seek do not give frame indices exactly; decode from the start."""
+
+
+@contextmanager
+def _open_frames(
+    path: Path | BinaryIO, folder_fps: float, first_needed: Callable[[float], int] = lambda fps: 0
+) -> Iterator[tuple[float, Iterator[tuple[int, Frame]]]]:
+    """Yield ``(source_fps, lazy iterator of (index, frame))``; ``folder_fps`` for folders.
+
+    Frames come in order; the first has index at most ``first_needed(source_fps)`` (video files
+    are sought there, see :func:`read_video`; the iterator raises :class:`_InexactSeek` where
+    that is not exact). The container stays open while the caller pulls frames, so decoder
+    failures that surface mid-stream (a truncated file) are caught here too and reported as
+    VideoReadError.
     """
-    if path.is_dir():
-        yield folder_fps, _folder_frames(_frame_files(path))
+    if _is_folder(path):
+        files = _frame_files(path)
+        # keep the last frame at least, so the frame count stays known
+        yield folder_fps, _folder_frames(files, min(first_needed(folder_fps), len(files) - 1))
         return
     try:
-        with av.open(str(path)) as container:
+        with av.open(_opened(path)) as container:
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
-            yield _stream_fps(stream), (f.to_ndarray(format="rgb24") for f in container.decode(stream))
+            source_fps = _stream_fps(stream)
+            yield source_fps, _indexed_frames(container, stream, source_fps, first_needed(source_fps))
     except av.FFmpegError as err:
-        raise VideoReadError(f"{path}: cannot read video: {err}") from err
+        raise VideoReadError(f"{_name(path)}: cannot read video: {err}") from err
 
 
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+def _indexed_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float, start: int
+) -> Iterator[tuple[int, Frame]]:
+    decoded = container.decode(stream)
+    if start <= 0:
+        yield from ((i, partial(frame.to_ndarray, format="rgb24")) for i, frame in enumerate(decoded))
+        return
+    first = next(decoded, None)
+    if first is None:
+        return
+    if first.pts is None or first.time_base is None:
+        raise _InexactSeek
+    origin, seconds_per_tick = first.pts, float(first.time_base)
+    container.seek(origin + int(start / fps / seconds_per_tick), stream=stream, backward=True, any_frame=False)
+    expected = None
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            raise _InexactSeek
+        position = (frame.pts - origin) * seconds_per_tick * fps
+        index = round(position)
+        # a timestamp off the frame grid, a gap, or a landing after the wanted frame: not exact
+        if abs(position - index) > 0.25 or (index != expected if expected is not None else index > start):
+            raise _InexactSeek
+        expected = index + 1
+        yield index, partial(frame.to_ndarray, format="rgb24")
+
+
+def _video_stream(container: av.container.InputContainer, path: Path | BinaryIO) -> av.video.stream.VideoStream:
     if not container.streams.video:
-        raise VideoReadError(f"{path}: no video stream found (format {container.format.name!r})")
+        raise VideoReadError(f"{_name(path)}: no video stream found (format {container.format.name!r})")
     return container.streams.video[0]
 
 
@@ -428,37 +518,49 @@ def _load_image(file: Path) -> Image.Image:
         raise VideoReadError(f"{file}: cannot read frame image: {err}") from err
 
 
-def _folder_frames(files: list[Path]) -> Iterator[np.ndarray]:
-    expected = None
-    for file in files:
+def _folder_frames(files: list[Path], start: int = 0) -> Iterator[tuple[int, Frame]]:
+    first: list[tuple[Path, tuple[int, int]]] = []  # the first image loaded, which the others must match
+
+    def load(file: Path) -> np.ndarray:
         image = _load_image(file)
-        expected = expected or image.size
-        if image.size != expected:
-            raise VideoReadError(f"{file}: frame size {image.size} differs from {files[0].name}'s {expected}")
-        yield np.asarray(image)
+        if not first:
+            first.append((file, image.size))
+        if image.size != first[0][1]:
+            raise VideoReadError(f"{file}: frame size {image.size} differs from {first[0][0].name}'s {first[0][1]}")
+        return np.asarray(image)
+
+    for index in range(start, len(files)):
+        yield index, partial(load, files[index])
 
 
 def _resample(
-    frames: Iterator[np.ndarray], ratio: float, start: int, step: int, limit: int | None
+    frames: Iterator[tuple[int, Frame]], ratio: float, start: int, step: int, limit: int | None
 ) -> tuple[list[np.ndarray], int]:
-    """Pick resampled frames ``start, start + step, ...`` from a stream (``ratio`` = source/target fps).
+    """Pick resampled frames ``start, start + step, ...`` from a stream of ``(index, frame)``
+    (``ratio`` = source/target fps; consecutive indices from at most the first one needed).
+    Only picked frames are converted to pixels (colour conversion costs more than decoding).
 
-    Returns the picked frames and how many source frames were decoded. Output frame ``j`` is
-    source frame ``floor(j * ratio + 0.5)``, which only grows with ``j``, so one pass suffices.
+    Returns the picked frames and how many source frames there were up to the last one decoded.
+    Output frame ``j`` is source frame ``floor(j * ratio + 0.5)``, which only grows with ``j``, so
+    one pass suffices.
     """
     picked: list[np.ndarray] = []
     j, seen, last = start, 0, None
-    for i, frame in enumerate(frames):
+    for i, frame in frames:
         seen, last = i + 1, frame
+        pixels = None
         while (limit is None or len(picked) < limit) and int(np.floor(j * ratio + 0.5)) == i:
-            picked.append(frame)
+            pixels = frame() if pixels is None else pixels
+            picked.append(pixels)
             j += step
         if limit is not None and len(picked) == limit:
             break
     # When upsampling, times in the last frame's second half are nearest to a frame that does not
     # exist; the last frame is still on screen then, so it fills them.
+    pixels = None
     while last is not None and (limit is None or len(picked) < limit) and j * ratio < seen:
-        picked.append(last)
+        pixels = last() if pixels is None else pixels
+        picked.append(pixels)
         j += step
     return picked, seen
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.io import VIDEO_SUFFIXES
 from ._weights import package_file, require_file
 from .clip_sim import clip_sim
 from .fid import FID_INSTALL_HINT, INCEPTION_RESOLUTION, compute_fid, load_inception
@@ -29,7 +30,6 @@ __all__ = ["METRICS", "VIDEO_SUFFIXES", "Clips", "check_metric_inputs", "evaluat
            "list_videos", "load_clips", "parse_metrics"]
 
 METRICS = ("fvd", "fid", "is", "clip_sim")
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")
 _FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 _NEEDS_REAL = ("fvd", "fid")
 _C3D_HINT = "give the path of a UCF-101 C3D state dict (conv1..fc8, optional 'mean')"

@@ -271,3 +271,21 @@ class TemporalDecoder(InflatedModelMixin, ModelMixin, ConfigMixin):
             weight = weight.to(device=frames.device, dtype=frames.dtype)
             output[:, start:end] += weight[None, :, None, None, None] * frames
         return output
+
+
+def encode_video(
+    vae: AutoencoderKL | TemporalDecoder, video: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+) -> torch.Tensor:
+    """Pixels ``(B, T, C, H, W)`` in [-1, 1] -> scaled latents ``(B, T, c, h, w)`` with the image encoder.
+
+    ``vae`` is an ``AutoencoderKL`` or a :class:`TemporalDecoder` (whose encoder is its image
+    autoencoder's); ``sample`` draws from the posterior with ``generator`` (the LDM training
+    convention), otherwise its mean is taken. Latents are ``(z - shift_factor) * scaling_factor``.
+    """
+    if isinstance(vae, TemporalDecoder):
+        return vae.encode(video, sample_posterior=sample, generator=generator)
+    frames = rearrange(video, "b t c h w -> (b t) c h w").to(vae.dtype)
+    posterior = vae.encode(frames).latent_dist
+    latents = posterior.sample(generator) if sample else posterior.mode()
+    latents = (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+    return rearrange(latents, "(b t) c h w -> b t c h w", t=video.shape[1]).contiguous()

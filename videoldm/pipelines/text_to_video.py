@@ -14,7 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
 
-from ..models.autoencoder import TemporalDecoder
+from ..models.autoencoder import TemporalDecoder, encode_video
 from ..models.conditioning import LabelEncoder
 from ..models.unet import VideoUNet
 from .prediction import RolloutWindow, StreamingDecoder, decoder_overlap, plan_rollout, rollout_latents
@@ -66,6 +66,14 @@ def _decode_image_vae(vae: AutoencoderKL, latents: torch.Tensor, chunk_size: int
     return rearrange(decoded.to(dtype), "(b t) c h w -> b t c h w", b=latents.shape[0]).clamp(-1, 1)
 
 
+def encode_prompts(text_encoder: torch.nn.Module, tokenizer: Any, prompts: list[str], device: torch.device | str) -> torch.Tensor:
+    """Prompts -> the text encoder's last hidden states ``(B, L, D)``, padded to the tokenizer's maximum length
+    (as Stable Diffusion's pipelines do, so training and sampling see the same sequence)."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(device))[0]
+
+
 class VideoLDMPipeline(DiffusionPipeline):
     """Text-, label- or unconditional video generation with a :class:`VideoUNet`.
 
@@ -108,14 +116,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         """Prompts -> text-encoder hidden states ``(B, L, D)``."""
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("this pipeline has no text encoder; pass class labels or nothing instead of a prompt")
-        tokens = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(self._execution_device))[0]
+        return encode_prompts(self.text_encoder, self.tokenizer, prompts, self._execution_device)
 
     def encode_conditions(
         self,
@@ -179,12 +180,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         channels = image_vae.config.in_channels
         if frames.ndim != 5 or frames.shape[2] != channels:
             raise ValueError(f"frames must be (B, T, {channels}, H, W) for this model, got shape {tuple(frames.shape)}")
-        if isinstance(self.vae, TemporalDecoder):
-            return self.vae.encode(frames.to(self._execution_device))
-        pixels = rearrange(frames, "b t c h w -> (b t) c h w").to(self._execution_device, self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mode()
-        latents = (latents - (self.vae.config.shift_factor or 0.0)) * self.vae.config.scaling_factor
-        return rearrange(latents, "(b t) c h w -> b t c h w", b=frames.shape[0])
+        return encode_video(self.vae, frames.to(self._execution_device), sample=False)
 
     def _given_frames(
         self, batch: int, init_image: torch.Tensor | None, init_video: torch.Tensor | None, size: tuple[int, int]

@@ -26,13 +26,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
+from ..data.sources import draw_seed, worker_init
+
 DRAW_SEED = "draw_seed"
 _SEED_MODULUS = 2**63 - 1  # torch.Generator.manual_seed's range
-
-
-def draw_seed(seed: int, draw: int) -> int:
-    """The seed of draw ``draw`` of a run seeded with ``seed`` (the contract's ``seed * 1_000_003 + n``)."""
-    return (seed * 1_000_003 + draw) % _SEED_MODULUS
 
 
 def sample_generators(draw_seeds: torch.Tensor, purpose: str) -> list[torch.Generator]:
@@ -167,8 +164,10 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def ignore_interrupts(worker_id: int) -> None:
+def init_data_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: Ctrl-C / SIGTERM reach the whole process group; the trainer, not
-    its data workers, decides when to stop (a worker dying first would fail the next batch)."""
+    its data workers, decides when to stop (a worker dying first would fail the next batch). Then
+    :func:`~videoldm.data.sources.worker_init`: one thread, killed with its parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker_init(worker_id)

@@ -5,6 +5,11 @@ Stages of the embedded model, in order (each reads the previous stage's ``final`
 (inflate, freeze spatial, train temporal layers on clips) -> ``decoder`` (inflate the autoencoder's
 decoder, train its temporal layers against a video discriminator; exported into the video
 pipeline as its ``vae``).
+
+Every stage reads its data from the recipe's ``data:`` section (:mod:`videoldm.data.build`): the
+moving digits by default, or users' videos, images or cached latents. The ``video`` stage also
+fine-tunes an existing video pipeline (``model:``, e.g. ``configs/video_finetune.yaml``), with
+text (captions) or label conditioning, whichever the pipeline has.
 """
 
 from __future__ import annotations
@@ -17,23 +22,27 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch.utils.data import Dataset
 
-from ..data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
+from ..data.build import DataError, build_source
+from ..data.latents import CachedLatents
+from ..data.moving_digits import MovingDigitsVideos
+from ..embedded import embedded_model_dir
 from ..models.autoencoder import TemporalDecoder
 from ..models.conditioning import LabelEncoder
 from ..models.discriminator import VideoDiscriminator
 from ..models.unet import VideoUNet, VideoUNetOutput
-from ..pipelines.text_to_video import VideoLDMPipeline
+from ..pipelines.components import frame_format, load_components
+from ..pipelines.text_to_video import VideoLDMPipeline, encode_prompts
 from .decoder_losses import DecoderFinetuneObjective
 from .draws import DRAW_SEED, rand_per_sample, randint_per_sample, randn_per_sample, sample_generators
 from .objective import DiffusionObjective
+from .recipes import RecipeError
 from .perceptual import PerceptualLoss
 from .recipes import check_arguments
 from .trainer import Trainer, TrainSettings, parameters_of
 
 
-def _digits_config(data: dict[str, Any], split: str = "train") -> MovingDigitsConfig:
-    fields = {key: value for key, value in data.items() if key in MovingDigitsConfig.__dataclass_fields__}
-    return MovingDigitsConfig(**fields, **({"split": split} if "split" not in fields else {}))
+# A recipe's ``model: embedded`` is the moving-digits pipeline shipped in the package.
+EMBEDDED_MODEL = "embedded"
 
 
 def _require_dir(path: str | Path, what: str) -> Path:
@@ -71,25 +80,32 @@ def denoising_loss(
     return objective.loss(model, latents, model_kwargs, timesteps=timesteps, noise=noise)
 
 
-class _DigitsDataStage:
-    """Shared by every stage: the moving-digits videos described by the recipe's ``data:`` section."""
+class _DataStage:
+    """Shared by every stage: the source of the recipe's ``data:`` section (:func:`~videoldm.data.build.build_source`).
 
-    def _use_data(self, data: dict[str, Any]) -> None:
-        self.data_config = _digits_config(data)
-        self.num_videos = data.get("num_videos", 20000)
+    ``frames_only`` (read by the trainer): an image stage on moving digits, whose videos the
+    trainer caches and cuts into frames; other image sources give frames themselves.
+    """
+
+    frames_only = False
+
+    def _use_data(self, data: dict[str, Any], vae_config: dict[str, Any], unet_config: dict[str, Any] | None = None,
+                  images: bool = False) -> None:
+        frames = frame_format(vae_config, unet_config)
+        self.source = build_source(data, height=frames.height, width=frames.width, channels=frames.channels, images=images)
+        self.frames_only = images and isinstance(self.source, MovingDigitsVideos)
+        self.data_config = getattr(self.source, "config", None)
 
     def dataset(self) -> Dataset:
-        return MovingDigitsVideos(self.data_config, self.num_videos)
+        return self.source
 
 
-class AutoencoderStage(_DigitsDataStage):
+class AutoencoderStage(_DataStage):
     """Image autoencoder: L1 reconstruction + a small KL term, on single frames."""
 
-    frames_only = True
-
     def __init__(self, data: dict[str, Any], model: dict[str, Any], kl_weight: float = 1e-6) -> None:
-        self._use_data(data)
         self.vae = AutoencoderKL(**model)
+        self._use_data(data, dict(self.vae.config), images=True)
         self.kl_weight = kl_weight
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -109,24 +125,33 @@ class AutoencoderStage(_DigitsDataStage):
     @torch.no_grad()
     def export(self, output_dir: Path) -> None:
         # The LDM convention: scale latents to unit variance so the diffusion prior fits them.
-        videos = [self.dataset()[index]["video"] for index in range(min(self.num_videos, 256))]
-        frames = torch.cat(videos).to(self.vae.device)
+        samples = [self.source[index] for index in range(min(len(self.source), 256))]
+        frames = torch.cat([s["video"] if "video" in s else s["image"][None] for s in samples]).to(self.vae.device)
         latents = self.vae.encode(frames).latent_dist.mode()
         self.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
         self.vae.save_pretrained(output_dir)
 
 
-class _LatentStage(_DigitsDataStage):
+class _LatentStage(_DataStage):
     """Shared by the diffusion stages: a frozen autoencoder and the image model's noise schedule."""
 
     label_dropout: float
 
     def _encode(self, pixels: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
-        """Frames ``(B*T, C, H, W)`` of ``B`` draws -> posterior-sampled scaled latents ``(B*T, c, h, w)``."""
-        with torch.no_grad():
-            return posterior_sample(self.vae.encode(pixels).latent_dist, draw_seeds) * self.vae.config.scaling_factor
+        """Frames ``(B*T, C, H, W)`` of ``B`` draws -> posterior-sampled scaled latents ``(B*T, c, h, w)``.
 
-    def _conditioning(self, labels: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
+        The frozen image encoder (a :class:`TemporalDecoder`'s encoder is its image autoencoder's);
+        latents are ``(z - shift_factor) * scaling_factor``; the posterior noise comes from each draw.
+        """
+        image_vae = self.vae.vae if isinstance(self.vae, TemporalDecoder) else self.vae
+        with torch.no_grad():
+            posterior = image_vae.encode(pixels.to(image_vae.dtype)).latent_dist
+            latents = posterior_sample(posterior, draw_seeds).float()
+        return (latents - (image_vae.config.shift_factor or 0.0)) * image_vae.config.scaling_factor
+
+    def _conditioning(self, labels: torch.Tensor | None, batch_size: int, draw_seeds: torch.Tensor) -> torch.Tensor:
+        if labels is None:  # data without labels: the null label (the unconditional model)
+            return self.label_encoder(self.label_encoder.null_labels(batch_size, self.label_encoder.device))
         return self.label_encoder(drop_labels(labels, self.label_dropout, draw_seeds))
 
     def export(self, output_dir: Path) -> None:
@@ -144,8 +169,6 @@ class _LatentStage(_DigitsDataStage):
 class ImageLDMStage(_LatentStage):
     """Label-conditional image LDM on single frames, with label dropout for classifier-free guidance."""
 
-    frames_only = True
-
     def __init__(
         self,
         data: dict[str, Any],
@@ -155,11 +178,11 @@ class ImageLDMStage(_LatentStage):
         label_dropout: float = 0.1,
         label_embedding_dim: int = 64,
     ) -> None:
-        self._use_data(data)
         self.vae = AutoencoderKL.from_pretrained(_require_dir(autoencoder, "autoencoder")).requires_grad_(False)
         self.unet = UNet2DConditionModel(**model)
+        self._use_data(data, dict(self.vae.config), dict(self.unet.config), images=True)
         self.label_encoder = LabelEncoder(
-            num_classes=10, max_labels=self.data_config.max_digits, embedding_dim=label_embedding_dim
+            num_classes=10, max_labels=getattr(self.data_config, "max_digits", 1), embedding_dim=label_embedding_dim
         )
         self.noise_scheduler = DDPMScheduler(**scheduler)
         self.objective = DiffusionObjective(self.noise_scheduler)
@@ -174,7 +197,7 @@ class ImageLDMStage(_LatentStage):
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         draw_seeds = batch[DRAW_SEED]
         latents = self._encode(batch["image"], draw_seeds)
-        context = self._conditioning(batch["labels"], draw_seeds)
+        context = self._conditioning(batch.get("labels"), len(latents), draw_seeds)
         loss = denoising_loss(self.objective, _ImageAsVideo(self.unet), latents[:, None],
                               {"encoder_hidden_states": context}, draw_seeds)
         return loss, {"loss": loss.item()}
@@ -194,43 +217,135 @@ class _ImageAsVideo(torch.nn.Module):
 
 
 class VideoStage(_LatentStage):
-    """Video fine-tuning: inflate the image LDM, freeze its spatial layers, train temporal layers on clips."""
+    """Video fine-tuning: freeze a Video LDM's spatial layers and train its temporal layers on clips.
+
+    The model is either ``image_model`` (an image pipeline directory: its UNet is inflated here
+    with ``temporal`` options) or ``model`` (a video pipeline, e.g. made by ``videoldm inflate``
+    or an earlier run, whose temporal layers go on training; ``embedded``: the shipped model). Its conditioning is its own: class
+    labels (null labels where the data has none, ``label_dropout``), or captions through its
+    text encoder and tokenizer, replaced by the empty caption with probability
+    ``caption_dropout`` for classifier-free guidance (an unconditional model where the data has
+    no captions). Batches hold pixel clips (encoded here, a posterior sample) or latents cached
+    by ``videoldm encode`` (with captions or their embeddings). ``gradient_checkpointing``
+    trades compute for activation memory.
+    """
 
     def __init__(
         self,
         data: dict[str, Any],
-        image_model: str,
+        image_model: str | None = None,
+        model: str | None = None,
         temporal: dict[str, Any] | None = None,
         label_dropout: float = 0.1,
+        caption_dropout: float = 0.1,
+        gradient_checkpointing: bool = False,
     ) -> None:
-        image_model_dir = _require_dir(image_model, "image model")
-        self._use_data(data)
-        self.vae = AutoencoderKL.from_pretrained(image_model_dir / "vae").requires_grad_(False)
-        self.label_encoder = LabelEncoder.from_pretrained(image_model_dir / "label_encoder").requires_grad_(False)
-        image_unet = UNet2DConditionModel.from_pretrained(image_model_dir / "unet")
-        self.unet = VideoUNet.from_image_unet(image_unet, **(temporal or {})).freeze_spatial()
-        self.noise_scheduler = DDPMScheduler.from_pretrained(image_model_dir / "scheduler")
+        if (image_model is None) == (model is None):
+            raise RecipeError("give either image_model (an image pipeline to inflate) or model (a video pipeline)")
+        if model is not None and temporal is not None:
+            raise RecipeError("temporal options apply when inflating image_model; model already has its temporal layers")
+        if model == EMBEDDED_MODEL:
+            model = str(embedded_model_dir())
+        directory = _require_dir(image_model or model, "image model" if image_model else "model")
+        parts = load_components(directory, ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "label_encoder"))
+        self.vae = parts["vae"].requires_grad_(False)
+        self.text_encoder = parts.get("text_encoder")
+        self.tokenizer = parts.get("tokenizer") if self.text_encoder is not None else None
+        if self.text_encoder is not None:
+            self.text_encoder.requires_grad_(False)
+        self.label_encoder = parts.get("label_encoder")
+        if self.label_encoder is not None:
+            self.label_encoder.requires_grad_(False)
+        unet = parts["unet"]
+        if isinstance(unet, VideoUNet):
+            if image_model is not None:
+                raise RecipeError(f"image_model {directory} is already a video pipeline; give it as model")
+            self.unet = unet.freeze_spatial()
+        else:
+            if model is not None:
+                raise RecipeError(f"model {directory} has an image UNet; give it as image_model (or inflate it first)")
+            self.unet = VideoUNet.from_image_unet(unet, **(temporal or {})).freeze_spatial()
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        # Sampling keeps the pipeline's own scheduler; an image model gets the multistep solver.
+        self.sampling_scheduler = parts["scheduler"] if model is not None else DPMSolverMultistepScheduler.from_config(parts["scheduler"].config)
+        self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
+        self.caption_dropout = caption_dropout
+        self._use_data(data, dict(self.vae.config), dict(self.unet.config))
+        self._check_latent_source()
+        self._empty_caption_states: torch.Tensor | None = None
+
+    def _check_latent_source(self) -> None:
+        if not isinstance(self.source, CachedLatents):
+            return
+        sample = self.source[0]
+        channels = self.unet.spatial_config.in_channels
+        if sample["latents"].shape[1] != channels:
+            raise DataError(f"{self.source.path}: cached latents have {sample['latents'].shape[1]} channels, "
+                             f"the model takes {channels}; encode with this model's autoencoder")
+        states = sample.get("encoder_hidden_states")
+        width = self.unet.spatial_config.cross_attention_dim
+        if states is not None and (self.text_encoder is None or states.shape[-1] != width):
+            raise DataError(f"{self.source.path}: cached caption embeddings of width {states.shape[-1]} "
+                             "do not fit this model's text conditioning; encode with this model")
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"unet": self.unet, "label_encoder": self.label_encoder, "vae": self.vae}
+        encoders = {"text_encoder": self.text_encoder, "label_encoder": self.label_encoder}
+        return {"unet": self.unet, "vae": self.vae, **{k: v for k, v in encoders.items() if v is not None}}
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.unet.temporal_parameters())
 
-    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        video, draw_seeds = batch["video"], batch[DRAW_SEED]
-        batch_size, num_frames = video.shape[:2]
-        latents = self._encode(video.flatten(0, 1), draw_seeds).unflatten(0, (batch_size, num_frames))
-        context = self._conditioning(batch["labels"], draw_seeds)
+    @torch.no_grad()
+    def _caption_states(self, batch: dict[str, Any], batch_size: int, draw_seeds: torch.Tensor) -> torch.Tensor:
+        """Text conditioning ``(B, L, D)``: captions (or cached embeddings), each dropped to "" with ``caption_dropout``."""
+        device = self.text_encoder.device
+        keep = rand_per_sample(draw_seeds, "caption_dropout", torch.device("cpu")) >= self.caption_dropout
+        if "encoder_hidden_states" in batch:
+            if self._empty_caption_states is None:
+                self._empty_caption_states = encode_prompts(self.text_encoder, self.tokenizer, [""], device)
+            states = batch["encoder_hidden_states"].to(device, self._empty_caption_states.dtype)
+            return torch.where(keep.to(device)[:, None, None], states, self._empty_caption_states)
+        captions = batch.get("caption") or [""] * batch_size
+        return encode_prompts(self.text_encoder, self.tokenizer, [c if k else "" for c, k in zip(captions, keep)], device)
+
+    def _extra_inputs(self, latents: torch.Tensor, draw_seeds: torch.Tensor) -> dict[str, Any]:
+        """More VideoUNet inputs for the stage's loss (none here; the prediction stage's context frames)."""
+        return {}
+
+    def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        draw_seeds = batch[DRAW_SEED]
+        if "latents" in batch:
+            latents = batch["latents"]
+        else:
+            video = batch["video"]
+            latents = self._encode(video.flatten(0, 1), draw_seeds).unflatten(0, video.shape[:2])
+        if self.text_encoder is not None:
+            context = self._caption_states(batch, len(latents), draw_seeds)
+        elif self.label_encoder is not None:
+            context = self._conditioning(batch.get("labels"), len(latents), draw_seeds)
+        else:
+            context = None
         # No image-only samples (alpha forced to 1) are mixed in: with the spatial layers frozen they
         # would give the temporal layers no gradient, only cost compute.
-        loss = denoising_loss(self.objective, self.unet, latents, {"encoder_hidden_states": context}, draw_seeds)
+        kwargs = {"encoder_hidden_states": context, **self._extra_inputs(latents, draw_seeds)}
+        loss = denoising_loss(self.objective, self.unet, latents, kwargs, draw_seeds)
         return loss, {"loss": loss.item()}
 
+    def export(self, output_dir: Path) -> None:
+        VideoLDMPipeline(
+            unet=self.unet,
+            vae=self.vae,
+            scheduler=self.sampling_scheduler,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            label_encoder=self.label_encoder,
+        ).save_pretrained(output_dir)
 
-class DecoderStage(_DigitsDataStage):
+
+class DecoderStage(_DataStage):
     """Temporal decoder fine-tuning (Sec. 3.2): the image autoencoder's decoder gets temporal layers,
     trained (the image autoencoder frozen) on clips with L1 + an adversarial term from a patch-wise
     3D-conv :class:`VideoDiscriminator`, whose own hinge loss the trainer optimises in turn.
@@ -260,7 +375,7 @@ class DecoderStage(_DigitsDataStage):
         self.video_model = None if video_model is None else _require_dir(video_model, "video model")
         if self.video_model is not None:
             _check_same_autoencoder(image_vae, AutoencoderKL.from_pretrained(self.video_model / "vae"), self.video_model)
-        self._use_data(data)
+        self._use_data(data, dict(image_vae.config))
         self.decoder = TemporalDecoder.from_autoencoder(image_vae, **(temporal or {}))
         self.discriminator = VideoDiscriminator(in_channels=image_vae.config.out_channels, **(discriminator or {}))
         perceptual = dict(perceptual or {})
@@ -313,77 +428,51 @@ def context_frame_mask(num_context: torch.Tensor, num_frames: int) -> torch.Tens
     return torch.arange(num_frames, device=num_context.device)[None] < num_context[:, None]
 
 
-class PredictionStage(_LatentStage):
-    """Prediction model (Sec. 3.1.1): the video model learns to continue ``S`` given frames.
+class PredictionStage(VideoStage):
+    """Prediction model (Sec. 3.1.1): a video model learns to continue ``S`` given frames.
 
-    Starts from a video pipeline (``video_model``: a directory, or ``"embedded"`` for the shipped
-    model), adds context conditioning (:meth:`VideoUNet.with_context_conditioning`) unless it has
-    it, freezes the spatial layers and trains the temporal layers and the context encoder. Each
-    clip gets ``S`` context frames, the first ``S``, with ``S`` drawn from {0, 1, 2, ...} with
-    ``context_probabilities``; S = 0 is the unconditional branch that context guidance subtracts.
-    The context frames enter the conditioning path as clean latents; the noisy input holds every
-    frame at the clip's one noise level, and the loss covers every frame, context frames
-    included: reproducing a given frame is easy, and it keeps the sampler's trajectory at the
-    context positions consistent with the given frames (the pipeline then puts the given latents
-    back there exactly).
+    A :class:`VideoStage` on a video pipeline (``model``: a directory, or ``"embedded"`` for the
+    shipped model) whose UNet gets context conditioning
+    (:meth:`VideoUNet.with_context_conditioning`) unless it has it; the spatial layers stay
+    frozen, the temporal layers and the context encoder train, on any data source, with the
+    pipeline's own labels or captions. Each clip gets ``S`` context frames, its first ``S``, with
+    ``S`` drawn from {0, 1, 2, ...} with ``context_probabilities``; S = 0 is the unconditional
+    branch that context guidance subtracts. The context frames enter the conditioning path as
+    clean latents; the noisy input holds every frame at the clip's one noise level, and the loss
+    covers every frame, context frames included: reproducing a given frame is easy, and it keeps
+    the sampler's trajectory at the context positions consistent with the given frames (the
+    pipeline then puts the given latents back there exactly).
     """
 
     def __init__(
         self,
         data: dict[str, Any],
-        video_model: str = "embedded",
+        model: str = EMBEDDED_MODEL,
         context_channels: int = 64,
-        context_probabilities: list[float] = (0.1, 0.3, 0.6),
+        context_probabilities: list[float] = (0.2, 0.2, 0.6),
         label_dropout: float = 0.1,
+        caption_dropout: float = 0.1,
+        gradient_checkpointing: bool = False,
     ) -> None:
         probabilities = torch.tensor(list(context_probabilities), dtype=torch.float64)
         if probabilities.ndim != 1 or len(probabilities) < 2 or (probabilities < 0).any() or probabilities.sum() <= 0:
-            raise ValueError(f"context_probabilities must list P(S=0), P(S=1), ... (non-negative), got {context_probabilities}")
+            raise RecipeError(f"context_probabilities must list P(S=0), P(S=1), ... (non-negative), got {context_probabilities}")
         self.context_probabilities = probabilities / probabilities.sum()
-        self._use_data(data)
-        if len(self.context_probabilities) > self.data_config.num_frames:
-            raise ValueError(f"context_probabilities allow more context frames than the clips' {self.data_config.num_frames}")
-        if video_model == "embedded":
-            from ..embedded import embedded_model_dir
+        super().__init__(data, model=model, label_dropout=label_dropout, caption_dropout=caption_dropout)
+        if not self.unet.has_context_conditioning:
+            self.unet = self.unet.with_context_conditioning(context_channels).freeze_spatial()
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
 
-            video_model = embedded_model_dir()
-        self.video_pipeline = VideoLDMPipeline.from_pretrained(_require_dir(video_model, "video model"), dtype=torch.float32)
-        unet = self.video_pipeline.unet
-        self.unet = (unet if unet.has_context_conditioning else unet.with_context_conditioning(context_channels)).freeze_spatial()
-        vae = self.video_pipeline.vae
-        self.vae = (vae.image_autoencoder() if isinstance(vae, TemporalDecoder) else vae).requires_grad_(False)
-        self.label_encoder = self.video_pipeline.label_encoder.requires_grad_(False)
-        self.noise_scheduler = DDPMScheduler.from_config(self.video_pipeline.scheduler.config)
-        self.objective = DiffusionObjective(self.noise_scheduler)
-        self.label_dropout = label_dropout
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"unet": self.unet, "label_encoder": self.label_encoder, "vae": self.vae}
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.unet.temporal_parameters())
-
-    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        video, draw_seeds = batch["video"], batch[DRAW_SEED]
-        batch_size, num_frames = video.shape[:2]
-        latents = self._encode(video.flatten(0, 1), draw_seeds).unflatten(0, (batch_size, num_frames))
-        context = self._conditioning(batch["labels"], draw_seeds)
-        # S per sample by inverting the cumulative distribution at a uniform draw
+    def _extra_inputs(self, latents: torch.Tensor, draw_seeds: torch.Tensor) -> dict[str, Any]:
+        """The context of each clip: its first ``S`` latents, ``S`` from the draw (inverse of the cumulative P(S))."""
+        num_frames = latents.shape[1]
+        if len(self.context_probabilities) > num_frames:
+            raise RecipeError(f"context_probabilities allow more context frames than the clips' {num_frames}")
         uniform = rand_per_sample(draw_seeds, "context_frames", torch.device("cpu")).double()
         num_context = torch.searchsorted(self.context_probabilities.cumsum(0), uniform, right=True)
         num_context = num_context.clamp_max(len(self.context_probabilities) - 1).to(latents.device)
-        kwargs = {
-            "encoder_hidden_states": context,
-            "context_mask": context_frame_mask(num_context, num_frames),
-            "context_latents": latents,
-        }
-        loss = denoising_loss(self.objective, self.unet, latents, kwargs, draw_seeds)
-        return loss, {"loss": loss.item()}
-
-    def export(self, output_dir: Path) -> None:
-        # The video pipeline with this unet: its temporal decoder and scheduler are kept as they were.
-        self.video_pipeline.register_modules(unet=self.unet)
-        self.video_pipeline.save_pretrained(output_dir)
+        return {"context_mask": context_frame_mask(num_context, num_frames), "context_latents": latents}
 
 
 def _check_same_autoencoder(trained: AutoencoderKL, in_pipeline: AutoencoderKL, pipeline_dir: Path) -> None:

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data.cache import FramesOfVideos, build_cache
-from .draws import DrawDataset, GlobalDrawBatches, RankStream, collate, ignore_interrupts, micro_batch_size, rank_draws
+from .draws import DrawDataset, GlobalDrawBatches, RankStream, collate, init_data_worker, micro_batch_size, rank_draws
 
 CHECKPOINT_PREFIX = "checkpoint-"
 PARTIAL_SUFFIX = ".partial"
@@ -311,11 +311,11 @@ class Trainer:
             stream = RankStream(self.dataset, settings.seed, start_step * settings.batch_size, keep)
             workers = min(settings.num_workers, 1)  # one stream, read in order
             return DataLoader(stream, batch_size=self.micro_batch, collate_fn=collate, num_workers=workers,
-                              worker_init_fn=ignore_interrupts if workers else None)
+                              worker_init_fn=init_data_worker if workers else None)
         sampler = GlobalDrawBatches(settings.batch_size, self.world_size, settings.gradient_accumulation_steps,
                                     start_step, end_step)
         loader = DataLoader(self.draws, batch_sampler=sampler, collate_fn=collate, num_workers=settings.num_workers,
-                            worker_init_fn=ignore_interrupts if settings.num_workers else None)
+                            worker_init_fn=init_data_worker if settings.num_workers else None)
         return self.accelerator.prepare(loader)
 
     # ------------------------------------------------------------------------- checkpoints

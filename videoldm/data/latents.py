@@ -1,0 +1,225 @@
+"""Latent caching: encode a data source's clips once, train on the stored latents ever after.
+
+A cache is a directory: ``cache.json`` (what was encoded, with which model and clip format, and
+how many shards make it complete) and shards ``latents-00000.safetensors``, ... each holding
+``latents`` ``(N, T, c, h, w)`` float16 (already times the autoencoder's scaling factor, the
+posterior mean), and either ``encoder_hidden_states`` ``(N, L, D)`` float16 (captions run through
+the pipeline's text encoder) or the captions themselves in the file's metadata (``captions``, a
+JSON list), or neither. Each shard is written under a temporary name and renamed when complete,
+so an interrupted run leaves only whole shards, and running it again encodes only the missing
+ones. Processes split the shards (shard ``k`` belongs to process ``k mod num_processes``).
+
+Output shard ``k`` holds items ``[k * shard_size, (k + 1) * shard_size)`` of a map-style source
+(each a clip drawn with ``draw_generator(seed, item)``), or the clips of input shard ``k`` of a
+webdataset source.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .io import atomic_output
+from .sources import WebDatasetVideos, draw_generator
+
+__all__ = ["CACHE_FILE", "CachedLatents", "cache_description", "cache_shard_count", "check_cache_directory", "encode_to_cache",
+           "prepare_cache", "shard_path"]
+
+CACHE_FILE = "cache.json"
+# Clip generators of webdataset shard k start at draw k * this (shards hold fewer samples).
+_DRAWS_PER_SHARD = 1_000_000
+
+
+def shard_path(directory: Path, index: int) -> Path:
+    """Where output shard ``index`` of a cache lives."""
+    return directory / f"latents-{index:05d}.safetensors"
+
+
+def cache_shard_count(source: Dataset, shard_size: int) -> int:
+    """How many output shards encoding ``source`` makes."""
+    if isinstance(source, WebDatasetVideos):
+        return len(source.shards)
+    return -(-len(source) // shard_size)
+
+
+def check_cache_directory(directory: Path, description: dict[str, Any]) -> bool:
+    """Whether ``directory`` continues an earlier cache (True) or starts a new one (False).
+
+    Raises ValueError if it exists and is neither empty nor a cache made with ``description``
+    (every entry of ``description`` must equal the earlier one's).
+    """
+    if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
+        return False
+    marker = directory / CACHE_FILE
+    if not marker.is_file():
+        raise ValueError(f"{directory} already exists and is not a latent cache; give a new or empty directory")
+    try:
+        earlier = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{marker}: not a readable cache description ({error})") from None
+    differing = sorted(key for key in description if earlier.get(key) != description[key])
+    if differing:
+        raise ValueError(f"{directory} holds a cache made with other settings ({', '.join(differing)} differ); "
+                         "give a new directory to encode with these")
+    return True
+
+
+def cache_description(description: dict[str, Any], source: Dataset, shard_size: int, seed: int, embed: bool) -> dict[str, Any]:
+    """The whole ``cache.json`` of encoding ``source``: ``description`` plus the shard layout, seed and caption form."""
+    return {**description, "num_shards": cache_shard_count(source, shard_size), "shard_size": shard_size, "seed": seed,
+            "captions": "embeddings" if embed else "text"}
+
+
+def prepare_cache(directory: Path, description: dict[str, Any]) -> bool:
+    """Check ``directory`` (:func:`check_cache_directory`) and write its ``cache.json`` if it is new.
+
+    Process 0 calls it before the others start encoding (they only check). Returns whether an
+    earlier cache is continued.
+    """
+    resuming = check_cache_directory(directory, description)
+    if not resuming:
+        with atomic_output(directory / CACHE_FILE) as staging:
+            staging.write_text(json.dumps(description, indent=2) + "\n")
+    return resuming
+
+
+def _items(source: Dataset, shard: int, shard_size: int, seed: int) -> Iterator[dict[str, Any]]:
+    if isinstance(source, WebDatasetVideos):
+        yield from source.shard_clips(shard, lambda j: draw_generator(seed, shard * _DRAWS_PER_SHARD + j))
+        return
+    sample = getattr(source, "sample", None)
+    for item in range(shard * shard_size, min((shard + 1) * shard_size, len(source))):
+        yield sample(item, draw_generator(seed, item)) if sample is not None else source[item]
+
+
+def encode_to_cache(
+    source: Dataset,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    directory: str | Path,
+    description: dict[str, Any],
+    *,
+    shard_size: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    embed_captions: Callable[[list[str]], torch.Tensor] | None = None,
+    process_index: int = 0,
+    num_processes: int = 1,
+    progress: bool = True,
+) -> int:
+    """Encode this process's missing shards of ``source`` into ``directory``; returns clips encoded.
+
+    ``encode`` maps pixels ``(B, T, C, H, W)`` to latents ``(B, T, c, h, w)``; ``embed_captions``
+    (optional) maps captions to ``(B, L, D)``, stored instead of the captions. ``description``
+    (with :func:`cache_description`'s entries added) is the cache's ``cache.json``: process 0
+    writes it (:func:`prepare_cache`); the other processes must start after that.
+    """
+    directory = Path(directory)
+    description = cache_description(description, source, shard_size, seed, embed_captions is not None)
+    num_shards = description["num_shards"]
+    if process_index == 0:
+        prepare_cache(directory, description)
+    elif not check_cache_directory(directory, description):
+        raise RuntimeError(f"process {process_index} started before process 0 wrote {directory / CACHE_FILE}")
+    mine = [k for k in range(num_shards) if k % num_processes == process_index and not shard_path(directory, k).is_file()]
+    total = sum(min(shard_size, len(source) - k * shard_size) for k in mine) if not isinstance(source, WebDatasetVideos) else None
+    encoded = 0
+    with tqdm(total=total, desc="encoding clips", unit="clip", disable=not progress, dynamic_ncols=True) as bar:
+        for shard in mine:
+            latents: list[torch.Tensor] = []
+            states: list[torch.Tensor] = []
+            captions: list[str] = []
+            pending: list[dict[str, Any]] = []
+
+            def flush() -> None:
+                with torch.no_grad():
+                    latents.append(encode(torch.stack([p["video"] for p in pending])).to(torch.float16).cpu())
+                    if embed_captions is not None:
+                        states.append(embed_captions([p.get("caption", "") for p in pending]).to(torch.float16).cpu())
+                captions.extend(p.get("caption", "") for p in pending)
+                bar.update(len(pending))
+                pending.clear()
+
+            for sample in _items(source, shard, shard_size, seed):
+                pending.append(sample)
+                if len(pending) == batch_size:
+                    flush()
+            if pending:
+                flush()
+            # A shard whose clips were all bad (each warned about) is still written, empty, so the
+            # cache counts as complete and a rerun does not try it again.
+            tensors = {"latents": torch.cat(latents).contiguous() if latents else torch.zeros(0, dtype=torch.float16)}
+            if states:
+                tensors["encoder_hidden_states"] = torch.cat(states).contiguous()
+            metadata = {"captions": json.dumps(captions)} if embed_captions is None and any(captions) else None
+            with atomic_output(shard_path(directory, shard)) as staging:
+                save_file(tensors, str(staging), metadata=metadata)
+            encoded += len(tensors["latents"])
+    return encoded
+
+
+class CachedLatents(Dataset):
+    """The clips of a latent cache: ``{"latents": (T, c, h, w) float32, ["caption" | "encoder_hidden_states" (L, D)]}``.
+
+    Shards are memory-mapped and read one clip at a time, so a cache larger than memory trains.
+    Raises ValueError if ``path`` is not a cache or is incomplete (an interrupted encode).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        marker = self.path / CACHE_FILE
+        if not marker.is_file():
+            raise ValueError(f"{self.path}: not a latent cache (no {CACHE_FILE}); make one with `videoldm encode`")
+        self.description = json.loads(marker.read_text())
+        expected = [shard_path(self.path, k) for k in range(self.description["num_shards"])]
+        missing = [p for p in expected if not p.is_file()]
+        self.shards = expected
+        if missing:
+            raise ValueError(f"{self.path}: incomplete latent cache ({len(missing)} of {len(expected)} shards missing); "
+                             "run the same `videoldm encode` again to finish it")
+        self.captions: list[list[str] | None] = []
+        self.keys: set[str] = set()
+        counts = []
+        for shard in self.shards:
+            with safe_open(str(shard), framework="pt") as handle:
+                counts.append(handle.get_slice("latents").get_shape()[0])
+                metadata = handle.metadata() or {}
+                if counts[-1]:
+                    self.keys = set(handle.keys())
+            self.captions.append(json.loads(metadata["captions"]) if "captions" in metadata else None)
+        if sum(counts) == 0:
+            raise ValueError(f"{self.path}: the latent cache holds no clips")
+        self.offsets = [0]
+        for count in counts:
+            self.offsets.append(self.offsets[-1] + count)
+        self._handles: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps do not cross process boundaries; each DataLoader worker opens its own.
+        return {**self.__dict__, "_handles": {}}
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"clip {index} of a cache of {len(self)}")
+        shard = bisect.bisect_right(self.offsets, index) - 1
+        row = index - self.offsets[shard]
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.shards[shard]), framework="pt")
+        handle = self._handles[shard]
+        sample: dict[str, Any] = {"latents": handle.get_slice("latents")[row].float()}
+        if "encoder_hidden_states" in self.keys:
+            sample["encoder_hidden_states"] = handle.get_slice("encoder_hidden_states")[row].float()
+        elif self.captions[shard] is not None:
+            sample["caption"] = self.captions[shard][row]
+        return sample
