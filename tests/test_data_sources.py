@@ -258,7 +258,7 @@ def test_image_stages_train_on_images_or_frames_of_videos(kind, video_folder, tm
         warnings.simplefilter("ignore", DataWarning)
         trainer = build_trainer(recipe)
     assert not trainer.stage.frames_only
-    assert trainer.batch(0)["image"].shape == (4, 1, 32, 32)  # the autoencoder's grey 32x32 frames
+    assert next(iter(trainer.batches(0, 1)))["image"].shape == (4, 1, 32, 32)  # the autoencoder's grey 32x32 frames
     assert trainer.train().step == 1
 
 

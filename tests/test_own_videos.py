@@ -101,7 +101,7 @@ def test_sd_recipe_trains_temporal_layers_on_captioned_clips(kind, tiny_text_pip
     trainer = build_trainer(tiny_sd_recipe(tiny_text_pipeline, {"kind": kind, "path": str(path)}, tmp_path / "run", steps=3))
     stage = trainer.stage
     assert stage.source.skipped.total() == (4 if kind == "csv" else 0)  # shards are read as they stream
-    batch = trainer.batch(0)
+    batch = next(iter(trainer.batches(0, 1)))
     assert batch["video"].shape == (2, 4, 3, 16, 16)
     assert all(caption.startswith("a video called ") for caption in batch["caption"])
     spatial = {name: p.detach().clone() for name, p in stage.unet.unet.named_parameters()}
@@ -129,11 +129,11 @@ def test_caption_dropout_replaces_captions_by_the_empty_one(tiny_text_pipeline, 
     encoded = encode_prompts(stage.text_encoder, stage.tokenizer, captions, "cpu")
     empty = encode_prompts(stage.text_encoder, stage.tokenizer, [""], "cpu")
     stage.caption_dropout = 0.0
-    assert torch.equal(stage._caption_states({"caption": captions}, 2, step=0), encoded)
+    assert torch.equal(stage._caption_states({"caption": captions}, 2, draw_seeds=torch.tensor([5, 6])), encoded)
     stage.caption_dropout = 1.0
-    assert torch.equal(stage._caption_states({"caption": captions}, 2, step=0), empty.expand(2, -1, -1))
+    assert torch.equal(stage._caption_states({"caption": captions}, 2, draw_seeds=torch.tensor([5, 6])), empty.expand(2, -1, -1))
     stage.caption_dropout = 1.0
-    assert torch.equal(stage._caption_states({"encoder_hidden_states": encoded}, 2, step=0), empty.expand(2, -1, -1))
+    assert torch.equal(stage._caption_states({"encoder_hidden_states": encoded}, 2, draw_seeds=torch.tensor([5, 6])), empty.expand(2, -1, -1))
 
 
 def test_encode_caches_latents_resumably_and_training_reads_them(tiny_text_pipeline, captions_csv, tmp_path, capsys):
@@ -162,8 +162,8 @@ def test_encode_caches_latents_resumably_and_training_reads_them(tiny_text_pipel
     recipe = tiny_sd_recipe(tiny_text_pipeline, {"kind": "latents", "path": str(cache)}, tmp_path / "run", steps=1)
     recipe["data"] = {"kind": "latents", "path": str(cache)}
     trainer = build_trainer(recipe)
-    batch = trainer.batch(0)
-    assert set(batch) == {"latents", "encoder_hidden_states"}
+    batch = next(iter(trainer.batches(0, 1)))
+    assert set(batch) == {"latents", "encoder_hidden_states", "draw_seed"}
     assert trainer.train().step == 1
 
 
