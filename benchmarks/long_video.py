@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import tempfile
@@ -178,7 +177,10 @@ def worker(args: list[str]) -> None:
         if exit_info.code:
             raise
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+    # VmHWM, not getrusage's ru_maxrss: on Linux the latter keeps the parent's peak across fork + exec
+    peak_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    print(json.dumps({"seconds": seconds, "rss_gb": peak_kb / 2**20}))
 
 
 def plot_drift(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
@@ -213,10 +215,14 @@ def main() -> None:
     parser.add_argument("--cost-frames", type=int, nargs="*", default=[64, 256, 512])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
+    parser.add_argument("--cost-only", action="store_true", help="only the s/frame and peak RSS table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
+        return
+    if args.cost_only:
+        print_cost_table(args)
         return
     torch.set_num_threads(args.threads)
     total_start = time.perf_counter()
@@ -276,14 +282,21 @@ def main() -> None:
     print(f"\ndrift curve: {args.out_dir / 'long_video_drift.png'}; GIF (rows: {', '.join(gif_rows)}; first 4 videos, "
           f"first 256 frames): {args.out_dir / 'long_video.gif'}")
 
-    if args.cost_frames:
-        print("\n| frames | rollout s/frame | rollout peak RSS GB | one window s/frame | one window peak RSS GB |")
-        print("|---:|---:|---:|---:|---:|")
-        for frames in args.cost_frames:
-            rollout = generate_cost(args.model, frames, args.steps, one_window=False)
-            single = generate_cost(args.model, frames, args.steps, one_window=True)
-            print(f"| {frames} | {rollout[0]:.3f} | {rollout[1]:.2f} | {single[0]:.3f} | {single[1]:.2f} |", flush=True)
+    print_cost_table(args)
     print(f"\nTotal wall time: {time.perf_counter() - total_start:.0f} s")
+
+
+def print_cost_table(args: argparse.Namespace) -> None:
+    """Seconds per frame and peak RSS of whole ``videoldm generate`` processes, rollout vs one window."""
+    if not args.cost_frames:
+        return
+    print(f"\n`videoldm generate`, batch 1, {args.steps} steps, whole process:\n")
+    print("| frames | rollout s/frame | rollout peak RSS GB | one window s/frame | one window peak RSS GB |")
+    print("|---:|---:|---:|---:|---:|")
+    for frames in args.cost_frames:
+        rollout = generate_cost(args.model, frames, args.steps, one_window=False)
+        single = generate_cost(args.model, frames, args.steps, one_window=True)
+        print(f"| {frames} | {rollout[0]:.3f} | {rollout[1]:.2f} | {single[0]:.3f} | {single[1]:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
