@@ -285,9 +285,6 @@ def generate(
     total = frames + (len(given) if continue_video is not None else 0)
     with video_writer(out, fps=fps) as write, tqdm(total=total, desc="frames", unit="frame", leave=False,
                                                    disable=total <= window) as bar:
-        if continue_video is not None:
-            write(given)
-            bar.update(len(given))
         for piece in made:
             write(piece[0])
             bar.update(piece.shape[1])

@@ -273,7 +273,8 @@ class VideoLDMPipeline(DiffusionPipeline):
     ) -> Iterator[torch.Tensor]:
         """Yield the video's frames as they are made: ``(B, k, C, H, W)`` pixels in [-1, 1] per piece.
 
-        ``output_type="latent"`` yields latents ``(B, k, c, h, w)`` instead. Arguments as in
+        A continued ``init_video``'s frames come first, exactly as given (pixels only).
+        ``output_type="latent"`` yields latents ``(B, k, c, h, w)`` of the new frames instead. Arguments as in
         :meth:`__call__`; a long video (``num_frames`` above ``window_frames``) is made window by
         window (:func:`~videoldm.pipelines.prediction.plan_rollout`) with flat memory in its length.
         """
@@ -322,6 +323,8 @@ class VideoLDMPipeline(DiffusionPipeline):
             # The decoder's cross-fade starts in the continued video, so its first new frame has no
             # seam; those given frames are returned as they were given, not as decoded.
             stream.push(given_latents[:, -decode_chunk_size:])
+            if output_type != "latent":
+                yield given.to(device)
         elif init_image is not None:
             yield given_latents if output_type == "latent" else stream.push(given_latents)
         for new in rollout_latents(plan, sample_window, given_latents):
@@ -393,9 +396,5 @@ class VideoLDMPipeline(DiffusionPipeline):
         frames = torch.cat(pieces, dim=1)
         if output_type == "latent":
             return VideoLDMPipelineOutput(frames=frames) if return_dict else (frames,)
-        if init_video is not None:
-            given = torch.as_tensor(init_video).to(frames.device, frames.dtype)
-            given = given[None] if given.ndim == 4 else given
-            frames = torch.cat([given.expand(frames.shape[0], -1, -1, -1, -1), frames], dim=1)
         frames = self.video_processor.postprocess_video(rearrange(frames, "b t c h w -> b c t h w"), output_type)
         return VideoLDMPipelineOutput(frames=frames) if return_dict else (frames,)
