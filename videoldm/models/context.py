@@ -8,6 +8,11 @@ adds its resolution's features, through its own zero-initialised 1x1 projection
 (:class:`ContextProjection`), to its input. Zero initialisation keeps a freshly
 context-conditioned model equal to the model it was made from; only the temporal path sees the
 context, so alpha = 1 (image-only frames) still gives the pure image model.
+
+The interpolation model (Sec. 3.1.2) uses the same path with the key frames as context; one model
+serves several frame-rate regimes (e.g. key rate -> x4, and x4 -> x16), told apart by a
+``frame_rate_regime`` flag whose learned, zero-initialised embedding the encoder adds to its
+features.
 """
 
 from __future__ import annotations
@@ -57,11 +62,17 @@ class ContextEncoder(nn.Module):
 
     ``(B*T, c + 1, h, w)`` -> one feature map ``(B*T, channels, h_k, w_k)`` per level ``k`` (level 0
     at the latent size, each next level a stride-2 convolution, like diffusers' ``Downsample2D``, so
-    sizes match the UNet's at every level), keyed by ``(h_k, w_k)``.
+    sizes match the UNet's at every level), keyed by ``(h_k, w_k)``. With ``frame_rate_regimes``
+    > 0, a per-video ``frame_rate_regime`` ``(B,)`` selects an embedding added to every frame's
+    level-0 features (zero-initialised: a new flag changes nothing until trained).
     """
 
-    def __init__(self, latent_channels: int, num_levels: int, channels: int = 64) -> None:
+    def __init__(self, latent_channels: int, num_levels: int, channels: int = 64, frame_rate_regimes: int = 0) -> None:
         super().__init__()
+        self.frame_rate_regime_embedding = None
+        if frame_rate_regimes:
+            self.frame_rate_regime_embedding = nn.Embedding(frame_rate_regimes, channels)
+            nn.init.zeros_(self.frame_rate_regime_embedding.weight)
         self.stem = nn.Sequential(
             nn.Conv2d(latent_channels + 1, channels, 3, padding=1), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1)
         )
@@ -69,10 +80,28 @@ class ContextEncoder(nn.Module):
             nn.Conv2d(channels, channels, 3, stride=2, padding=1) for _ in range(num_levels - 1)
         )
 
-    def forward(self, context_mask: torch.Tensor, masked_latents: torch.Tensor) -> ContextFeatures:
-        """``(B, T, 1, h, w)`` mask and ``(B, T, c, h, w)`` masked latents -> features per ``(h_k, w_k)``."""
+    def forward(
+        self, context_mask: torch.Tensor, masked_latents: torch.Tensor, frame_rate_regime: torch.Tensor | None = None
+    ) -> ContextFeatures:
+        """``(B, T, 1, h, w)`` mask and ``(B, T, c, h, w)`` masked latents -> features per ``(h_k, w_k)``.
+
+        ``frame_rate_regime`` ``(B,)`` long in ``[0, frame_rate_regimes)``: required by an encoder with
+        regimes, refused by one without.
+        """
+        batch, num_frames = context_mask.shape[:2]
         x = rearrange(torch.cat([context_mask, masked_latents], dim=2), "b t c h w -> (b t) c h w")
         x = self.stem(x.to(self.stem[0].weight.dtype))
+        if self.frame_rate_regime_embedding is not None:
+            regimes = self.frame_rate_regime_embedding.num_embeddings
+            if frame_rate_regime is None:
+                raise ValueError(f"this model serves {regimes} frame-rate regimes: pass frame_rate_regime (B,)")
+            frame_rate_regime = torch.as_tensor(frame_rate_regime, device=x.device).long().reshape(-1)
+            if frame_rate_regime.shape != (batch,) or bool(((frame_rate_regime < 0) | (frame_rate_regime >= regimes)).any()):
+                raise ValueError(f"frame_rate_regime must be ({batch},) integers in [0, {regimes}), got {frame_rate_regime.tolist()}")
+            embedding = self.frame_rate_regime_embedding(frame_rate_regime).to(x.dtype)
+            x = x + embedding.repeat_interleave(num_frames, dim=0)[:, :, None, None]
+        elif frame_rate_regime is not None:
+            raise ValueError("this model has no frame-rate regimes; frame_rate_regime is for interpolation models")
         features = {tuple(x.shape[-2:]): x}
         for downsample in self.downsamplers:
             x = downsample(F.silu(x))
@@ -95,3 +124,10 @@ class ContextProjection(nn.Module):
         if size not in features:
             raise ValueError(f"no context features at resolution {size}; have {sorted(features)}")
         return hidden_states + self.proj(features[size].to(hidden_states.dtype))
+
+
+def key_frame_mask(num_frames: int, factor: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The interpolation model's ``context_mask`` ``(T,)``: true at the key frames ``0, factor, 2*factor, ...``."""
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    return torch.arange(num_frames, device=device) % factor == 0

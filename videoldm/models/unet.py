@@ -78,6 +78,61 @@ def expand_timesteps(timestep: torch.Tensor | float | int, batch: int, num_frame
     )
 
 
+def _video_layers(
+    unet: UNet2DConditionModel,
+    unet_config: dict | None = None,
+    temporal_kinds: Sequence[str] = TEMPORAL_KINDS,
+    attention_everywhere: bool = False,
+    conv_kernel_size: Sequence[int] = (3, 3, 3),
+    alpha_init: float = 0.5,
+    attention_head_dim: int = 64,
+    context_channels: int | None = None,
+    frame_rate_regimes: int = 0,
+) -> tuple[TemporalInflation, ContextEncoder | None]:
+    """The temporal layers (unattached) and context encoder a :class:`VideoUNet` with these options puts on ``unet``.
+
+    Only the UNet's module tree and sizes are read, so ``unet`` may live on the meta device.
+    """
+    unknown = set(temporal_kinds) - set(TEMPORAL_KINDS)
+    if unknown or not temporal_kinds:
+        raise ValueError(f"temporal_kinds must be a non-empty subset of {TEMPORAL_KINDS}, got {list(temporal_kinds)}")
+    if context_channels is not None and context_channels < 1:
+        raise ValueError(f"context_channels must be a positive number of channels or None, got {context_channels}")
+    if frame_rate_regimes < 0 or (frame_rate_regimes and not context_channels):
+        raise ValueError(f"frame_rate_regimes ({frame_rate_regimes}) needs context conditioning (context_channels)")
+    blocks_with_attention = {
+        name.rsplit(".attentions.", 1)[0] for name, _ in unet.named_modules() if ".attentions." in name
+    }
+    plan: dict[str, list[BlendedTemporalLayer]] = {}
+    for name, module in unet.named_modules():
+        match = _BLOCK_MEMBER.match(name)
+        if match is None:
+            continue
+        layers = []
+        if isinstance(module, ResnetBlock2D):
+            channels = module.out_channels
+            if "conv" in temporal_kinds:
+                temb_channels = module.time_emb_proj.in_features if module.time_emb_proj is not None else None
+                layers.append(TemporalConvBlock(channels, temb_channels, tuple(conv_kernel_size)))
+            wants_attention = attention_everywhere and match.group(1) not in blocks_with_attention
+            if "attention" in temporal_kinds and wants_attention:
+                layers.append(TemporalAttention(channels, head_dim=attention_head_dim))
+        elif isinstance(module, (Transformer2DModel, Attention)) and "attention" in temporal_kinds:
+            if isinstance(module, Transformer2DModel):
+                channels, cross_dim = module.config.in_channels, module.config.cross_attention_dim
+            else:
+                channels, cross_dim = module.query_dim, None
+            layers.append(TemporalAttention(channels, head_dim=attention_head_dim, cross_attention_dim=cross_dim))
+        if layers:
+            plan[temporal_key(name)] = [BlendedTemporalLayer(layer, alpha_init, context_channels) for layer in layers]
+    context_encoder = None
+    if context_channels:
+        context_encoder = ContextEncoder(
+            unet.config.in_channels, len(unet.config.block_out_channels), context_channels, frame_rate_regimes
+        )
+    return TemporalInflation(plan), context_encoder
+
+
 class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
     """An image UNet plus temporal layers; ``forward`` maps ``(B, T, C, H, W)`` to the same shape.
 
@@ -87,7 +142,8 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
     initial ``alpha = sigmoid(m)`` of every blender. ``context_channels`` makes a prediction /
     interpolation model: a :class:`~videoldm.models.context.ContextEncoder` of that width turns
     ``context_mask`` and ``context_latents`` into features for every temporal layer (zero-initialised,
-    so the model first equals the one without context).
+    so the model first equals the one without context). ``frame_rate_regimes`` (interpolation
+    models) adds a per-video ``frame_rate_regime`` flag to the context encoder.
     """
 
     _supports_gradient_checkpointing = True
@@ -104,52 +160,12 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         alpha_init: float = 0.5,
         attention_head_dim: int = 64,
         context_channels: int | None = None,
+        frame_rate_regimes: int = 0,
     ) -> None:
         super().__init__()
-        unknown = set(temporal_kinds) - set(TEMPORAL_KINDS)
-        if unknown or not temporal_kinds:
-            raise ValueError(f"temporal_kinds must be a non-empty subset of {TEMPORAL_KINDS}, got {list(temporal_kinds)}")
-        if context_channels is not None and context_channels < 1:
-            raise ValueError(f"context_channels must be a positive number of channels or None, got {context_channels}")
         self.unet = UNet2DConditionModel.from_config(_public_config(unet_config))
-        self.temporal = TemporalInflation(self._plan_temporal_layers())
+        self.temporal, self.context_encoder = _video_layers(self.unet, **_public_config(self.config))
         self.temporal.attach(self.unet)
-        self.context_encoder = None
-        if context_channels:
-            self.context_encoder = ContextEncoder(
-                self.unet.config.in_channels, len(self.unet.config.block_out_channels), context_channels
-            )
-
-    def _plan_temporal_layers(self) -> dict[str, list[BlendedTemporalLayer]]:
-        cfg = self.config
-        blocks_with_attention = {
-            name.rsplit(".attentions.", 1)[0] for name, _ in self.unet.named_modules() if ".attentions." in name
-        }
-        plan: dict[str, list[BlendedTemporalLayer]] = {}
-        for name, module in self.unet.named_modules():
-            match = _BLOCK_MEMBER.match(name)
-            if match is None:
-                continue
-            layers = []
-            if isinstance(module, ResnetBlock2D):
-                channels = module.out_channels
-                if "conv" in cfg.temporal_kinds:
-                    temb_channels = module.time_emb_proj.in_features if module.time_emb_proj is not None else None
-                    layers.append(TemporalConvBlock(channels, temb_channels, tuple(cfg.conv_kernel_size)))
-                wants_attention = cfg.attention_everywhere and match.group(1) not in blocks_with_attention
-                if "attention" in cfg.temporal_kinds and wants_attention:
-                    layers.append(TemporalAttention(channels, head_dim=cfg.attention_head_dim))
-            elif isinstance(module, (Transformer2DModel, Attention)) and "attention" in cfg.temporal_kinds:
-                if isinstance(module, Transformer2DModel):
-                    channels, cross_dim = module.config.in_channels, module.config.cross_attention_dim
-                else:
-                    channels, cross_dim = module.query_dim, None
-                layers.append(TemporalAttention(channels, head_dim=cfg.attention_head_dim, cross_attention_dim=cross_dim))
-            if layers:
-                plan[temporal_key(name)] = [
-                    BlendedTemporalLayer(layer, cfg.alpha_init, cfg.context_channels) for layer in layers
-                ]
-        return plan
 
     @classmethod
     def from_image_unet(cls, image_unet: UNet2DConditionModel, **temporal_options) -> "VideoUNet":
@@ -160,14 +176,21 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
             model = model.to(dtype=image_unet.dtype)
         return model.to(image_unet.device)
 
-    def with_context_conditioning(self, context_channels: int = 64) -> "VideoUNet":
-        """A copy made into a prediction model: same weights plus a fresh, zero-initialised context path.
+    def with_context_conditioning(self, context_channels: int = 64, frame_rate_regimes: int = 0) -> "VideoUNet":
+        """A copy made into a prediction (or, with ``frame_rate_regimes``, interpolation) model.
 
-        The copy's outputs equal this model's (whatever context it is given) until it is trained.
+        Same weights plus a fresh, zero-initialised context path (or, for a model that already has
+        one of ``context_channels``, a fresh frame-rate-regime embedding): the copy's outputs equal
+        this model's, whatever context it is given, until it is trained.
         """
-        if self.context_encoder is not None:
+        current = self.config.context_channels
+        if current is not None and (current != context_channels or self.config.frame_rate_regimes):
+            raise ValueError(f"this VideoUNet already has context conditioning ({current} channels, "
+                             f"{self.config.frame_rate_regimes} frame-rate regimes)")
+        if current is not None and not frame_rate_regimes:
             raise ValueError("this VideoUNet already has context conditioning")
-        model = type(self)(**{**_public_config(self.config), "context_channels": context_channels})
+        config = {**_public_config(self.config), "context_channels": context_channels, "frame_rate_regimes": frame_rate_regimes}
+        model = type(self)(**config)
         result = model.load_state_dict(self.state_dict(), strict=False)
         if result.unexpected_keys or any(".context_" not in key and not key.startswith("context_encoder.")
                                          for key in result.missing_keys):
@@ -267,6 +290,7 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         frame_positions: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         context_latents: torch.Tensor | None = None,
+        frame_rate_regime: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> VideoUNetOutput | tuple[torch.Tensor]:
         """Predict noise (or v) for a noisy latent video.
@@ -283,6 +307,8 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
                 given (context) frames; ``None`` is S = 0, the unconditional branch.
             context_latents: ``(B, T, C, H, W)`` clean latents of the given frames (other frames
                 are ignored: the model sees exact zeros there).
+            frame_rate_regime: interpolation models only: ``(B,)`` long, the frame-rate regime of
+                each video (e.g. 0: key rate -> x4, 1: x4 -> x16).
         Returns:
             :class:`VideoUNetOutput` with ``sample`` ``(B, T, C, H, W)``.
         """
@@ -295,8 +321,9 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
             )
         context_features = None
         if self.context_encoder is not None:
-            context_features = self.context_encoder(*masked_context(context_mask, context_latents, sample))
-        elif context_mask is not None or context_latents is not None:
+            context_features = self.context_encoder(*masked_context(context_mask, context_latents, sample),
+                                                    frame_rate_regime)
+        elif context_mask is not None or context_latents is not None or frame_rate_regime is not None:
             raise ValueError("this VideoUNet has no context conditioning; make one with with_context_conditioning()")
         context = FrameContext(
             num_frames=num_frames,
@@ -319,3 +346,55 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         )[0]
         output = rearrange(output, "(b t) c h w -> b t c h w", t=num_frames)
         return VideoUNetOutput(sample=output) if return_dict else (output,)
+
+    # ----------------------------------------------------------------------------- variants
+    def temporal_weights(self) -> "TemporalWeights":
+        """This model's temporal layers and context encoder alone (a copy), to ship beside a spatial UNet."""
+        weights = TemporalWeights(**_public_config(self.config))
+        weights.load_state_dict({key: value for key, value in self.state_dict().items()
+                                 if not key.startswith(SPATIAL_PREFIX)})
+        return weights.to(self.device) if weights.dtype == self.dtype else weights.to(self.device, self.dtype)
+
+    def with_temporal_weights(self, weights: "TemporalWeights") -> "VideoUNet":
+        """The VideoUNet of ``weights`` on this model's spatial UNet, sharing its tensors (no copy).
+
+        The paper's interpolation model is such a variant: the frozen image backbone of the key-frame
+        model with its own temporal layers and context encoder. Both must be on one device and dtype.
+        """
+        if _public_config(weights.config["unet_config"]) != _public_config(self.config.unet_config):
+            raise ValueError("these temporal weights were trained on another spatial UNet (unet_config differs)")
+        with torch.device("meta"):
+            model = type(self)(**_public_config(weights.config))
+        spatial = {key: value for key, value in self.state_dict().items() if key.startswith(SPATIAL_PREFIX)}
+        model.load_state_dict({**spatial, **weights.state_dict()}, assign=True)
+        left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+        if left:
+            raise RuntimeError(f"tensors not set when attaching temporal weights: {left[:3]}")
+        return model.requires_grad_(False).eval()
+
+
+class TemporalWeights(ModelMixin, ConfigMixin):
+    """A :class:`VideoUNet`'s temporal layers and context encoder without its spatial UNet.
+
+    Same config and same state-dict keys (``temporal.*``, ``context_encoder.*``) as the VideoUNet it
+    came from, so it saves and loads as a diffusers model (a pipeline component: the interpolation
+    model's weights ship beside the key-frame model and share its spatial UNet through
+    :meth:`VideoUNet.with_temporal_weights`). The spatial UNet is only planned on the meta device.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        unet_config: dict,
+        temporal_kinds: Sequence[str] = TEMPORAL_KINDS,
+        attention_everywhere: bool = False,
+        conv_kernel_size: Sequence[int] = (3, 3, 3),
+        alpha_init: float = 0.5,
+        attention_head_dim: int = 64,
+        context_channels: int | None = None,
+        frame_rate_regimes: int = 0,
+    ) -> None:
+        super().__init__()
+        with torch.device("meta"):
+            spatial = UNet2DConditionModel.from_config(_public_config(unet_config))
+        self.temporal, self.context_encoder = _video_layers(spatial, **_public_config(self.config))

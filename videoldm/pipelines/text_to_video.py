@@ -16,7 +16,8 @@ from einops import rearrange
 
 from ..models.autoencoder import TemporalDecoder, encode_video
 from ..models.conditioning import LabelEncoder
-from ..models.unet import VideoUNet
+from ..models.unet import TemporalWeights, VideoUNet
+from .interpolation import PASSES_PER_FACTOR, interpolate_latents
 from .prediction import RolloutWindow, StreamingDecoder, decoder_overlap, plan_rollout, rollout_latents
 from .sampling import Guidance, denoise
 
@@ -79,11 +80,13 @@ class VideoLDMPipeline(DiffusionPipeline):
 
     Components: ``unet`` (VideoUNet), ``vae`` (AutoencoderKL or TemporalDecoder), ``scheduler`` (any
     diffusers scheduler), and optionally ``text_encoder`` + ``tokenizer`` (prompts) or
-    ``label_encoder`` (class labels).
+    ``label_encoder`` (class labels), and ``interpolator`` (:class:`TemporalWeights`: the
+    interpolation model's temporal layers and context encoder, run on ``unet``'s spatial UNet by
+    :meth:`interpolate`).
     """
 
     model_cpu_offload_seq = "text_encoder->label_encoder->unet->vae"
-    _optional_components = ["text_encoder", "tokenizer", "label_encoder"]
+    _optional_components = ["text_encoder", "tokenizer", "label_encoder", "interpolator"]
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         text_encoder: torch.nn.Module | None = None,
         tokenizer: Any | None = None,
         label_encoder: LabelEncoder | None = None,
+        interpolator: TemporalWeights | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -102,6 +106,7 @@ class VideoLDMPipeline(DiffusionPipeline):
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             label_encoder=label_encoder,
+            interpolator=interpolator,
         )
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
 
@@ -204,45 +209,48 @@ class VideoLDMPipeline(DiffusionPipeline):
 
     def _sample_window(
         self,
-        window_frames: int,
-        context_frames: torch.Tensor | None,
+        unet: VideoUNet,
+        noise: torch.Tensor,
         conditional_states: torch.Tensor | None,
         unconditional_states: torch.Tensor | None,
         *,
+        context_mask: torch.Tensor | None,
+        context_latents: torch.Tensor | None,
+        extra_inputs: dict[str, Any],
         image_only: bool,
         guidance_scale: float,
         context_guidance_scale: float,
-        noise: torch.Tensor,
         denoise_options: dict[str, Any],
     ) -> torch.Tensor:
-        """Denoise one window from ``noise (B, W, c, h, w)``; its first ``S`` frames given as ``context_frames (B, S, c, h, w)``.
+        """Denoise one window from ``noise (B, W, c, h, w)`` with ``unet``.
 
-        Returns the window's latents with the given frames put back exactly.
+        The frames marked in ``context_mask`` ``(W,)`` bool (None: none) are given as
+        ``context_latents`` ``(B, W, c, h, w)`` (values elsewhere ignored); ``extra_inputs`` go to
+        every UNet call. Returns the window's latents with the given frames put back exactly.
         """
         batch, num_frames = noise.shape[:2]
         device = noise.device
         inputs: dict[str, Any] = {
             "encoder_hidden_states": conditional_states,
             "image_only_indicator": torch.full((batch, num_frames), image_only, dtype=torch.bool, device=device),
+            **extra_inputs,
         }
         guidance = []
-        num_context = 0 if context_frames is None else context_frames.shape[1]
-        if num_context:
-            if not self.unet.has_context_conditioning:
+        given = context_mask is not None and bool(context_mask.any())
+        if given:
+            if not unet.has_context_conditioning:
                 raise ValueError("this model has no context conditioning: it cannot continue given frames "
                                  "(train a prediction model: stage 'prediction')")
-            mask = torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
-            mask[:, :num_context] = True
-            context_latents = noise.new_zeros(noise.shape)
-            context_latents[:, :num_context] = context_frames
+            mask = context_mask.to(device)[None].expand(batch, num_frames)
+            context_latents = torch.where(mask[:, :, None, None, None], context_latents.to(noise.dtype), noise.new_zeros(()))
             inputs |= {"context_mask": mask, "context_latents": context_latents}
             no_context = inputs | {"context_mask": torch.zeros_like(mask), "context_latents": torch.zeros_like(context_latents)}
             guidance.append(Guidance(no_context, context_guidance_scale))
         if unconditional_states is not None:
             guidance.append(Guidance(inputs | {"encoder_hidden_states": unconditional_states}, guidance_scale))
-        latents = denoise(self.unet, self.scheduler, noise, inputs, guidance, **denoise_options)
-        if num_context:
-            latents[:, :num_context] = context_frames
+        latents = denoise(unet, self.scheduler, noise, inputs, guidance, **denoise_options)
+        if given:
+            latents = torch.where(inputs["context_mask"][:, :, None, None, None], inputs["context_latents"], latents)
         return latents
 
     @torch.no_grad()
@@ -311,10 +319,14 @@ class VideoLDMPipeline(DiffusionPipeline):
             shape = (batch, window_frames, channels, latent_height, latent_width)
             noise = latents if latents is not None else randn_tensor(shape, generator=generator, device=device,
                                                                       dtype=self.unet.dtype)
-            return self._sample_window(window_frames, context, conditional_states, unconditional_states,
+            mask = torch.arange(window_frames, device=device) < window.num_context
+            context_latents = torch.zeros_like(noise)
+            if window.num_context:
+                context_latents[:, : window.num_context] = context
+            return self._sample_window(self.unet, noise.to(device), conditional_states, unconditional_states,
+                                       context_mask=mask, context_latents=context_latents, extra_inputs={},
                                        image_only=image_only, guidance_scale=guidance_scale,
-                                       context_guidance_scale=context_guidance_scale, noise=noise.to(device),
-                                       denoise_options=denoise_options)
+                                       context_guidance_scale=context_guidance_scale, denoise_options=denoise_options)
 
         given_latents = None if given is None else self.encode_frames(given)
         stream = StreamingDecoder(self.vae, lambda z: decode_latents(self.vae, z, decode_chunk_size, decoder),
@@ -393,8 +405,90 @@ class VideoLDMPipeline(DiffusionPipeline):
             decode_chunk_size=decode_chunk_size, decoder=decoder,
             output_type="latent" if output_type == "latent" else "pt", callback_on_step_end=callback_on_step_end,
         ))
-        frames = torch.cat(pieces, dim=1)
-        if output_type == "latent":
-            return VideoLDMPipelineOutput(frames=frames) if return_dict else (frames,)
-        frames = self.video_processor.postprocess_video(rearrange(frames, "b t c h w -> b c t h w"), output_type)
+        return self._output(torch.cat(pieces, dim=1), output_type, return_dict)
+
+    def _output(self, frames: torch.Tensor, output_type: str, return_dict: bool) -> VideoLDMPipelineOutput | tuple:
+        """Pixels ``(B, T, C, H, W)`` in [-1, 1] (or latents for ``"latent"``) in diffusers' ``output_type`` form."""
+        if output_type != "latent":
+            frames = self.video_processor.postprocess_video(rearrange(frames, "b t c h w -> b c t h w"), output_type)
         return VideoLDMPipelineOutput(frames=frames) if return_dict else (frames,)
+
+    def interpolation_unet(self) -> VideoUNet:
+        """The interpolation model: ``unet``'s spatial UNet with the ``interpolator``'s temporal weights (shared tensors)."""
+        if self.interpolator is None:
+            raise ValueError("this pipeline has no interpolation model (component 'interpolator'); "
+                             "train one with the 'interpolation' stage (configs/digits_interpolation.yaml)")
+        return self.unet.with_temporal_weights(self.interpolator)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        video: torch.Tensor,
+        factor: int = 4,
+        *,
+        prompt: str | list[str] | None = None,
+        labels: torch.Tensor | list | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 1.0,
+        context_guidance_scale: float = 1.0,
+        frame_rate_regime: int = 0,
+        window_key_frames: int = 5,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        decode_chunk_size: int = 8,
+        decoder: str = "video",
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
+        return_dict: bool = True,
+    ) -> VideoLDMPipelineOutput | tuple:
+        """Raise the frame rate of ``video`` ``(K, C, H, W)`` or ``(B, K, C, H, W)`` in [-1, 1], ``K >= 2``, by ``factor``.
+
+        Returns ``factor * (K - 1) + 1`` frames per video; frame ``factor * k`` is input frame ``k``
+        after encoding and decoding. ``factor`` 4 is one pass of the interpolation model in
+        ``frame_rate_regime`` (0: from the key-frame rate), 16 two passes (regimes ``r``, ``r + 1``).
+        Windows of ``window_key_frames`` key frames share one gap, so any ``K`` works
+        (:mod:`videoldm.pipelines.interpolation`). ``context_guidance_scale`` guides over the key
+        frames, ``guidance_scale`` over ``labels`` / ``prompt`` (default: none, the null label or
+        empty prompt); frames must have the model's channel count and sizes divisible by
+        :attr:`vae_scale_factor`. Other arguments as in :meth:`__call__`.
+        """
+        for name, value in (("guidance_scale", guidance_scale), ("context_guidance_scale", context_guidance_scale)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if factor not in PASSES_PER_FACTOR:
+            raise ValueError(f"factor must be one of {sorted(PASSES_PER_FACTOR)}, got {factor}")
+        if output_type not in OUTPUT_TYPES or decoder not in ("video", "image") or num_inference_steps < 1:
+            raise ValueError(f"need output_type in {OUTPUT_TYPES}, decoder 'video' or 'image' and num_inference_steps >= 1; "
+                             f"got {output_type!r}, {decoder!r}, {num_inference_steps}")
+        unet = self.interpolation_unet()
+        passes, regimes = PASSES_PER_FACTOR[factor], unet.config.frame_rate_regimes
+        if not 0 <= frame_rate_regime or frame_rate_regime + passes > regimes:
+            raise ValueError(f"factor {factor} needs {passes} frame-rate regime(s) from frame_rate_regime "
+                             f"{frame_rate_regime}; the interpolation model has regimes 0..{regimes - 1}")
+        video = torch.as_tensor(video)
+        video = video[None] if video.ndim == 4 else video
+        scale = self.vae_scale_factor
+        if video.ndim != 5 or video.shape[1] < 2 or video.shape[-1] % scale or video.shape[-2] % scale:
+            raise ValueError(f"video must be (B, K, C, H, W) with K >= 2 frames and H, W multiples of {scale}, "
+                             f"got shape {tuple(video.shape)}")
+        if not torch.isfinite(video).all():
+            raise ValueError("video holds NaN or inf values")
+        batch, device = video.shape[0], self._execution_device
+        latents = self.encode_frames(video.float())
+        conditional_states, unconditional_states = self.encode_conditions(batch, prompt, negative_prompt, labels)
+        denoise_options = dict(num_inference_steps=num_inference_steps, generator=generator,
+                               progress_bar=self.progress_bar, callback_on_step_end=callback_on_step_end)
+        for regime in range(frame_rate_regime, frame_rate_regime + passes):
+            extra_inputs = {"frame_rate_regime": torch.full((batch,), regime, device=device)}
+
+            def sample_window(window_latents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                noise = randn_tensor(window_latents.shape, generator=generator, device=device, dtype=unet.dtype)
+                return self._sample_window(unet, noise, conditional_states, unconditional_states, context_mask=mask,
+                                           context_latents=window_latents, extra_inputs=extra_inputs, image_only=False,
+                                           guidance_scale=guidance_scale, context_guidance_scale=context_guidance_scale,
+                                           denoise_options=denoise_options)
+
+            latents = interpolate_latents(latents, window_key_frames, sample_window)
+        frames = latents if output_type == "latent" else decode_latents(self.vae, latents, decode_chunk_size, decoder)
+        self.maybe_free_model_hooks()
+        return self._output(frames, output_type, return_dict)

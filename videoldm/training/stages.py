@@ -29,6 +29,7 @@ from ..embedded import embedded_model_dir
 from ..models.autoencoder import TemporalDecoder
 from ..models.conditioning import LabelEncoder
 from ..models.discriminator import VideoDiscriminator
+from ..models.context import key_frame_mask
 from ..models.unet import VideoUNet, VideoUNetOutput
 from ..pipelines.components import frame_format, load_components
 from ..pipelines.text_to_video import VideoLDMPipeline, encode_prompts
@@ -248,6 +249,7 @@ class VideoStage(_LatentStage):
             model = str(embedded_model_dir())
         directory = _require_dir(image_model or model, "image model" if image_model else "model")
         parts = load_components(directory, ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "label_encoder"))
+        self.model_dir = directory
         self.vae = parts["vae"].requires_grad_(False)
         self.text_encoder = parts.get("text_encoder")
         self.tokenizer = parts.get("tokenizer") if self.text_encoder is not None else None
@@ -315,12 +317,16 @@ class VideoStage(_LatentStage):
         """More VideoUNet inputs for the stage's loss (none here; the prediction stage's context frames)."""
         return {}
 
+    def _select_frames(self, clips: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
+        """The frames of each clip ``(B, T, ...)`` that the stage trains on (all here; the interpolation stage strides)."""
+        return clips
+
     def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         draw_seeds = batch[DRAW_SEED]
         if "latents" in batch:
-            latents = batch["latents"]
+            latents = self._select_frames(batch["latents"], draw_seeds)
         else:
-            video = batch["video"]
+            video = self._select_frames(batch["video"], draw_seeds)
             latents = self._encode(video.flatten(0, 1), draw_seeds).unflatten(0, video.shape[:2])
         if self.text_encoder is not None:
             context = self._caption_states(batch, len(latents), draw_seeds)
@@ -475,6 +481,87 @@ class PredictionStage(VideoStage):
         return {"context_mask": context_frame_mask(num_context, num_frames), "context_latents": latents}
 
 
+class InterpolationStage(VideoStage):
+    """Interpolation model (Sec. 3.1.2): fill ``factor - 1`` frames between consecutive key frames.
+
+    Starts from a video pipeline (``model``; the shipped one by default), whose UNet gets (or keeps)
+    context conditioning plus a ``frame_rate_regime`` flag with one value per entry of
+    ``frame_strides``; spatial layers stay frozen. A training window is ``key_frames`` key frames and
+    the ``factor - 1`` frames between each pair, ``T = factor * (key_frames - 1) + 1`` frames taken
+    from a clip with regime ``r``'s stride ``frame_strides[r]`` (regime and start drawn per clip): with
+    clips at the finest frame rate and strides ``[4, 1]``, regime 0 learns key rate -> x4 and
+    regime 1 x4 -> x16, so one model serves both passes of x16. The key frames are the context
+    (:func:`~videoldm.models.context.key_frame_mask`); with ``overlap_probability`` every frame up
+    to the second key frame is given too (how the pipeline's overlapping windows continue the
+    previous window's frames); with ``unconditional_probability`` nothing is given (the branch
+    context guidance subtracts). The loss covers every frame, as in the prediction stage.
+    The export is the ``model`` pipeline with the trained model's temporal and context weights as
+    its ``interpolator`` component (the spatial UNet is the pipeline's own, not stored twice).
+    """
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        model: str = EMBEDDED_MODEL,
+        factor: int = 4,
+        key_frames: int = 5,
+        frame_strides: list[int] = (4, 1),
+        context_channels: int = 64,
+        overlap_probability: float = 0.3,
+        unconditional_probability: float = 0.1,
+        label_dropout: float = 0.1,
+        caption_dropout: float = 0.1,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        if factor < 2 or key_frames < 2:
+            raise RecipeError(f"factor and key_frames must be >= 2, got {factor} and {key_frames}")
+        strides = list(frame_strides)
+        if not strides or any(not isinstance(k, int) or k < 1 for k in strides):
+            raise RecipeError(f"frame_strides must list positive integers (one per frame-rate regime), got {frame_strides}")
+        for name, value in (("overlap_probability", overlap_probability), ("unconditional_probability", unconditional_probability)):
+            if not 0.0 <= value <= 1.0:
+                raise RecipeError(f"{name} must be in [0, 1], got {value}")
+        self.factor, self.frame_strides = factor, strides
+        self.window_frames = factor * (key_frames - 1) + 1
+        self.overlap_probability, self.unconditional_probability = overlap_probability, unconditional_probability
+        super().__init__(data, model=model, label_dropout=label_dropout, caption_dropout=caption_dropout)
+        self.unet = self.unet.with_context_conditioning(
+            self.unet.config.context_channels or context_channels, frame_rate_regimes=len(strides)
+        ).freeze_spatial()
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+
+    def _regimes(self, draw_seeds: torch.Tensor) -> torch.Tensor:
+        return randint_per_sample(draw_seeds, "frame_rate_regime", len(self.frame_strides), torch.device("cpu"))
+
+    def _select_frames(self, clips: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
+        """``window_frames`` frames of each clip ``(B, L, ...)`` at its regime's stride, from a drawn start."""
+        strides = torch.tensor(self.frame_strides)[self._regimes(draw_seeds)]
+        spans = (self.window_frames - 1) * strides + 1
+        if int(spans.max()) > clips.shape[1]:
+            raise RecipeError(f"clips of {clips.shape[1]} frames are too short for {self.window_frames}-frame windows at "
+                              f"stride {max(self.frame_strides)}: set data num_frames >= {(self.window_frames - 1) * max(self.frame_strides) + 1}")
+        starts = (rand_per_sample(draw_seeds, "window_start", torch.device("cpu")) * (clips.shape[1] - spans + 1)).long()
+        indices = starts[:, None] + torch.arange(self.window_frames)[None] * strides[:, None]
+        return torch.stack([clip[index.to(clip.device)] for clip, index in zip(clips, indices)])
+
+    def _extra_inputs(self, latents: torch.Tensor, draw_seeds: torch.Tensor) -> dict[str, Any]:
+        """Key frames (plus, for some clips, the whole first gap) as context; the regime flag."""
+        batch, num_frames = latents.shape[:2]
+        cpu = torch.device("cpu")
+        mask = key_frame_mask(num_frames, self.factor)[None].repeat(batch, 1)
+        overlap = rand_per_sample(draw_seeds, "overlap", cpu) < self.overlap_probability
+        mask[:, : self.factor + 1] |= overlap[:, None]
+        mask &= (rand_per_sample(draw_seeds, "no_context", cpu) >= self.unconditional_probability)[:, None]
+        return {"context_mask": mask.to(latents.device), "context_latents": latents,
+                "frame_rate_regime": self._regimes(draw_seeds).to(latents.device)}
+
+    def export(self, output_dir: Path) -> None:
+        pipe = VideoLDMPipeline.from_pretrained(self.model_dir, dtype=self.unet.dtype)
+        pipe.register_modules(interpolator=self.unet.temporal_weights())
+        pipe.save_pretrained(output_dir)
+
+
 def _check_same_autoencoder(trained: AutoencoderKL, in_pipeline: AutoencoderKL, pipeline_dir: Path) -> None:
     # A decoder fine-tuned for another autoencoder's latents would decode this pipeline's wrongly.
     expected, actual = trained.state_dict(), in_pipeline.state_dict()
@@ -488,6 +575,7 @@ STAGES = {
     "video": VideoStage,
     "decoder": DecoderStage,
     "prediction": PredictionStage,
+    "interpolation": InterpolationStage,
 }
 
 
