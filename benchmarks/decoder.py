@@ -31,6 +31,7 @@ import torch
 from videoldm import TemporalDecoder, VideoLDMPipeline
 from videoldm.data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
 from videoldm.embedded import embedded_model_dir
+from videoldm.metrics.consistency import flicker_error, psnr
 from videoldm.pipelines.text_to_video import decode_latents
 
 NUM_FRAMES = 16
@@ -42,20 +43,13 @@ def held_out_clips(num_clips: int) -> torch.Tensor:
     return torch.stack([dataset[index]["video"] for index in range(num_clips)])
 
 
-def psnr(error: torch.Tensor, peak: float = 1.0) -> float:
-    """PSNR of per-frame errors ``(N, T, C, H, W)``: mean over frames of ``10 log10(peak^2 / MSE)``."""
-    mse = error.pow(2).flatten(2).mean(-1).clamp_min(1e-12)
-    return (10 * torch.log10(peak**2 / mse)).mean().item()
-
-
 def measures(real: torch.Tensor, decoded: torch.Tensor) -> dict[str, float]:
     """PSNR, flicker error and temporal PSNR of ``decoded`` against ``real``, both (N, T, C, H, W) in [0, 1]."""
-    real_steps, decoded_steps = real.diff(dim=1), decoded.diff(dim=1)
     return {
-        "psnr": psnr(decoded - real),
-        "flicker_error": (decoded_steps - real_steps).abs().mean().item(),
+        "psnr": psnr(decoded, real).mean().item(),
+        "flicker_error": flicker_error(decoded, real).mean().item(),
         # differences span [-1, 1]: peak-to-peak 2
-        "temporal_psnr": psnr(decoded_steps - real_steps, peak=2.0),
+        "temporal_psnr": psnr(decoded.diff(dim=1), real.diff(dim=1), peak=2.0).mean().item(),
     }
 
 

@@ -48,9 +48,14 @@ def models(tmp_path_factory) -> dict[str, Path]:
     not_a_model = root / "not_a_model"
     not_a_model.mkdir()
     (not_a_model / "notes.txt").write_text("hello")
-    prediction = _save_pipeline(root / "prediction", VideoUNet.from_image_unet(tiny_image_unet()).with_context_conditioning(8))
+    prediction_unet = VideoUNet.from_image_unet(tiny_image_unet()).with_context_conditioning(8)
+    prediction = _save_pipeline(root / "prediction", prediction_unet)
+    interpolation = root / "interpolation"
+    pipe = VideoLDMPipeline.from_pretrained(prediction)
+    pipe.register_modules(interpolator=prediction_unet.with_context_conditioning(8, frame_rate_regimes=2).temporal_weights())
+    pipe.save_pretrained(interpolation)
     return {"video": video, "image": image, "truncated": truncated, "bad_index": bad_index, "no_vae": no_vae,
-            "not_a_model": not_a_model, "prediction": prediction}
+            "not_a_model": not_a_model, "prediction": prediction, "interpolation": interpolation}
 
 
 def _sandbox(root: Path) -> None:
@@ -131,6 +136,21 @@ HOSTILE = [
     (["generate", "--model", "{prediction}", "--context-frames", "4", "--window", "4"], "--context-frames"),
     (["generate", "--model", "{prediction}", "--window", "1"], "--window"),
     (["generate", "--model", "{prediction}", "--context-guidance", "nan"], "--context-guidance"),
+    # interpolate
+    (["interpolate", "--video", "clip.mp4"], "no interpolation model"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{prediction}"], "no interpolation model"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--factor", "8"], "--factor 8"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--factor", "16", "--regime", "1"], "--regime 1"),
+    (["interpolate", "--video", "missing.mp4", "--model", "{interpolation}"], "missing.mp4"),
+    (["interpolate", "--video", "small.png", "--model", "{interpolation}"], "--resize"),
+    (["interpolate", "--video", "small.png", "--model", "{interpolation}", "--resize"], "at least 2"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--out", "x.avi"], ".avi"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--steps", "0"], "--steps"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--context-guidance", "inf"], "--context-guidance"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--label", "12"], "--label 12"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--prompt", "a car"], "--prompt"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--fps", "500", "--factor", "16"], "fps"),
+    (["interpolate", "--model", "{interpolation}"], "--video"),
     # inflate
     (["inflate", "--image-model", "/no/such/dir", "--out", "new"], "/no/such/dir"),
     (["inflate", "--image-model", "{image}", "--out", "new", "--kernel", "2,1,1"], "--kernel"),
@@ -197,7 +217,7 @@ def test_hostile_input_is_one_line_exit_2_nothing_written(args, culprit, models,
 
 def test_hostile_table_is_wide():
     commands = {args[0] for args, _ in HOSTILE}
-    assert len(HOSTILE) >= 30 and {"generate", "inflate", "train", "evaluate"} <= commands
+    assert len(HOSTILE) >= 30 and {"generate", "interpolate", "inflate", "train", "evaluate"} <= commands
 
 
 def test_interrupt_exits_130(monkeypatch, capsys):

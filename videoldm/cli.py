@@ -195,20 +195,30 @@ FpsOption = typer.Option(8.0, "--fps", min=0.1, max=MAX_FPS, callback=_finite, h
 GuidanceOption = typer.Option(2.0, "--guidance", callback=_finite, help="Classifier-free guidance scale (1 = no guidance).")
 
 
-def read_given_frames(path: Path, option: str, frame_shape: tuple[int, int, int]):
-    """Frames of ``path`` (an image, video or frame folder) as the model's ``(T, C, H, W)`` in [-1, 1].
+def read_given_frames(path: Path, option: str, frame_shape: tuple[int, int, int], *, fps: Optional[float] = None,
+                      max_frames: Optional[int] = None, resize: bool = False):
+    """Frames of ``path`` (an image, video or frame folder) as the model's ``(T, C, H, W)`` in [-1, 1], and their rate.
 
-    RGB frames become grey (ITU-R 601 luma) for a one-channel model; the size must be the model's.
+    RGB frames become grey (ITU-R 601 luma) for a one-channel model; the size must be the model's
+    unless ``resize`` (bilinear, antialiased; aspect ratio not kept). ``fps`` resamples (a frame
+    folder: its rate); more than ``max_frames`` frames is an error.
     """
+    import torch.nn.functional as F
+
     from .data.io import VideoReadError, read_video, to_channels
 
     with reported_as(option, VideoReadError, FileNotFoundError):
-        frames = read_video(path).frames
+        clip = read_video(path, fps=fps, num_frames=None if max_frames is None else max_frames + 1)
+    frames = clip.frames
+    if max_frames is not None and len(frames) > max_frames:
+        raise UserError(f"{option} {path}: more than {max_frames} frames; cut it first")
     channels, height, width = frame_shape
     if tuple(frames.shape[-2:]) != (height, width):
-        raise UserError(f"{option} {path}: frames are {frames.shape[-1]}x{frames.shape[-2]}; the model makes "
-                        f"{width}x{height} (resize it first)")
-    return to_channels(frames, channels)
+        if not resize:
+            raise UserError(f"{option} {path}: frames are {frames.shape[-1]}x{frames.shape[-2]}; the model makes "
+                            f"{width}x{height} (resize it first{', or pass --resize' if option == '--video' else ''})")
+        frames = F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    return to_channels(frames, channels), clip.fps
 
 
 @app.command()
@@ -259,9 +269,9 @@ def generate(
         raise UserError(f"--context-frames {context_frames}: must be fewer than --window ({window})")
     given = None
     if init_image is not None:
-        given = read_given_frames(init_image, "--init-image", info.frame_shape)[:1]
+        given = read_given_frames(init_image, "--init-image", info.frame_shape)[0][:1]
     if continue_video is not None:
-        given = read_given_frames(continue_video, "--continue", info.frame_shape)
+        given = read_given_frames(continue_video, "--continue", info.frame_shape)[0]
 
     import torch
 
@@ -290,6 +300,71 @@ def generate(
             bar.update(piece.shape[1])
     height, width = info.frame_shape[1:]
     typer.echo(f"wrote {out} ({total} frames, {width}x{height}, {fps:g} fps)")
+
+
+@app.command()
+def interpolate(
+    video: Path = typer.Option(..., "--video", "-i", help="Input video (a file FFmpeg reads, or a folder of PNG/JPG frames): the key frames."),
+    out: Path = typer.Option(Path("interpolated.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a new or empty folder for PNG frames."),
+    factor: int = typer.Option(4, "--factor", help="4 (one pass) or 16 (two passes): K input frames give factor*(K-1)+1."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory with an interpolation model (default: the embedded digits model)."),
+    steps: int = StepsOption,
+    seed: int = SeedOption,
+    context_guidance: float = typer.Option(1.0, "--context-guidance", callback=_finite, help="Guidance over the key frames (1 = none)."),
+    guidance: float = typer.Option(1.0, "--guidance", callback=_finite, help="Label/prompt guidance scale (1 = none)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (models with a text encoder); default none."),
+    label: Optional[list[int]] = typer.Option(None, "--label", help="Class label(s) of the video (label models); default none."),
+    regime: int = typer.Option(0, "--regime", min=0, help="Frame-rate regime of the first pass: 0 = the input is at the key-frame rate, 1 = already x4."),
+    fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the input (default: the file's own; 8 for a frame folder). The output's is factor times it."),
+    resize: bool = typer.Option(False, "--resize", help="Resize input frames to the model's frame size (otherwise another size is an error)."),
+    decoder: str = typer.Option("video", "--decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
+) -> None:
+    """Raise the frame rate of a video x4 or x16 with the interpolation model; input frame k is output frame factor*k."""
+    from tqdm.auto import tqdm
+
+    from .data.io import check_video_output, video_writer
+    from .pipelines.interpolation import PASSES_PER_FACTOR
+
+    if factor not in PASSES_PER_FACTOR:
+        raise UserError(f"--factor {factor}: expected one of {', '.join(map(str, sorted(PASSES_PER_FACTOR)))}")
+    if decoder not in DECODERS:
+        raise UserError(f"--decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
+    with reported_as("--out"):
+        check_video_output(out)
+    info = inspect_model(model)
+    if not info.frame_rate_regimes:
+        raise UserError(f"--model {info.path}: it has no interpolation model (train one: videoldm train digits_interpolation)")
+    passes = PASSES_PER_FACTOR[factor]
+    if regime + passes > info.frame_rate_regimes:
+        raise UserError(f"--regime {regime}: --factor {factor} needs {passes} regime(s) from it; the model has "
+                        f"regimes 0..{info.frame_rate_regimes - 1}")
+    if label == [-1]:
+        label = None
+    check_conditioning(info, prompt, label)
+    check_steps(info, steps)
+    keys, input_fps = read_given_frames(video, "--video", info.frame_shape, fps=fps, max_frames=MAX_FRAMES, resize=resize)
+    if len(keys) < 2:
+        raise UserError(f"--video {video}: {len(keys)} frame; interpolation needs at least 2")
+    output_fps = input_fps * factor
+    if output_fps > MAX_FPS:
+        raise UserError(f"--fps {input_fps:g}: the output would run at {output_fps:g} fps; at most {MAX_FPS:g}")
+
+    import torch
+
+    pipe = load_pipeline(info)
+    pipe.set_progress_bar_config(leave=False, desc="denoising")
+    latents = pipe.interpolate(
+        keys, factor, prompt=prompt, labels=[label] if label else None, num_inference_steps=steps,
+        guidance_scale=guidance, context_guidance_scale=context_guidance, frame_rate_regime=regime,
+        generator=torch.Generator().manual_seed(seed), decoder=decoder, output_type="latent",
+    ).frames
+    total = latents.shape[1]
+    with video_writer(out, fps=output_fps) as write, tqdm(total=total, desc="decoding", unit="frame", leave=False) as bar:
+        for piece in pipe.decode_frames(latents, decoder=decoder):
+            write(piece[0])
+            bar.update(piece.shape[1])
+    height, width = info.frame_shape[1:]
+    typer.echo(f"wrote {out} ({total} frames from {len(keys)}, {width}x{height}, {output_fps:g} fps)")
 
 
 def parse_temporal_kinds(text: str) -> list[str]:

@@ -361,7 +361,10 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         The paper's interpolation model is such a variant: the frozen image backbone of the key-frame
         model with its own temporal layers and context encoder. Both must be on one device and dtype.
         """
-        if _public_config(weights.config["unet_config"]) != _public_config(self.config.unet_config):
+        def comparable(config: dict) -> str:  # tuples and lists alike, as after a JSON round trip
+            return json.dumps(_public_config(config), sort_keys=True, default=list)
+
+        if comparable(weights.config["unet_config"]) != comparable(self.config.unet_config):
             raise ValueError("these temporal weights were trained on another spatial UNet (unet_config differs)")
         with torch.device("meta"):
             model = type(self)(**_public_config(weights.config))

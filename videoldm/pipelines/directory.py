@@ -55,6 +55,13 @@ class PipelineInfo:
         return self.is_video and bool(self.configs["unet"].get("context_channels"))
 
     @property
+    def frame_rate_regimes(self) -> int:
+        """Frame-rate regimes of the interpolation model (component ``interpolator``); 0 if there is none."""
+        if "interpolator" not in self.components:
+            return 0
+        return int(self.configs["interpolator"].get("frame_rate_regimes") or 0)
+
+    @property
     def frame_shape(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` of the pixel frames the pipeline makes by default."""
         vae = self.configs["vae"]

@@ -435,6 +435,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         frame_rate_regime: int = 0,
         window_key_frames: int = 5,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        image_only: bool = False,
         decode_chunk_size: int = 8,
         decoder: str = "video",
         output_type: str = "pil",
@@ -450,7 +451,9 @@ class VideoLDMPipeline(DiffusionPipeline):
         (:mod:`videoldm.pipelines.interpolation`). ``context_guidance_scale`` guides over the key
         frames, ``guidance_scale`` over ``labels`` / ``prompt`` (default: none, the null label or
         empty prompt); frames must have the model's channel count and sizes divisible by
-        :attr:`vae_scale_factor`. Other arguments as in :meth:`__call__`.
+        :attr:`vae_scale_factor`. ``image_only=True`` switches the temporal layers off (and with them
+        the key-frame context): the in-between frames are then the image model's, a baseline.
+        Other arguments as in :meth:`__call__`.
         """
         for name, value in (("guidance_scale", guidance_scale), ("context_guidance_scale", context_guidance_scale)):
             if not math.isfinite(value):
@@ -484,11 +487,26 @@ class VideoLDMPipeline(DiffusionPipeline):
             def sample_window(window_latents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
                 noise = randn_tensor(window_latents.shape, generator=generator, device=device, dtype=unet.dtype)
                 return self._sample_window(unet, noise, conditional_states, unconditional_states, context_mask=mask,
-                                           context_latents=window_latents, extra_inputs=extra_inputs, image_only=False,
+                                           context_latents=window_latents, extra_inputs=extra_inputs, image_only=image_only,
                                            guidance_scale=guidance_scale, context_guidance_scale=context_guidance_scale,
                                            denoise_options=denoise_options)
 
             latents = interpolate_latents(latents, window_key_frames, sample_window)
-        frames = latents if output_type == "latent" else decode_latents(self.vae, latents, decode_chunk_size, decoder)
+        frames = latents if output_type == "latent" else torch.cat(list(self.decode_frames(latents, decode_chunk_size, decoder)), dim=1)
         self.maybe_free_model_hooks()
         return self._output(frames, output_type, return_dict)
+
+    def decode_frames(self, latents: torch.Tensor, chunk_size: int = 8, decoder: str = "video") -> Iterator[torch.Tensor]:
+        """Decode latents ``(B, T, c, h, w)`` piece by piece: yields pixels ``(B, k, C, H, W)`` in [-1, 1], memory bounded in ``T``.
+
+        The pieces together equal :func:`decode_latents` of the whole video (the temporal decoder's
+        overlapping windows run across pieces, :class:`~videoldm.pipelines.prediction.StreamingDecoder`).
+        """
+        stream = StreamingDecoder(self.vae, lambda z: decode_latents(self.vae, z, chunk_size, decoder), chunk_size, decoder)
+        for piece in latents.split(chunk_size, dim=1):
+            pixels = stream.push(piece.to(self._execution_device))
+            if pixels is not None:
+                yield pixels
+        rest = stream.flush()
+        if rest is not None:
+            yield rest
