@@ -235,3 +235,17 @@ def test_cli_interpolate_writes_factor_times_the_frames_at_factor_times_the_rate
         assert exit_info.value.code in (0, None)
         clip = read_video(out)
         assert clip.frames.shape == (frames, 3, 16, 16) and clip.fps == pytest.approx(5 * factor)
+
+
+def test_decode_frames_pieces_equal_one_decode_of_the_whole_video():
+    from videoldm.models.autoencoder import TemporalDecoder
+    from videoldm.pipelines.text_to_video import decode_latents
+
+    decoder = TemporalDecoder.from_autoencoder(tiny_vae()).eval()
+    randomize_temporal(decoder)
+    pipe = interpolation_pipeline(decoder)
+    latents = torch.randn(1, 21, 4, 8, 8)
+    with torch.no_grad():
+        pieces = list(pipe.decode_frames(latents, chunk_size=8))
+        expected = decode_latents(decoder, latents, chunk_size=8)
+    assert len(pieces) > 1 and (torch.cat(pieces, dim=1) - expected).abs().max() < 1e-5

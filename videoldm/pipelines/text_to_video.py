@@ -75,6 +75,17 @@ def encode_prompts(text_encoder: torch.nn.Module, tokenizer: Any, prompts: list[
     return text_encoder(tokens.input_ids.to(device))[0]
 
 
+def _check_sampling_options(guidance_scale: float, context_guidance_scale: float, decoder: str, num_inference_steps: int) -> None:
+    """Raise ValueError for a non-finite guidance scale, an unknown decoder or fewer than one step."""
+    for name, value in (("guidance_scale", guidance_scale), ("context_guidance_scale", context_guidance_scale)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    if decoder not in ("video", "image"):
+        raise ValueError(f"decoder must be 'video' or 'image', got {decoder!r}")
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+
+
 class VideoLDMPipeline(DiffusionPipeline):
     """Text-, label- or unconditional video generation with a :class:`VideoUNet`.
 
@@ -286,15 +297,11 @@ class VideoLDMPipeline(DiffusionPipeline):
         :meth:`__call__`; a long video (``num_frames`` above ``window_frames``) is made window by
         window (:func:`~videoldm.pipelines.prediction.plan_rollout`) with flat memory in its length.
         """
-        for name, value in (("guidance_scale", guidance_scale), ("context_guidance_scale", context_guidance_scale)):
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value}")
+        _check_sampling_options(guidance_scale, context_guidance_scale, decoder, num_inference_steps)
         if output_type not in ("pt", "latent"):
             raise ValueError(f"generate_frames yields 'pt' pixels or 'latent' latents, got output_type {output_type!r}")
-        if decoder not in ("video", "image"):
-            raise ValueError(f"decoder must be 'video' or 'image', got {decoder!r}")
-        if num_frames < 1 or num_inference_steps < 1:
-            raise ValueError(f"num_frames and num_inference_steps must be >= 1, got {num_frames}, {num_inference_steps}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         batch = len(prompt) if isinstance(prompt, list) else num_videos
         channels, latent_height, latent_width = self._latent_shape(height, width)
         size = (latent_height * self.vae_scale_factor, latent_width * self.vae_scale_factor)
@@ -455,14 +462,11 @@ class VideoLDMPipeline(DiffusionPipeline):
         the key-frame context): the in-between frames are then the image model's, a baseline.
         Other arguments as in :meth:`__call__`.
         """
-        for name, value in (("guidance_scale", guidance_scale), ("context_guidance_scale", context_guidance_scale)):
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value}")
+        _check_sampling_options(guidance_scale, context_guidance_scale, decoder, num_inference_steps)
         if factor not in PASSES_PER_FACTOR:
             raise ValueError(f"factor must be one of {sorted(PASSES_PER_FACTOR)}, got {factor}")
-        if output_type not in OUTPUT_TYPES or decoder not in ("video", "image") or num_inference_steps < 1:
-            raise ValueError(f"need output_type in {OUTPUT_TYPES}, decoder 'video' or 'image' and num_inference_steps >= 1; "
-                             f"got {output_type!r}, {decoder!r}, {num_inference_steps}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         unet = self.interpolation_unet()
         passes, regimes = PASSES_PER_FACTOR[factor], unet.config.frame_rate_regimes
         if not 0 <= frame_rate_regime or frame_rate_regime + passes > regimes:
