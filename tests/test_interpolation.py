@@ -249,3 +249,20 @@ def test_decode_frames_pieces_equal_one_decode_of_the_whole_video():
         pieces = list(pipe.decode_frames(latents, chunk_size=8))
         expected = decode_latents(decoder, latents, chunk_size=8)
     assert len(pieces) > 1 and (torch.cat(pieces, dim=1) - expected).abs().max() < 1e-5
+
+
+def test_pil_images_are_accepted_as_frames():
+    from PIL import Image
+
+    from videoldm.data.io import to_uint8
+
+    pipe = interpolation_pipeline()
+    keys = key_video(3)
+    images = [Image.fromarray(frame) for frame in to_uint8(keys[0])]
+    exact = torch.from_numpy(to_uint8(keys[0])).permute(0, 3, 1, 2).float() / 127.5 - 1  # what the 8-bit images hold
+
+    def run(video):
+        return pipe.interpolate(video, 4, num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+                                output_type="latent").frames
+
+    assert torch.equal(run(images), run(exact))

@@ -256,3 +256,19 @@ def test_prediction_stage_trains_temporal_and_context_weights_only(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(context, trainer.stage.unet.context_encoder.parameters()))
     exported = VideoLDMPipeline.from_pretrained(tmp_path / "run" / "final")
     assert exported.unet.has_context_conditioning
+
+
+def test_init_image_and_init_video_take_pil_images():
+    from PIL import Image
+
+    from videoldm.data.io import to_uint8
+
+    pipe = context_pipeline()
+    frames = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    exact = torch.from_numpy(to_uint8(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # what the 8-bit images hold
+    images = [Image.fromarray(frame) for frame in to_uint8(frames)]
+    run = dict(num_frames=4, num_inference_steps=1, output_type="latent")
+    for tensor_kwargs, pil_kwargs in (({"init_image": exact[0]}, {"init_image": images[0]}),
+                                      ({"init_video": exact}, {"init_video": images})):
+        expected = pipe(generator=torch.Generator().manual_seed(1), **tensor_kwargs, **run).frames
+        assert torch.equal(pipe(generator=torch.Generator().manual_seed(1), **pil_kwargs, **run).frames, expected)

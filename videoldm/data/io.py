@@ -112,6 +112,19 @@ def to_channels(frames: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot convert {frames.shape[1]}-channel frames to {channels} channels")
 
 
+def frames_from_images(images: Image.Image | list[Image.Image], channels: int) -> torch.Tensor:
+    """PIL image(s) -> ``(C, H, W)`` for one image, ``(T, C, H, W)`` for a list; float in [-1, 1], ``channels`` channels.
+
+    Any PIL mode is read as RGB, then converted as :func:`to_channels` does (grey: ITU-R 601 luma).
+    """
+    single = isinstance(images, Image.Image)
+    arrays = [np.asarray(image.convert("RGB")) for image in ([images] if single else images)]
+    if not arrays or len({array.shape for array in arrays}) != 1:
+        raise ValueError(f"expected one image or a non-empty list of images of one size, got sizes {[a.shape[:2] for a in arrays]}")
+    frames = to_channels(from_uint8(np.stack(arrays)), channels)
+    return frames[0] if single else frames
+
+
 def check_creatable(path: str | os.PathLike[str]) -> None:
     """Raise ValueError unless ``path`` can be created: its nearest existing ancestor is a writable directory."""
     out = Path(path)

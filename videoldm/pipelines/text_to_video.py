@@ -13,7 +13,9 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
+from PIL import Image
 
+from ..data.io import frames_from_images
 from ..models.autoencoder import TemporalDecoder, encode_video
 from ..models.conditioning import LabelEncoder
 from ..models.unet import TemporalWeights, VideoUNet
@@ -198,12 +200,22 @@ class VideoLDMPipeline(DiffusionPipeline):
             raise ValueError(f"frames must be (B, T, {channels}, H, W) for this model, got shape {tuple(frames.shape)}")
         return encode_video(self.vae, frames.to(self._execution_device), sample=False)
 
+    def _as_pixel_frames(self, frames: Any) -> Any:
+        """PIL image(s) -> pixel tensors in [-1, 1] with the model's channel count (:func:`frames_from_images`); tensors pass."""
+        is_image = isinstance(frames, Image.Image)
+        if is_image or (isinstance(frames, (list, tuple)) and frames and all(isinstance(f, Image.Image) for f in frames)):
+            image_vae = self.vae.vae if isinstance(self.vae, TemporalDecoder) else self.vae
+            return frames_from_images(frames if is_image else list(frames), image_vae.config.in_channels)
+        return frames
+
     def _given_frames(
-        self, batch: int, init_image: torch.Tensor | None, init_video: torch.Tensor | None, size: tuple[int, int]
+        self, batch: int, init_image: Any, init_video: Any, size: tuple[int, int]
     ) -> torch.Tensor | None:
-        """``init_image`` ``(C, H, W)``/``(B, C, H, W)`` or ``init_video`` ``(T, C, H, W)``/``(B, T, C, H, W)`` -> ``(B, K, C, H, W)``."""
+        """``init_image`` ``(C, H, W)``/``(B, C, H, W)`` or a PIL image, or ``init_video`` ``(T, C, H, W)``/``(B, T, C, H, W)``
+        or a list of PIL images -> ``(B, K, C, H, W)``."""
         if init_image is not None and init_video is not None:
             raise ValueError("give init_image or init_video, not both")
+        init_image, init_video = self._as_pixel_frames(init_image), self._as_pixel_frames(init_video)
         given = init_image[..., None, :, :, :] if init_image is not None else init_video
         if given is None:
             return None
@@ -280,8 +292,8 @@ class VideoLDMPipeline(DiffusionPipeline):
         context_guidance_scale: float = 1.0,
         window_frames: int | None = None,
         context_frames: int = 2,
-        init_image: torch.Tensor | None = None,
-        init_video: torch.Tensor | None = None,
+        init_image: torch.Tensor | Image.Image | None = None,
+        init_video: torch.Tensor | list[Image.Image] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         image_only: bool = False,
@@ -371,8 +383,8 @@ class VideoLDMPipeline(DiffusionPipeline):
         context_guidance_scale: float = 1.0,
         window_frames: int | None = None,
         context_frames: int = 2,
-        init_image: torch.Tensor | None = None,
-        init_video: torch.Tensor | None = None,
+        init_image: torch.Tensor | Image.Image | None = None,
+        init_video: torch.Tensor | list[Image.Image] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         image_only: bool = False,
@@ -390,9 +402,11 @@ class VideoLDMPipeline(DiffusionPipeline):
         windows). ``context_guidance_scale`` ``s`` guides over the context,
         ``f(no context) + s * (f(context) - f(no context))``; combined with label/text guidance a
         step costs up to three UNet evaluations (see :mod:`videoldm.pipelines.sampling`).
-        ``init_image`` ``(C, H, W)`` or ``(B, C, H, W)`` in [-1, 1] becomes frame 0 (encoded and
-        decoded); ``init_video`` ``(T, C, H, W)`` or ``(B, T, C, H, W)`` in [-1, 1] is continued: the
-        output is its frames, exactly as given, followed by ``num_frames`` new ones.
+        ``init_image`` ``(C, H, W)`` or ``(B, C, H, W)`` in [-1, 1] (or a PIL image) becomes frame 0
+        (encoded and decoded); ``init_video`` ``(T, C, H, W)`` or ``(B, T, C, H, W)`` in [-1, 1] (or
+        a list of PIL images) is continued: the output is its frames, exactly as given, followed by
+        ``num_frames`` new ones. PIL images are converted to the model's channel count (RGB -> luma
+        for a grey model); their size must be the model's.
 
         ``image_only=True`` forces every alpha to 1: the image LDM sampled frame by frame, the
         paper's baseline. ``latents`` (optional) is the initial unit-variance noise ``(B, T, c, h, w)``
@@ -430,7 +444,7 @@ class VideoLDMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def interpolate(
         self,
-        video: torch.Tensor,
+        video: torch.Tensor | list[Image.Image],
         factor: int = 4,
         *,
         prompt: str | list[str] | None = None,
@@ -449,7 +463,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
         return_dict: bool = True,
     ) -> VideoLDMPipelineOutput | tuple:
-        """Raise the frame rate of ``video`` ``(K, C, H, W)`` or ``(B, K, C, H, W)`` in [-1, 1], ``K >= 2``, by ``factor``.
+        """Raise the frame rate of ``video`` ``(K, C, H, W)`` or ``(B, K, C, H, W)`` in [-1, 1] (or a list of PIL images), ``K >= 2``, by ``factor``.
 
         Returns ``factor * (K - 1) + 1`` frames per video; frame ``factor * k`` is input frame ``k``
         after encoding and decoding. ``factor`` 4 is one pass of the interpolation model in
@@ -472,7 +486,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         if not 0 <= frame_rate_regime or frame_rate_regime + passes > regimes:
             raise ValueError(f"factor {factor} needs {passes} frame-rate regime(s) from frame_rate_regime "
                              f"{frame_rate_regime}; the interpolation model has regimes 0..{regimes - 1}")
-        video = torch.as_tensor(video)
+        video = torch.as_tensor(self._as_pixel_frames(video))
         video = video[None] if video.ndim == 4 else video
         scale = self.vae_scale_factor
         if video.ndim != 5 or video.shape[1] < 2 or video.shape[-1] % scale or video.shape[-2] % scale:
