@@ -1,4 +1,4 @@
-"""The ``videoldm`` command line: generate, inflate, train, encode, evaluate.
+"""The ``videoldm`` command line: generate, inflate, train, encode, evaluate, serve.
 
 The error contract: every command checks all its arguments, input files and output paths before it
 loads a network, samples or trains. A user error (a bad option, a missing, truncated or malformed
@@ -805,6 +805,48 @@ def _print_results(result: dict) -> None:
         protocol = ", ".join(f"{key}={val}" for key, val in entry.items() if key not in ("value", "std"))
         table.add_row(name, value, protocol)
     Console(soft_wrap=False).print(table)
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """``host`` must resolve and ``port`` be free on it (probed by binding, as the server will)."""
+    import socket
+
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        raise UserError(f"--host {host!r}: not an address or name this machine can resolve") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UserError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror})") from None
+
+
+@app.command()
+def serve(
+    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="A pipeline directory the page may use (repeat for several); the embedded digits model is always offered, and the page can pick no other."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 opens the page to the network."),
+    port: int = typer.Option(7860, "--port", min=1, max=65535, help="Port to listen on."),
+    max_frames: int = typer.Option(256, "--max-frames", min=1, max=MAX_ROLLOUT_FRAMES, help="Most frames one request may ask for."),
+    max_steps: int = typer.Option(50, "--max-steps", min=1, max=MAX_STEPS, help="Most denoising steps one request may ask for."),
+) -> None:
+    """Serve the web UI: a page to generate videos in the browser (needs the ui extra: pip install 'videoldm[ui]').
+
+    One generation at a time, later requests wait in a queue; Ctrl-C stops the server and removes its
+    temporary files.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError("serve needs the web UI's extra: pip install 'videoldm[ui]' (gradio)")
+    from .app import EMBEDDED_MODEL_NAME, ServerLimits, serve_page
+
+    models = {EMBEDDED_MODEL_NAME: inspect_model(None)}
+    for path in model or []:
+        models[str(path)] = inspect_model(path)
+    check_listen_address(host, port)
+    serve_page(models, host=host, port=port, limits=ServerLimits(max_frames=max_frames, max_steps=max_steps))
 
 
 def _report(message: str) -> None:
