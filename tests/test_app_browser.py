@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from test_app import start_server
 
+from videoldm.app import EMBEDDED_MODEL_NAME
+
 pytest.importorskip("gradio", reason="the ui extra is not installed: pip install -e '.[ui]'")
 pytest.importorskip("selenium", reason="selenium (the test extra) is not installed")
 
@@ -92,7 +94,7 @@ def screenshot(browser, name: str) -> None:
     print(f"screenshot: {path}")
 
 
-def test_hostile_inputs_show_a_message_and_the_server_keeps_serving(server, browser):
+def test_hostile_inputs_show_a_message_and_the_server_keeps_serving(server, browser, tmp_path):
     url, process = server
     open_page(browser, url)
     set_number(browser, "frames", 10**9)
@@ -107,11 +109,16 @@ def test_hostile_inputs_show_a_message_and_the_server_keeps_serving(server, brow
     screenshot(browser, "web_ui_steps_refused")
 
     # A model outside the server's list, sent the way the page sends its form (the page offers none).
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="not in the list of choices"):
         Client(url, verbose=False).predict("/etc", "", "", 2, 0, 1, 2.0, 1.0, 8.0, None, api_name="/generate")
+    too_big = tmp_path / "big.png"
+    too_big.write_bytes(b"\0" * (11 << 20))
+    with pytest.raises(Exception, match="(?i)too large|size"):
+        Client(url, verbose=False).predict(EMBEDDED_MODEL_NAME, "", "", 2, 0, 1, 2.0, 1.0, 8.0, handle_file(too_big),
+                                           api_name="/generate")
     # Files outside the server's own directory are not served.
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"{url}/gradio_api/file=/etc/passwd", timeout=30)

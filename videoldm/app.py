@@ -40,10 +40,11 @@ _DEFAULTS = GenerateOptions()
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What one request may ask of this server, on top of the command line's own limits."""
+    """What one request may ask of this server, on top of the command line's own limits
+    (``videoldm serve --max-frames/--max-steps``)."""
 
-    max_frames: int = 256
-    max_steps: int = 50
+    max_frames: int
+    max_steps: int
     max_upload_mb: int = 10
     queue_size: int = 16
 
@@ -245,8 +246,8 @@ def build_page(service: VideoService) -> gradio.Blocks:
                         steps: Optional[float], guidance: Optional[float], context_guidance: Optional[float],
                         fps: Optional[float], init_image: Optional[str],
                         progress: gr.Progress = gr.Progress()) -> tuple[str, str, str, str]:
-            form = Form(model, labels or "", prompt or "", frames, seed, steps, guidance, context_guidance, fps,
-                        init_image)
+            form = Form(model=model, labels=labels or "", prompt=prompt or "", frames=frames, seed=seed, steps=steps,
+                        guidance=guidance, context_guidance=context_guidance, fps=fps, init_image=init_image)
             try:
                 result = service.generate(form, lambda fraction, text: progress(fraction, desc=text))
             except UserError as error:

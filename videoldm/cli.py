@@ -379,7 +379,11 @@ def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
 
 
 def write_generation(
-    pipe: VideoLDMPipeline, plan: GenerationPlan, out: Path, *, on_step: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+    pipe: VideoLDMPipeline,
+    plan: GenerationPlan,
+    out: Path,
+    *,
+    on_step: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
     on_frames: Optional[Callable[[int], Any]] = None,
 ) -> None:
     """Sample ``plan`` with ``pipe`` (the loaded ``plan.info``) and write the video to ``out`` as its frames come.
