@@ -186,6 +186,15 @@ def test_init_image_comes_back_as_frame_zero():
     assert (video[0, 0] - (round_trip[0] + 1) / 2).abs().max() < 1e-6
 
 
+def test_init_image_with_a_temporal_decoder_streams_only_frames():
+    """A temporal decoder holds the init image's frame until a decoder window fills; nothing is yielded meanwhile."""
+    pipe = context_pipeline(TemporalDecoder.from_autoencoder(tiny_vae()))
+    pieces = list(pipe.generate_frames(init_image=torch.rand(3, 16, 16) * 2 - 1, num_frames=4, num_inference_steps=1,
+                                       decode_chunk_size=4, generator=torch.Generator().manual_seed(0)))
+    assert all(isinstance(piece, torch.Tensor) for piece in pieces)
+    assert sum(piece.shape[1] for piece in pieces) == 4
+
+
 def test_continuation_keeps_the_given_frames_exactly_and_uses_them_as_context():
     pipe = context_pipeline()
     given = torch.rand(1, 5, 3, 16, 16) * 2 - 1

@@ -1,4 +1,4 @@
-"""The ``videoldm`` command line: generate, inflate, train, encode, evaluate.
+"""The ``videoldm`` command line: generate, inflate, train, encode, evaluate, serve.
 
 The error contract: every command checks all its arguments, input files and output paths before it
 loads a network, samples or trains. A user error (a bad option, a missing, truncated or malformed
@@ -15,12 +15,19 @@ import math
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import typer
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import torch
+
+    from .pipelines import VideoLDMPipeline
+    from .pipelines.directory import PipelineInfo
 
 app = typer.Typer(
     add_completion=False,
@@ -184,15 +191,84 @@ def load_pipeline(info):
     return VideoLDMPipeline.from_pretrained(info.path, dtype=torch.float32)
 
 
-# ------------------------------------------------------------------------------------ commands
-FramesOption = typer.Option(
-    16, "--frames", "-n", min=1, max=MAX_ROLLOUT_FRAMES,
+# ------------------------------------------------------------------------------------ generate
+@dataclass(frozen=True)
+class GenerateOptions:
+    """The options of ``videoldm generate`` but ``--out``; the web UI (:mod:`videoldm.app`) fills one from its form.
+
+    ``labels`` as given: empty is the default (for a label model, class SEED mod its number of
+    classes), ``(-1,)`` is no label. The defaults here are the command line's.
+    """
+
+    model: Optional[Path] = None
+    frames: int = 16
+    steps: int = 25
+    seed: int = 0
+    guidance: float = 2.0
+    prompt: Optional[str] = None
+    labels: tuple[int, ...] = ()
+    fps: float = 8.0
+    decoder: str = "video"
+    image_only: bool = False
+    context_guidance: float = 1.0
+    context_frames: int = 2
+    window: int = DEFAULT_WINDOW
+    init_image: Optional[Path] = None
+    continue_video: Optional[Path] = None
+
+    def command_line(self, out: Path) -> str:
+        """The ``videoldm generate`` command that makes this video at ``out``: every option that differs
+        from the default, and the frames, steps, seed, guidance and labels always (so the reader sees them)."""
+        import shlex
+
+        args = ["videoldm", "generate", "--out", str(out)]
+        defaults = GenerateOptions()
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value is None or (value == getattr(defaults, field.name) and field.name not in ALWAYS_SHOWN):
+                continue
+            option = GENERATE_OPTION_NAMES[field.name]
+            if isinstance(value, bool):
+                args.append(option)
+            elif isinstance(value, tuple):
+                args += [part for label in value for part in (option, str(label))]
+            else:
+                # repr keeps every digit of a float, so the command parses back to the same value
+                args += [option, repr(value) if isinstance(value, float) else str(value)]
+        return shlex.join(args)
+
+
+GENERATE_OPTION_NAMES = {"labels": "--label", "continue_video": "--continue"} | {
+    field.name: "--" + field.name.replace("_", "-") for field in fields(GenerateOptions)
+    if field.name not in ("labels", "continue_video")}
+ALWAYS_SHOWN = ("frames", "steps", "seed", "guidance", "labels")
+# (lowest, highest) of the numeric options: the command line's typer options and plan_generation's check
+GENERATE_BOUNDS = {
+    "frames": (1, MAX_ROLLOUT_FRAMES),
+    "steps": (1, MAX_STEPS),
+    "seed": (0, MAX_SEED),
+    "fps": (0.1, MAX_FPS),
+    "context_frames": (0, MAX_CONTEXT_FRAMES),
+    "window": (2, MAX_FRAMES),
+}
+FINITE_OPTIONS = ("guidance", "context_guidance", "fps")
+
+
+def _generate_option(field: str, *aliases: str, **settings) -> typer.models.OptionInfo:
+    """The typer option of ``GenerateOptions.<field>``: its default, name and bounds."""
+    low, high = GENERATE_BOUNDS.get(field, (None, None))
+    return typer.Option(getattr(GenerateOptions, field), GENERATE_OPTION_NAMES[field], *aliases, min=low, max=high,
+                        callback=_finite if field in FINITE_OPTIONS else None, **settings)
+
+
+FramesOption = _generate_option(
+    "frames", "-n",
     help=f"Number of frames. Prediction models make long videos window by window (at most {MAX_ROLLOUT_FRAMES}); "
          f"other models denoise all frames in one batch (at most {MAX_FRAMES}).")
-StepsOption = typer.Option(25, "--steps", min=1, max=MAX_STEPS, help="Denoising steps.")
-SeedOption = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Random seed.")
-FpsOption = typer.Option(8.0, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the written video.")
-GuidanceOption = typer.Option(2.0, "--guidance", callback=_finite, help="Classifier-free guidance scale (1 = no guidance).")
+StepsOption = _generate_option("steps", help="Denoising steps.")
+SeedOption = _generate_option("seed", help="Random seed.")
+FpsOption = _generate_option("fps", help="Frame rate of the written video.")
+GuidanceOption = _generate_option("guidance", help="Classifier-free guidance scale (1 = no guidance).")
 
 
 def read_given_frames(path: Path, option: str, frame_shape: tuple[int, int, int], *, fps: Optional[float] = None,
@@ -221,84 +297,152 @@ def read_given_frames(path: Path, option: str, frame_shape: tuple[int, int, int]
     return to_channels(frames, channels), clip.fps
 
 
-@app.command()
-def generate(
-    out: Path = typer.Option(Path("video.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a new or empty folder for PNG frames (existing files are replaced)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory (default: the embedded digits model)."),
-    frames: int = FramesOption,
-    steps: int = StepsOption,
-    seed: int = SeedOption,
-    guidance: float = GuidanceOption,
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (models with a text encoder)."),
-    label: Optional[list[int]] = typer.Option(None, "--label", help="Class label(s) (label-conditional models); repeat for two digits. Default: class SEED mod the number of classes; -1 for none."),
-    fps: float = FpsOption,
-    decoder: str = typer.Option("video", "--decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
-    image_only: bool = typer.Option(False, "--image-only", help="Sample the image model frame by frame (alpha = 1)."),
-    context_guidance: float = typer.Option(1.0, "--context-guidance", callback=_finite, help="Prediction models: guidance over the given frames (1 = none)."),
-    context_frames: int = typer.Option(2, "--context-frames", min=0, max=MAX_CONTEXT_FRAMES, help="Prediction models: frames each window is conditioned on (0 = independent windows)."),
-    window: int = typer.Option(DEFAULT_WINDOW, "--window", min=2, max=MAX_FRAMES, help="Prediction models: frames per denoised window."),
-    init_image: Optional[Path] = typer.Option(None, "--init-image", help="Prediction models: an image (PNG/JPG) to start from; it becomes frame 0."),
-    continue_video: Optional[Path] = typer.Option(None, "--continue", help="Prediction models: a video to continue; OUT is its frames followed by --frames new ones."),
-) -> None:
-    """Generate a video and write it to OUT (long videos are written as their frames are made)."""
-    from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class GenerationPlan:
+    """A checked ``generate`` request: its options (labels resolved: ``(-1,)`` for none), the model's
+    :class:`~videoldm.pipelines.directory.PipelineInfo`, and the given frames ``(K, C, H, W)`` read from
+    ``--init-image`` or ``--continue``."""
 
-    from .data.io import check_video_output, video_writer
+    options: GenerateOptions
+    info: PipelineInfo
+    given: Optional[torch.Tensor] = None
 
-    if decoder not in DECODERS:
-        raise UserError(f"--decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
+    @property
+    def total_frames(self) -> int:
+        """Frames in the written video: a continued video's own, then the new ones."""
+        return self.options.frames + (len(self.given) if self.options.continue_video is not None else 0)
+
+    @property
+    def window_frames(self) -> Optional[int]:
+        """The rollout window of a prediction model; None (one window of every frame) otherwise."""
+        return self.options.window if self.info.has_context_conditioning else None
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :meth:`~videoldm.pipelines.VideoLDMPipeline.generate_frames` for this request."""
+        import torch
+
+        options = self.options
+        return dict(
+            prompt=options.prompt,
+            labels=[list(options.labels)] if options.labels and options.labels != (-1,) else None,
+            num_frames=options.frames,
+            num_inference_steps=options.steps,
+            guidance_scale=options.guidance,
+            context_guidance_scale=options.context_guidance,
+            window_frames=self.window_frames,
+            context_frames=options.context_frames,
+            init_image=self.given if options.init_image is not None else None,
+            init_video=self.given if options.continue_video is not None else None,
+            generator=torch.Generator().manual_seed(options.seed),
+            decoder=options.decoder,
+            image_only=options.image_only,
+        )
+
+
+def check_generate_bounds(options: GenerateOptions) -> None:
+    """The numeric options within :data:`GENERATE_BOUNDS`, the floats finite (the command line's typer
+    options check the same before a command runs; the web UI's form needs this)."""
+    for name in FINITE_OPTIONS:
+        value = getattr(options, name)
+        if not math.isfinite(value):
+            raise UserError(f"{GENERATE_OPTION_NAMES[name]} {value}: not a finite number")
+    for name, (low, high) in GENERATE_BOUNDS.items():
+        value = getattr(options, name)
+        if not low <= value <= high:
+            raise UserError(f"{GENERATE_OPTION_NAMES[name]} {value}: expected {low}..{high}")
+
+
+def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
+    """Check every option of a ``generate`` request and the output path ``out`` without loading a network;
+    a :class:`UserError` names the first fault."""
+    from .data.io import check_video_output
+
+    check_generate_bounds(options)
+    if options.decoder not in DECODERS:
+        raise UserError(f"--decoder {options.decoder!r}: expected one of {', '.join(DECODERS)}")
     with reported_as("--out"):
         check_video_output(out)
-    info = inspect_model(model)
-    if label == [-1]:
-        label = None  # explicitly unconditional
-    elif not label and info.conditioning == "label":
+    info = inspect_model(options.model)
+    labels = options.labels
+    if not labels and info.conditioning == "label":
         # A label model shows one clean digit; with no label at all, digits morph into each other.
-        label = [seed % int(info.configs["label_encoder"].get("num_classes", 10))]
-    check_conditioning(info, prompt, label)
-    check_steps(info, steps)
+        labels = (options.seed % int(info.configs["label_encoder"].get("num_classes", 10)),)
+    check_conditioning(info, options.prompt, None if labels == (-1,) else list(labels))
+    check_steps(info, options.steps)
+    init_image, continue_video = options.init_image, options.continue_video
     if init_image is not None and continue_video is not None:
         raise UserError("--init-image and --continue: give one of them")
     if not info.has_context_conditioning:
-        for option, given in (("--init-image", init_image), ("--continue", continue_video)):
-            if given is not None:
+        for option, path in (("--init-image", init_image), ("--continue", continue_video)):
+            if path is not None:
                 raise UserError(f"{option}: model {info.path} has no context conditioning (it is not a prediction model)")
-        if frames > MAX_FRAMES:
-            raise UserError(f"--frames {frames}: model {info.path} denoises all frames in one batch; at most {MAX_FRAMES}")
-    elif context_frames >= window:
-        raise UserError(f"--context-frames {context_frames}: must be fewer than --window ({window})")
+        if options.frames > MAX_FRAMES:
+            raise UserError(f"--frames {options.frames}: model {info.path} denoises all frames in one batch; at most {MAX_FRAMES}")
+    elif options.context_frames >= options.window:
+        raise UserError(f"--context-frames {options.context_frames}: must be fewer than --window ({options.window})")
     given = None
     if init_image is not None:
         given = read_given_frames(init_image, "--init-image", info.frame_shape)[0][:1]
     if continue_video is not None:
         given = read_given_frames(continue_video, "--continue", info.frame_shape)[0]
+    return GenerationPlan(replace(options, labels=labels), info, given)
 
-    import torch
 
-    pipe = load_pipeline(info)
-    pipe.set_progress_bar_config(leave=False, desc="denoising")
-    made = pipe.generate_frames(
-        prompt,
-        labels=[label] if label else None,
-        num_frames=frames,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        context_guidance_scale=context_guidance,
-        window_frames=window if info.has_context_conditioning else None,
-        context_frames=context_frames,
-        init_image=given if init_image is not None else None,
-        init_video=given if continue_video is not None else None,
-        generator=torch.Generator().manual_seed(seed),
-        decoder=decoder,
-        image_only=image_only,
-    )
-    total = frames + (len(given) if continue_video is not None else 0)
-    with video_writer(out, fps=fps) as write, tqdm(total=total, desc="frames", unit="frame", leave=False,
-                                                   disable=total <= window) as bar:
+def write_generation(
+    pipe: VideoLDMPipeline,
+    plan: GenerationPlan,
+    out: Path,
+    *,
+    on_step: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+    on_frames: Optional[Callable[[int], Any]] = None,
+) -> None:
+    """Sample ``plan`` with ``pipe`` (the loaded ``plan.info``) and write the video to ``out`` as its frames come.
+
+    ``on_step(step_index, timestep, latents)`` runs after every scheduler step and ``on_frames(k)``
+    after every ``k`` frames written; both only observe (progress reports).
+    """
+    from .data.io import video_writer
+
+    made = pipe.generate_frames(**plan.pipeline_arguments(), callback_on_step_end=on_step)
+    with video_writer(out, fps=plan.options.fps) as write:
         for piece in made:
             write(piece[0])
-            bar.update(piece.shape[1])
-    height, width = info.frame_shape[1:]
+            if on_frames is not None:
+                on_frames(piece.shape[1])
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(Path("video.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a new or empty folder for PNG frames (existing files are replaced)."),
+    model: Optional[Path] = _generate_option("model", "-m", help="Pipeline directory (default: the embedded digits model)."),
+    frames: int = FramesOption,
+    steps: int = StepsOption,
+    seed: int = SeedOption,
+    guidance: float = GuidanceOption,
+    prompt: Optional[str] = _generate_option("prompt", help="Text prompt (models with a text encoder)."),
+    label: Optional[list[int]] = typer.Option(None, GENERATE_OPTION_NAMES["labels"], help="Class label(s) (label-conditional models); repeat for two digits. Default: class SEED mod the number of classes; -1 for none."),
+    fps: float = FpsOption,
+    decoder: str = _generate_option("decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
+    image_only: bool = _generate_option("image_only", help="Sample the image model frame by frame (alpha = 1)."),
+    context_guidance: float = _generate_option("context_guidance", help="Prediction models: guidance over the given frames (1 = none)."),
+    context_frames: int = _generate_option("context_frames", help="Prediction models: frames each window is conditioned on (0 = independent windows)."),
+    window: int = _generate_option("window", help="Prediction models: frames per denoised window."),
+    init_image: Optional[Path] = _generate_option("init_image", help="Prediction models: an image (PNG/JPG) to start from; it becomes frame 0."),
+    continue_video: Optional[Path] = _generate_option("continue_video", help="Prediction models: a video to continue; OUT is its frames followed by --frames new ones."),
+) -> None:
+    """Generate a video and write it to OUT (long videos are written as their frames are made)."""
+    from tqdm.auto import tqdm
+
+    plan = plan_generation(GenerateOptions(
+        model=model, frames=frames, steps=steps, seed=seed, guidance=guidance, prompt=prompt, labels=tuple(label or ()),
+        fps=fps, decoder=decoder, image_only=image_only, context_guidance=context_guidance,
+        context_frames=context_frames, window=window, init_image=init_image, continue_video=continue_video), out)
+    pipe = load_pipeline(plan.info)
+    pipe.set_progress_bar_config(leave=False, desc="denoising")
+    total = plan.total_frames
+    with tqdm(total=total, desc="frames", unit="frame", leave=False, disable=total <= window) as bar:
+        write_generation(pipe, plan, out, on_frames=bar.update)
+    height, width = plan.info.frame_shape[1:]
     typer.echo(f"wrote {out} ({total} frames, {width}x{height}, {fps:g} fps)")
 
 
@@ -740,6 +884,48 @@ def _print_results(result: dict) -> None:
         protocol = ", ".join(f"{key}={val}" for key, val in entry.items() if key not in ("value", "std"))
         table.add_row(name, value, protocol)
     Console(soft_wrap=False).print(table)
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """``host`` must resolve and ``port`` be free on it (probed by binding, as the server will)."""
+    import socket
+
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        raise UserError(f"--host {host!r}: not an address or name this machine can resolve") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UserError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror})") from None
+
+
+@app.command()
+def serve(
+    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="A pipeline directory the page may use (repeat for several); the embedded digits model is always offered, and the page can pick no other."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 opens the page to the network."),
+    port: int = typer.Option(7860, "--port", min=1, max=65535, help="Port to listen on."),
+    max_frames: int = typer.Option(256, "--max-frames", min=1, max=MAX_ROLLOUT_FRAMES, help="Most frames one request may ask for."),
+    max_steps: int = typer.Option(50, "--max-steps", min=1, max=MAX_STEPS, help="Most denoising steps one request may ask for."),
+) -> None:
+    """Serve the web UI: a page to generate videos in the browser (needs the ui extra: pip install 'videoldm[ui]').
+
+    One generation at a time, later requests wait in a queue; Ctrl-C stops the server and removes its
+    temporary files.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError("serve needs the web UI's extra: pip install 'videoldm[ui]' (gradio)")
+    from .app import EMBEDDED_MODEL_NAME, ServerLimits, serve_page
+
+    models = {EMBEDDED_MODEL_NAME: inspect_model(None)}
+    for path in model or []:
+        models[str(path)] = inspect_model(path)
+    check_listen_address(host, port)
+    serve_page(models, host=host, port=port, limits=ServerLimits(max_frames=max_frames, max_steps=max_steps))
 
 
 def _report(message: str) -> None:

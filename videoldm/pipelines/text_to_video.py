@@ -357,7 +357,10 @@ class VideoLDMPipeline(DiffusionPipeline):
             if output_type != "latent":
                 yield given.to(device)
         elif init_image is not None:
-            yield given_latents if output_type == "latent" else stream.push(given_latents)
+            # a temporal decoder may hold the image's frame back until its first window is full
+            pixels = given_latents if output_type == "latent" else stream.push(given_latents)
+            if pixels is not None:
+                yield pixels
         for new in rollout_latents(plan, sample_window, given_latents):
             pixels = new if output_type == "latent" else stream.push(new)
             if pixels is not None:
