@@ -54,6 +54,8 @@ def service(tmp_path_factory) -> VideoService:
     (dict(labels="1 2 3"), "--label given 3 times"),
     (dict(prompt="a red car"), "--prompt: model"),
     (dict(init_image="/no/such/image.png"), "--init-image"),
+    (dict(fps_multiplier=3), "--fps-multiplier 3: expected 1 or one of 4, 16"),
+    (dict(fps_multiplier=2.5), "--fps-multiplier 2.5: expected a whole number"),
 ])
 def test_bad_form_is_refused_before_sampling(service, changes, message, monkeypatch):
     monkeypatch.setattr(VideoService, "_pipeline", lambda *_: pytest.fail("a bad form must not load a model"))
@@ -77,7 +79,7 @@ def test_every_option_round_trips_through_the_command_line(tmp_path, monkeypatch
     its default (the CLI's defaults are GenerateOptions' own, so fields left out are equal too)."""
     options = GenerateOptions(
         model=tmp_path / "my model", frames=40, steps=7, seed=2**62 + 1, guidance=1.2345678901234567,
-        prompt="a 'quoted' car", labels=(3, 8), fps=12.5, decoder="image", image_only=True, context_guidance=0.3,
+        prompt="a 'quoted' car", labels=(3, 8), fps=12.5, fps_multiplier=4, decoder="image", image_only=True, context_guidance=0.3,
         context_frames=3, window=12, init_image=tmp_path / "start image.png", continue_video=tmp_path / "c.mp4")
     assert all(getattr(options, name) != getattr(GenerateOptions(), name) for name in cli.GENERATE_OPTION_NAMES)
     parsed = []

@@ -136,6 +136,11 @@ HOSTILE = [
     (["generate", "--model", "{prediction}", "--context-frames", "4", "--window", "4"], "--context-frames"),
     (["generate", "--model", "{prediction}", "--window", "1"], "--window"),
     (["generate", "--model", "{prediction}", "--context-guidance", "nan"], "--context-guidance"),
+    (["generate", "--model", "{prediction}", "--fps-multiplier", "4"], "no interpolation model"),
+    (["generate", "--model", "{interpolation}", "--fps-multiplier", "3"], "--fps-multiplier 3"),
+    (["generate", "--model", "{interpolation}", "--fps-multiplier", "4", "--continue", "clip.mp4"], "--continue"),
+    (["generate", "--model", "{interpolation}", "--fps-multiplier", "16", "--frames", "1"], "--frames >= 2"),
+    (["generate", "--model", "{interpolation}", "--fps-multiplier", "16", "--fps", "100"], "fps"),
     # interpolate
     (["interpolate", "--video", "clip.mp4"], "no interpolation model"),
     (["interpolate", "--video", "clip.mp4", "--model", "{prediction}"], "no interpolation model"),

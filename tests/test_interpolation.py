@@ -266,3 +266,18 @@ def test_pil_images_are_accepted_as_frames():
                                 output_type="latent").frames
 
     assert torch.equal(run(images), run(exact))
+
+
+def test_generate_with_fps_multiplier_interpolates_the_key_frames(tmp_path):
+    from videoldm.cli import main
+    from videoldm.data.io import read_video
+
+    interpolation_pipeline().save_pretrained(tmp_path / "model")
+    for multiplier, frames in ((4, 13), (16, 49)):
+        out = tmp_path / f"x{multiplier}.mp4"
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", "--model", str(tmp_path / "model"), "--frames", "4", "--steps", "1", "--fps", "2",
+                  "--fps-multiplier", str(multiplier), "--out", str(out)])
+        assert exit_info.value.code in (0, None)
+        clip = read_video(out)
+        assert clip.frames.shape == (frames, 3, 16, 16) and clip.fps == pytest.approx(2 * multiplier)

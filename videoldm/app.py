@@ -62,6 +62,7 @@ class Form:
     guidance: Optional[float] = _DEFAULTS.guidance
     context_guidance: Optional[float] = _DEFAULTS.context_guidance
     fps: Optional[float] = _DEFAULTS.fps
+    fps_multiplier: Optional[float] = _DEFAULTS.fps_multiplier
     init_image: Optional[str] = None
 
 
@@ -101,10 +102,22 @@ def count_windows(plan: GenerationPlan) -> int:
 
     options = plan.options
     if plan.window_frames is None:
-        return 1
+        return 1 + count_interpolation_windows(options.frames, options.fps_multiplier)
     num_new = options.frames - (1 if options.init_image is not None else 0)
     num_given = 0 if plan.given is None else len(plan.given)
-    return len(plan_rollout(num_new, plan.window_frames, options.context_frames, num_given))
+    key_frame_windows = len(plan_rollout(num_new, plan.window_frames, options.context_frames, num_given))
+    return key_frame_windows + count_interpolation_windows(options.frames, options.fps_multiplier)
+
+
+def count_interpolation_windows(key_frames: int, fps_multiplier: int) -> int:
+    """How many windows :meth:`~videoldm.pipelines.VideoLDMPipeline.interpolate` denoises to multiply the frame rate."""
+    from .pipelines.interpolation import DEFAULT_WINDOW_KEY_FRAMES, INTERPOLATION_FACTOR, PASSES_PER_FACTOR, plan_interpolation
+
+    windows = 0
+    for _ in range(PASSES_PER_FACTOR.get(fps_multiplier, 0)):
+        windows += len(plan_interpolation(key_frames, DEFAULT_WINDOW_KEY_FRAMES))
+        key_frames = INTERPOLATION_FACTOR * (key_frames - 1) + 1
+    return windows
 
 
 class VideoService:
@@ -144,6 +157,7 @@ class VideoService:
             model=model, frames=frames, steps=steps, seed=seed, guidance=_number(form.guidance, "--guidance"),
             prompt=form.prompt.strip() or None, labels=parse_labels(form.labels),
             fps=_number(form.fps, "--fps"), context_guidance=_number(form.context_guidance, "--context-guidance"),
+            fps_multiplier=_whole_number(form.fps_multiplier, "--fps-multiplier"),
             init_image=Path(form.init_image) if form.init_image else None,
         )
 
@@ -189,7 +203,8 @@ def visible_fields(info: PipelineInfo) -> dict[str, bool]:
     """Which conditioning fields the page shows for a model: labels, prompt, and the prediction model's
     context guidance and init image."""
     return {"labels": info.conditioning == "label", "prompt": info.conditioning == "text",
-            "context_guidance": info.has_context_conditioning, "init_image": info.has_context_conditioning}
+            "context_guidance": info.has_context_conditioning, "init_image": info.has_context_conditioning,
+            "fps_multiplier": info.frame_rate_regimes > 0}
 
 
 PAGE_CSS = "video { image-rendering: pixelated; }"  # small models make small videos: show big pixels
@@ -224,6 +239,9 @@ def build_page(service: VideoService) -> gradio.Blocks:
                                                  info="--context-guidance; 1: none", elem_id="context_guidance",
                                                  visible=shown["context_guidance"])
                     fps = gr.Number(_DEFAULTS.fps, label="Frame rate", info="--fps", elem_id="fps")
+                    fps_multiplier = gr.Dropdown([1, 4, 16], value=_DEFAULTS.fps_multiplier, label="Frame-rate multiplier",
+                                                 info="--fps-multiplier: interpolation x4 or x16", elem_id="fps_multiplier",
+                                                 visible=shown["fps_multiplier"])
                 init_image = gr.File(label=f"Init image: frame 0 (--init-image; the model's size, at most "
                                      f"{limits.max_upload_mb} MB)", file_types=["image"], elem_id="init_image",
                                      visible=shown["init_image"], height=150)
@@ -240,23 +258,26 @@ def build_page(service: VideoService) -> gradio.Blocks:
             if name not in service.models:
                 raise gr.Error("model: not one this server offers", print_exception=False)
             visible = visible_fields(service.models[name])
-            return [gr.update(visible=visible[field]) for field in ("labels", "prompt", "context_guidance", "init_image")]
+            return [gr.update(visible=visible[field])
+                    for field in ("labels", "prompt", "context_guidance", "init_image", "fps_multiplier")]
 
         def on_generate(model: str, labels: str, prompt: str, frames: Optional[float], seed: Optional[float],
                         steps: Optional[float], guidance: Optional[float], context_guidance: Optional[float],
-                        fps: Optional[float], init_image: Optional[str],
+                        fps: Optional[float], fps_multiplier: Optional[float], init_image: Optional[str],
                         progress: gr.Progress = gr.Progress()) -> tuple[str, str, str, str]:
             form = Form(model=model, labels=labels or "", prompt=prompt or "", frames=frames, seed=seed, steps=steps,
-                        guidance=guidance, context_guidance=context_guidance, fps=fps, init_image=init_image)
+                        guidance=guidance, context_guidance=context_guidance, fps=fps, fps_multiplier=fps_multiplier,
+                        init_image=init_image)
             try:
                 result = service.generate(form, lambda fraction, text: progress(fraction, desc=text))
             except UserError as error:
                 raise gr.Error(str(error), title="Cannot generate", duration=None, print_exception=False) from None
             return str(result.video), str(result.video), str(result.seed), result.command
 
-        model.change(on_model, inputs=model, outputs=[labels, prompt, context_guidance, init_image], api_name=False)
+        model.change(on_model, inputs=model, outputs=[labels, prompt, context_guidance, init_image, fps_multiplier],
+                     api_name=False)
         button.click(on_generate, inputs=[model, labels, prompt, frames, seed, steps, guidance, context_guidance, fps,
-                                          init_image],
+                                          fps_multiplier, init_image],
                      outputs=[video, download, seed_used, command], api_name="generate", concurrency_limit=1)
     return page
 

@@ -208,6 +208,7 @@ class GenerateOptions:
     prompt: Optional[str] = None
     labels: tuple[int, ...] = ()
     fps: float = 8.0
+    fps_multiplier: int = 1
     decoder: str = "video"
     image_only: bool = False
     context_guidance: float = 1.0
@@ -267,7 +268,7 @@ FramesOption = _generate_option(
          f"other models denoise all frames in one batch (at most {MAX_FRAMES}).")
 StepsOption = _generate_option("steps", help="Denoising steps.")
 SeedOption = _generate_option("seed", help="Random seed.")
-FpsOption = _generate_option("fps", help="Frame rate of the written video.")
+FpsOption = _generate_option("fps", help="Frame rate of the written video (of its key frames with --fps-multiplier).")
 GuidanceOption = _generate_option("guidance", help="Classifier-free guidance scale (1 = no guidance).")
 
 
@@ -309,8 +310,9 @@ class GenerationPlan:
 
     @property
     def total_frames(self) -> int:
-        """Frames in the written video: a continued video's own, then the new ones."""
-        return self.options.frames + (len(self.given) if self.options.continue_video is not None else 0)
+        """Frames in the written video: a continued video's own, then the new ones (interpolated with ``--fps-multiplier``)."""
+        key_frames = self.options.frames + (len(self.given) if self.options.continue_video is not None else 0)
+        return self.options.fps_multiplier * (key_frames - 1) + 1
 
     @property
     def window_frames(self) -> Optional[int]:
@@ -352,6 +354,27 @@ def check_generate_bounds(options: GenerateOptions) -> None:
             raise UserError(f"{GENERATE_OPTION_NAMES[name]} {value}: expected {low}..{high}")
 
 
+def check_fps_multiplier(info: PipelineInfo, options: GenerateOptions) -> None:
+    """``--fps-multiplier`` 1, or 4 / 16 with a model that has an interpolation model (one or two regimes)."""
+    from .pipelines.interpolation import PASSES_PER_FACTOR
+
+    multiplier = options.fps_multiplier
+    if multiplier == 1:
+        return
+    option = f"{GENERATE_OPTION_NAMES['fps_multiplier']} {multiplier}"
+    if multiplier not in PASSES_PER_FACTOR:
+        raise UserError(f"{option}: expected 1 or one of {', '.join(map(str, sorted(PASSES_PER_FACTOR)))}")
+    if info.frame_rate_regimes < PASSES_PER_FACTOR[multiplier]:
+        raise UserError(f"{option}: model {info.path} has no interpolation model for it "
+                        f"({info.frame_rate_regimes} frame-rate regimes; train one: videoldm train digits_interpolation)")
+    if options.continue_video is not None:
+        raise UserError(f"{option}: not with --continue (interpolate the continued video with videoldm interpolate)")
+    if options.frames < 2:
+        raise UserError(f"{option}: needs --frames >= 2 key frames to interpolate between")
+    if options.fps * multiplier > MAX_FPS:
+        raise UserError(f"{option}: the video would run at {options.fps * multiplier:g} fps; at most {MAX_FPS:g}")
+
+
 def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
     """Check every option of a ``generate`` request and the output path ``out`` without loading a network;
     a :class:`UserError` names the first fault."""
@@ -372,6 +395,7 @@ def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
     init_image, continue_video = options.init_image, options.continue_video
     if init_image is not None and continue_video is not None:
         raise UserError("--init-image and --continue: give one of them")
+    check_fps_multiplier(info, options)
     if not info.has_context_conditioning:
         for option, path in (("--init-image", init_image), ("--continue", continue_video)):
             if path is not None:
@@ -401,10 +425,23 @@ def write_generation(
     ``on_step(step_index, timestep, latents)`` runs after every scheduler step and ``on_frames(k)``
     after every ``k`` frames written; both only observe (progress reports).
     """
+    import torch
+
     from .data.io import video_writer
 
-    made = pipe.generate_frames(**plan.pipeline_arguments(), callback_on_step_end=on_step)
-    with video_writer(out, fps=plan.options.fps) as write:
+    arguments = plan.pipeline_arguments()
+    made = pipe.generate_frames(**arguments, callback_on_step_end=on_step,
+                                output_type="pt" if plan.options.fps_multiplier == 1 else "latent")
+    if plan.options.fps_multiplier > 1:
+        # The key frames stay latents; the interpolation model runs on them (same conditioning, guidance,
+        # steps, and the same generator), then the whole video is decoded as it is written.
+        interpolated = pipe.interpolate(
+            latents=torch.cat(list(made), dim=1), factor=plan.options.fps_multiplier, prompt=arguments["prompt"],
+            labels=arguments["labels"], num_inference_steps=arguments["num_inference_steps"],
+            guidance_scale=arguments["guidance_scale"], context_guidance_scale=arguments["context_guidance_scale"],
+            generator=arguments["generator"], callback_on_step_end=on_step, output_type="latent").frames
+        made = pipe.decode_frames(interpolated, decoder=plan.options.decoder)
+    with video_writer(out, fps=plan.options.fps * plan.options.fps_multiplier) as write:
         for piece in made:
             write(piece[0])
             if on_frames is not None:
@@ -422,6 +459,7 @@ def generate(
     prompt: Optional[str] = _generate_option("prompt", help="Text prompt (models with a text encoder)."),
     label: Optional[list[int]] = typer.Option(None, GENERATE_OPTION_NAMES["labels"], help="Class label(s) (label-conditional models); repeat for two digits. Default: class SEED mod the number of classes; -1 for none."),
     fps: float = FpsOption,
+    fps_multiplier: int = _generate_option("fps_multiplier", help="4 or 16: raise the frame rate with the pipeline's interpolation model (FRAMES key frames give MULTIPLIER*(FRAMES-1)+1)."),
     decoder: str = _generate_option("decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
     image_only: bool = _generate_option("image_only", help="Sample the image model frame by frame (alpha = 1)."),
     context_guidance: float = _generate_option("context_guidance", help="Prediction models: guidance over the given frames (1 = none)."),
@@ -435,7 +473,7 @@ def generate(
 
     plan = plan_generation(GenerateOptions(
         model=model, frames=frames, steps=steps, seed=seed, guidance=guidance, prompt=prompt, labels=tuple(label or ()),
-        fps=fps, decoder=decoder, image_only=image_only, context_guidance=context_guidance,
+        fps=fps, fps_multiplier=fps_multiplier, decoder=decoder, image_only=image_only, context_guidance=context_guidance,
         context_frames=context_frames, window=window, init_image=init_image, continue_video=continue_video), out)
     pipe = load_pipeline(plan.info)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
@@ -443,7 +481,7 @@ def generate(
     with tqdm(total=total, desc="frames", unit="frame", leave=False, disable=total <= window) as bar:
         write_generation(pipe, plan, out, on_frames=bar.update)
     height, width = plan.info.frame_shape[1:]
-    typer.echo(f"wrote {out} ({total} frames, {width}x{height}, {fps:g} fps)")
+    typer.echo(f"wrote {out} ({total} frames, {width}x{height}, {fps * fps_multiplier:g} fps)")
 
 
 @app.command()

@@ -21,6 +21,7 @@ from ..models.context import key_frame_mask
 
 INTERPOLATION_FACTOR = 4  # frames per key-frame gap after one pass (the paper's T -> 4T)
 PASSES_PER_FACTOR = {4: 1, 16: 2}
+DEFAULT_WINDOW_KEY_FRAMES = 5  # key frames per window: 17 frames, the shipped model's training windows
 
 
 @dataclass

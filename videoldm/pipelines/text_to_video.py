@@ -19,7 +19,7 @@ from ..data.io import frames_from_images
 from ..models.autoencoder import TemporalDecoder, encode_video
 from ..models.conditioning import LabelEncoder
 from ..models.unet import TemporalWeights, VideoUNet
-from .interpolation import PASSES_PER_FACTOR, interpolate_latents
+from .interpolation import DEFAULT_WINDOW_KEY_FRAMES, PASSES_PER_FACTOR, interpolate_latents
 from .prediction import RolloutWindow, StreamingDecoder, decoder_overlap, plan_rollout, rollout_latents
 from .sampling import Guidance, denoise
 
@@ -447,9 +447,10 @@ class VideoLDMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def interpolate(
         self,
-        video: torch.Tensor | list[Image.Image],
+        video: torch.Tensor | list[Image.Image] | None = None,
         factor: int = 4,
         *,
+        latents: torch.Tensor | None = None,
         prompt: str | list[str] | None = None,
         labels: torch.Tensor | list | None = None,
         negative_prompt: str | list[str] | None = None,
@@ -457,7 +458,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         context_guidance_scale: float = 1.0,
         frame_rate_regime: int = 0,
-        window_key_frames: int = 5,
+        window_key_frames: int = DEFAULT_WINDOW_KEY_FRAMES,
         generator: torch.Generator | list[torch.Generator] | None = None,
         image_only: bool = False,
         decode_chunk_size: int = 8,
@@ -475,7 +476,8 @@ class VideoLDMPipeline(DiffusionPipeline):
         (:mod:`videoldm.pipelines.interpolation`). ``context_guidance_scale`` guides over the key
         frames, ``guidance_scale`` over ``labels`` / ``prompt`` (default: none, the null label or
         empty prompt); frames must have the model's channel count and sizes divisible by
-        :attr:`vae_scale_factor`. ``image_only=True`` switches the temporal layers off (and with them
+        :attr:`vae_scale_factor`. ``latents`` ``(B, K, c, h, w)`` (e.g. a key-frame model's, with
+        ``output_type="latent"``) replace ``video`` and skip its encoding. ``image_only=True`` switches the temporal layers off (and with them
         the key-frame context): the in-between frames are then the image model's, a baseline.
         Other arguments as in :meth:`__call__`.
         """
@@ -489,16 +491,19 @@ class VideoLDMPipeline(DiffusionPipeline):
         if not 0 <= frame_rate_regime or frame_rate_regime + passes > regimes:
             raise ValueError(f"factor {factor} needs {passes} frame-rate regime(s) from frame_rate_regime "
                              f"{frame_rate_regime}; the interpolation model has regimes 0..{regimes - 1}")
-        video = torch.as_tensor(self._as_pixel_frames(video))
-        video = video[None] if video.ndim == 4 else video
-        scale = self.vae_scale_factor
-        if video.ndim != 5 or video.shape[1] < 2 or video.shape[-1] % scale or video.shape[-2] % scale:
-            raise ValueError(f"video must be (B, K, C, H, W) with K >= 2 frames and H, W multiples of {scale}, "
-                             f"got shape {tuple(video.shape)}")
-        if not torch.isfinite(video).all():
-            raise ValueError("video holds NaN or inf values")
-        batch, device = video.shape[0], self._execution_device
-        latents = self.encode_frames(video.float())
+        if (video is None) == (latents is None):
+            raise ValueError("give the key frames as video (pixels) or as latents, one of them")
+        name, given = ("video", video) if latents is None else ("latents", latents)
+        given = torch.as_tensor(self._as_pixel_frames(given))
+        given = given[None] if given.ndim == 4 else given
+        scale = self.vae_scale_factor if latents is None else 1
+        if given.ndim != 5 or given.shape[1] < 2 or given.shape[-1] % scale or given.shape[-2] % scale:
+            raise ValueError(f"{name} must be (B, K, C, H, W) with K >= 2 frames and H, W multiples of {scale}, "
+                             f"got shape {tuple(given.shape)}")
+        if not torch.isfinite(given).all():
+            raise ValueError(f"{name} holds NaN or inf values")
+        batch, device = given.shape[0], self._execution_device
+        latents = self.encode_frames(given.float()) if latents is None else given.to(device, self.unet.dtype)
         conditional_states, unconditional_states = self.encode_conditions(batch, prompt, negative_prompt, labels)
         denoise_options = dict(num_inference_steps=num_inference_steps, generator=generator,
                                progress_bar=self.progress_bar, callback_on_step_end=callback_on_step_end)
