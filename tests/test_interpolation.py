@@ -216,6 +216,9 @@ def test_interpolation_stage_windows_masks_and_regimes(tmp_path):
     assert torch.equal(stage._extra_inputs(torch.zeros(64, 9, 4, 8, 8), draws)["context_mask"], masks)  # per draw
     with pytest.raises(Exception, match="num_frames >= 17"):
         stage._select_frames(torch.zeros(2, 16, 1), torch.arange(2))
+    with pytest.raises(Exception, match="at least 17 frames"):
+        InterpolationStage(data={"kind": "digits", "canvas_size": 16, "digit_size": 6, "num_frames": 16, "num_videos": 4},
+                           model=str(tmp_path / "model"), key_frames=3, frame_strides=[2, 1])
     stage.export(tmp_path / "exported")
     exported = VideoLDMPipeline.from_pretrained(tmp_path / "exported")
     assert exported.interpolator is not None and exported.unet.config.context_channels is None

@@ -524,7 +524,13 @@ class InterpolationStage(VideoStage):
         self.factor, self.frame_strides = factor, strides
         self.window_frames = factor * (key_frames - 1) + 1
         self.overlap_probability, self.unconditional_probability = overlap_probability, unconditional_probability
+        clip_frames = data.get("num_frames")
         super().__init__(data, model=model, label_dropout=label_dropout, caption_dropout=caption_dropout)
+        clip_frames = getattr(self.data_config, "num_frames", clip_frames)
+        needed = (self.window_frames - 1) * max(strides) + 1
+        if clip_frames is not None and clip_frames < needed:
+            raise RecipeError(f"data num_frames {clip_frames}: {self.window_frames}-frame windows at stride {max(strides)} "
+                              f"need clips of at least {needed} frames")
         self.unet = self.unet.with_context_conditioning(
             self.unet.config.context_channels or context_channels, frame_rate_regimes=len(strides)
         ).freeze_spatial()
