@@ -237,8 +237,8 @@ class TemporalConvBlock(nn.Module):
 def conv_video(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """``conv`` on ``(B, C, T, H, W)``; a purely temporal ``(k, 1, 1)`` kernel runs as a 2D convolution.
 
-    torch's CPU Conv3d has no fast kernel for a ``(k, 1, 1)`` shape (1.1-1.8x slower at SD-1.5
-    widths, ``benchmarks/unet_speed.py``); the same weights as a ``(k, 1)`` Conv2d over
+    torch's CPU Conv3d has no fast kernel for a ``(k, 1, 1)`` shape (up to 1.8x slower for a block
+    at SD-1.5 widths, see README "Speed"); the same weights as a ``(k, 1)`` Conv2d over
     ``(B, C, T, H*W)`` compute the same sums, with no copy of the input.
     """
     if conv.kernel_size[1:] != (1, 1):
