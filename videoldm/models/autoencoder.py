@@ -37,6 +37,7 @@ from .temporal import (
     TemporalAttention,
     TemporalConvBlock,
     TemporalInflation,
+    conv_video,
     same_padding,
     temporal_key,
 )
@@ -68,7 +69,7 @@ class TemporalOutputConv(nn.Module):
     ) -> torch.Tensor:
         """``(B*T, C, H, W)`` -> same shape. ``temb`` is unused (uniform temporal-layer signature)."""
         x = rearrange(hidden_states, "(b t) c h w -> b c t h w", t=context.num_frames)
-        return rearrange(x + self.conv(x), "b c t h w -> (b t) c h w")
+        return rearrange(x + conv_video(self.conv, x), "b c t h w -> (b t) c h w")
 
 
 def frame_windows(num_frames: int, chunk_size: int | None, overlap: int = 0) -> list[tuple[int, int]]:
