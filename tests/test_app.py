@@ -157,6 +157,16 @@ def test_progress_follows_every_window_to_the_end(service):
     assert reports[-1][1] == "window 2/2, step 2/2"
 
 
+def test_frame_rate_multiplier_interpolates_and_progress_counts_its_windows(service):
+    """The embedded pipeline ships an interpolation model: 3 key frames x4 -> 9 frames at 4x the rate."""
+    reports = []
+    result = service.generate(Form(frames=3, steps=1, seed=1, fps=2, fps_multiplier=4),
+                              lambda fraction, text: reports.append((fraction, text)))
+    clip = read_video(result.video)
+    assert clip.frames.shape[0] == 9 and clip.fps == 8 and "--fps-multiplier 4" in result.command
+    assert len(reports) == 2 and reports[-1] == (1.0, "window 2/2, step 1/1")  # key frames, then one interpolation window
+
+
 def test_only_the_latest_video_is_kept(service):
     first = service.generate(Form(frames=1, steps=1)).video
     second = service.generate(Form(frames=1, steps=1)).video
