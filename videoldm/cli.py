@@ -433,13 +433,13 @@ def write_generation(
     made = pipe.generate_frames(**arguments, callback_on_step_end=on_step,
                                 output_type="pt" if plan.options.fps_multiplier == 1 else "latent")
     if plan.options.fps_multiplier > 1:
-        # The key frames stay latents; the interpolation model runs on them (same conditioning, guidance,
-        # steps, and the same generator), then the whole video is decoded as it is written.
+        # The key frames stay latents; the interpolation model runs on them (same conditioning, label
+        # guidance, steps and generator; its own context guidance default), then the video is decoded as written.
         interpolated = pipe.interpolate(
             latents=torch.cat(list(made), dim=1), factor=plan.options.fps_multiplier, prompt=arguments["prompt"],
             labels=arguments["labels"], num_inference_steps=arguments["num_inference_steps"],
-            guidance_scale=arguments["guidance_scale"], context_guidance_scale=arguments["context_guidance_scale"],
-            generator=arguments["generator"], callback_on_step_end=on_step, output_type="latent").frames
+            guidance_scale=arguments["guidance_scale"], generator=arguments["generator"], callback_on_step_end=on_step,
+            output_type="latent").frames
         made = pipe.decode_frames(interpolated, decoder=plan.options.decoder)
     with video_writer(out, fps=plan.options.fps * plan.options.fps_multiplier) as write:
         for piece in made:
@@ -459,7 +459,7 @@ def generate(
     prompt: Optional[str] = _generate_option("prompt", help="Text prompt (models with a text encoder)."),
     label: Optional[list[int]] = typer.Option(None, GENERATE_OPTION_NAMES["labels"], help="Class label(s) (label-conditional models); repeat for two digits. Default: class SEED mod the number of classes; -1 for none."),
     fps: float = FpsOption,
-    fps_multiplier: int = _generate_option("fps_multiplier", help="4 or 16: raise the frame rate with the pipeline's interpolation model (FRAMES key frames give MULTIPLIER*(FRAMES-1)+1)."),
+    fps_multiplier: int = _generate_option("fps_multiplier", help="4 or 16: raise the frame rate with the pipeline's interpolation model (FRAMES key frames give MULTIPLIER*(FRAMES-1)+1; context guidance 2)."),
     decoder: str = _generate_option("decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
     image_only: bool = _generate_option("image_only", help="Sample the image model frame by frame (alpha = 1)."),
     context_guidance: float = _generate_option("context_guidance", help="Prediction models: guidance over the given frames (1 = none)."),
@@ -492,7 +492,8 @@ def interpolate(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory with an interpolation model (default: the embedded digits model)."),
     steps: int = StepsOption,
     seed: int = SeedOption,
-    context_guidance: float = typer.Option(1.0, "--context-guidance", callback=_finite, help="Guidance over the key frames (1 = none)."),
+    # 2.0: pipelines.interpolation.DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE (not imported here: it pulls in torch)
+    context_guidance: float = typer.Option(2.0, "--context-guidance", callback=_finite, help="Guidance over the key frames (1 = none)."),
     guidance: float = typer.Option(1.0, "--guidance", callback=_finite, help="Label/prompt guidance scale (1 = none)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (models with a text encoder); default none."),
     label: Optional[list[int]] = typer.Option(None, "--label", help="Class label(s) of the video (label models); default none."),
