@@ -142,7 +142,8 @@ HOSTILE = [
     (["generate", "--model", "{interpolation}", "--fps-multiplier", "16", "--frames", "1"], "--frames >= 2"),
     (["generate", "--model", "{interpolation}", "--fps-multiplier", "16", "--fps", "100"], "fps"),
     # interpolate
-    (["interpolate", "--video", "clip.mp4"], "no interpolation model"),
+    (["interpolate", "--video", "clip.mp4", "--model", "{video}"], "no interpolation model"),
+    (["interpolate", "--video", "clip.mp4"], "--resize"),
     (["interpolate", "--video", "clip.mp4", "--model", "{prediction}"], "no interpolation model"),
     (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--factor", "8"], "--factor 8"),
     (["interpolate", "--video", "clip.mp4", "--model", "{interpolation}", "--factor", "16", "--regime", "1"], "--regime 1"),

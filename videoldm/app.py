@@ -293,6 +293,9 @@ def serve_page(models: dict[str, PipelineInfo], *, host: str, port: int, limits:
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     previous_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # A server started in the background of a non-interactive shell inherits SIGINT ignored; Ctrl-C
+    # (or kill -INT) must still stop it and remove its files.
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     page = None
     try:
         service = VideoService(models, limits, workdir / "videos")
@@ -308,3 +311,4 @@ def serve_page(models: dict[str, PipelineInfo], *, host: str, port: int, limits:
             page.close()
         shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous_sigterm)
+        signal.signal(signal.SIGINT, previous_sigint)
