@@ -12,10 +12,12 @@ from .models import (  # noqa: E402
     VideoUNet,
     VideoUNetOutput,
 )
-from .pipelines import VideoLDMPipeline, VideoLDMPipelineOutput  # noqa: E402
+from .models.upsampler import VideoUpsampler  # noqa: E402
+from .pipelines import CascadePipeline, VideoLDMPipeline, VideoLDMPipelineOutput, VideoUpsamplerPipeline  # noqa: E402
 
 __all__ = [
     "AlphaBlender",
+    "CascadePipeline",
     "LabelEncoder",
     "TemporalAttention",
     "TemporalConvBlock",
@@ -25,5 +27,7 @@ __all__ = [
     "VideoLDMPipelineOutput",
     "VideoUNet",
     "VideoUNetOutput",
+    "VideoUpsampler",
+    "VideoUpsamplerPipeline",
     "__version__",
 ]

@@ -5,6 +5,7 @@ from .conditioning import LabelEncoder
 from .discriminator import VideoDiscriminator
 from .temporal import AlphaBlender, BlendedTemporalLayer, FrameContext, TemporalAttention, TemporalConvBlock
 from .unet import VideoUNet, VideoUNetOutput
+from .upsampler import VideoUpsampler
 
 __all__ = [
     "AlphaBlender",
@@ -17,4 +18,5 @@ __all__ = [
     "VideoDiscriminator",
     "VideoUNet",
     "VideoUNetOutput",
+    "VideoUpsampler",
 ]

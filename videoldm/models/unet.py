@@ -164,7 +164,12 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         self.unet = UNet2DConditionModel.from_config(_public_config(unet_config))
-        self.temporal, self.context_encoder = _video_layers(self.unet, **_public_config(self.config))
+        # Explicit options, not self.config: a subclass (VideoUpsampler) registers more entries.
+        self.temporal, self.context_encoder = _video_layers(
+            self.unet, temporal_kinds=temporal_kinds, attention_everywhere=attention_everywhere,
+            conv_kernel_size=conv_kernel_size, alpha_init=alpha_init, attention_head_dim=attention_head_dim,
+            context_channels=context_channels, frame_rate_regimes=frame_rate_regimes,
+        )
         self.temporal.attach(self.unet)
 
     @classmethod

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .directory import PipelineInfo, inspect_pipeline_directory
+from .directory import REQUIRED_COMPONENTS, PipelineInfo, inspect_pipeline_directory
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,14 @@ def pipeline_frame_format(info: PipelineInfo) -> FrameFormat:
     return frame_format(info.configs["vae"], info.configs["unet"])
 
 
-def load_components(directory: str | Path, names: tuple[str, ...], dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def load_components(directory: str | Path, names: tuple[str, ...], dtype: torch.dtype = torch.float32,
+                    required: tuple[str, ...] = REQUIRED_COMPONENTS) -> dict[str, Any]:
     """The named components of a pipeline directory that it has (absent optional ones are left out).
 
     Each is loaded with its class's own ``from_pretrained`` (the class ``model_index.json`` names),
-    models in ``dtype``.
+    models in ``dtype``. ``required`` as in :func:`~videoldm.pipelines.directory.inspect_pipeline_directory`.
     """
-    info = inspect_pipeline_directory(directory)
+    info = inspect_pipeline_directory(directory, required)
     loaded: dict[str, Any] = {}
     for name in names:
         if name not in info.components:

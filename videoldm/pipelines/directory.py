@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 
 MODEL_INDEX = "model_index.json"
 REQUIRED_COMPONENTS = ("unet", "vae", "scheduler")
+UPSAMPLER_COMPONENTS = ("upsampler", "scheduler", "low_res_scheduler")  # a VideoUpsamplerPipeline's
 _CONFIG_NAMES = ("config.json", "scheduler_config.json", "tokenizer_config.json", "preprocessor_config.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -60,6 +61,11 @@ class PipelineInfo:
         if "interpolator" not in self.components:
             return 0
         return int(self.configs["interpolator"].get("frame_rate_regimes") or 0)
+
+    @property
+    def has_upsampler(self) -> bool:
+        """Whether the pipeline holds a video upsampler (components ``upsampler``, ``upsampler_scheduler``, ``low_res_scheduler``)."""
+        return all(name in self.components for name in ("upsampler", "upsampler_scheduler", "low_res_scheduler"))
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -116,9 +122,12 @@ def check_model_folder(folder: str | Path) -> dict[str, Any]:
     return config
 
 
-def inspect_pipeline_directory(path: str | Path) -> PipelineInfo:
+def inspect_pipeline_directory(path: str | Path, required: tuple[str, ...] = REQUIRED_COMPONENTS) -> PipelineInfo:
     """Validate the pipeline directory ``path`` from its JSON files and weight headers; raises
-    :class:`PipelineDirectoryError` on the first fault, naming the file and what was expected."""
+    :class:`PipelineDirectoryError` on the first fault, naming the file and what was expected.
+
+    ``required``: the components it must have (a Video LDM pipeline's by default;
+    :data:`UPSAMPLER_COMPONENTS` for an upsampler pipeline)."""
     path = Path(path)
     if not path.is_dir():
         raise PipelineDirectoryError(f"model directory {path} does not exist")
@@ -139,7 +148,8 @@ def inspect_pipeline_directory(path: str | Path) -> PipelineInfo:
             raise PipelineDirectoryError(f"{path / MODEL_INDEX} lists {name!r} but {folder} is missing")
         configs[name] = check_model_folder(folder)
         components[name] = (entry[0], entry[1])
-    missing = [name for name in REQUIRED_COMPONENTS if name not in components]
+    missing = [name for name in required if name not in components]
     if missing:
-        raise PipelineDirectoryError(f"{path / MODEL_INDEX} has no {', '.join(missing)}: not a Video LDM pipeline")
+        kind = "an upsampler" if required == UPSAMPLER_COMPONENTS else "a Video LDM"
+        raise PipelineDirectoryError(f"{path / MODEL_INDEX} has no {', '.join(missing)}: not {kind} pipeline")
     return PipelineInfo(path=path, components=components, configs=configs)

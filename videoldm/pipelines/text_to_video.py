@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -19,6 +19,7 @@ from ..data.io import frames_from_images
 from ..models.autoencoder import TemporalDecoder, encode_video
 from ..models.conditioning import LabelEncoder
 from ..models.unet import TemporalWeights, VideoUNet
+from ..models.upsampler import VideoUpsampler
 from .interpolation import (
     DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE,
     DEFAULT_WINDOW_KEY_FRAMES,
@@ -27,6 +28,12 @@ from .interpolation import (
 )
 from .prediction import RolloutWindow, StreamingDecoder, decoder_overlap, plan_rollout, rollout_latents
 from .sampling import Guidance, denoise
+from .upsample import (
+    DEFAULT_NOISE_LEVEL,
+    DEFAULT_UPSAMPLER_STEPS,
+    DEFAULT_UPSAMPLER_WINDOW_FRAMES,
+    VideoUpsamplerPipeline,
+)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_WINDOW_FRAMES = 16  # the clip length the shipped models' temporal layers were trained on
@@ -98,13 +105,16 @@ class VideoLDMPipeline(DiffusionPipeline):
 
     Components: ``unet`` (VideoUNet), ``vae`` (AutoencoderKL or TemporalDecoder), ``scheduler`` (any
     diffusers scheduler), and optionally ``text_encoder`` + ``tokenizer`` (prompts) or
-    ``label_encoder`` (class labels), and ``interpolator`` (:class:`TemporalWeights`: the
+    ``label_encoder`` (class labels), ``interpolator`` (:class:`TemporalWeights`: the
     interpolation model's temporal layers and context encoder, run on ``unet``'s spatial UNet by
-    :meth:`interpolate`).
+    :meth:`interpolate`), and the video upsampler of :meth:`upsample`: ``upsampler``
+    (:class:`VideoUpsampler`, pixel space), ``upsampler_scheduler`` (its sampler) and
+    ``low_res_scheduler`` (its noise augmentation).
     """
 
-    model_cpu_offload_seq = "text_encoder->label_encoder->unet->vae"
-    _optional_components = ["text_encoder", "tokenizer", "label_encoder", "interpolator"]
+    model_cpu_offload_seq = "text_encoder->label_encoder->unet->vae->upsampler"
+    _optional_components = ["text_encoder", "tokenizer", "label_encoder", "interpolator", "upsampler",
+                            "upsampler_scheduler", "low_res_scheduler"]
 
     def __init__(
         self,
@@ -115,6 +125,9 @@ class VideoLDMPipeline(DiffusionPipeline):
         tokenizer: Any | None = None,
         label_encoder: LabelEncoder | None = None,
         interpolator: TemporalWeights | None = None,
+        upsampler: VideoUpsampler | None = None,
+        upsampler_scheduler: SchedulerMixin | None = None,
+        low_res_scheduler: DDPMScheduler | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -125,6 +138,9 @@ class VideoLDMPipeline(DiffusionPipeline):
             tokenizer=tokenizer,
             label_encoder=label_encoder,
             interpolator=interpolator,
+            upsampler=upsampler,
+            upsampler_scheduler=upsampler_scheduler,
+            low_res_scheduler=low_res_scheduler,
         )
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
 
@@ -525,6 +541,50 @@ class VideoLDMPipeline(DiffusionPipeline):
             latents = interpolate_latents(latents, window_key_frames, sample_window)
         frames = latents if output_type == "latent" else torch.cat(list(self.decode_frames(latents, decode_chunk_size, decoder)), dim=1)
         self.maybe_free_model_hooks()
+        return self._output(frames, output_type, return_dict)
+
+    def upsampler_pipeline(self) -> VideoUpsamplerPipeline:
+        """The video upsampler of this pipeline as a :class:`VideoUpsamplerPipeline` (same modules, same progress-bar settings)."""
+        if self.upsampler is None or self.upsampler_scheduler is None or self.low_res_scheduler is None:
+            raise ValueError("this pipeline has no video upsampler (components 'upsampler', 'upsampler_scheduler', "
+                             "'low_res_scheduler'); train one with the 'upsampler' stage (configs/digits_upsampler.yaml)")
+        pipe = VideoUpsamplerPipeline(upsampler=self.upsampler, scheduler=self.upsampler_scheduler,
+                                      low_res_scheduler=self.low_res_scheduler)
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
+
+    @torch.no_grad()
+    def upsample(
+        self,
+        video: torch.Tensor | list[Image.Image],
+        *,
+        noise_level: int = DEFAULT_NOISE_LEVEL,
+        num_inference_steps: int = DEFAULT_UPSAMPLER_STEPS,
+        image_only: bool = False,
+        window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
+        tile_size: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
+        return_dict: bool = True,
+    ) -> VideoLDMPipelineOutput | tuple:
+        """Upsample ``video`` ``(T, C, h, w)`` or ``(B, T, C, h, w)`` in [-1, 1] (or a list of PIL images) with the video upsampler.
+
+        Same frame count, ``scale_factor`` (4) times the size. The low-resolution frames are
+        noise-augmented to ``noise_level`` (0..``max_noise_level``), the level the upsampler is told;
+        ``image_only=True`` switches its temporal layers off (the per-frame upsampler, a baseline).
+        Long videos run in overlapping windows of ``window_frames``; ``tile_size`` (pixels of the
+        output) also cuts frames into overlapping tiles, bounding memory
+        (:mod:`videoldm.pipelines.upsample`). ``output_type`` as in :meth:`__call__` but ``"latent"``.
+        """
+        if output_type not in OUTPUT_TYPES or output_type == "latent":
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES[:-1]}, got {output_type!r}")
+        upsampler = self.upsampler_pipeline()
+        video = torch.as_tensor(self._as_pixel_frames(video))
+        video = video[None] if video.ndim == 4 else video
+        frames = upsampler(video, noise_level=noise_level, num_inference_steps=num_inference_steps, image_only=image_only,
+                           window_frames=window_frames, tile_size=tile_size, generator=generator,
+                           callback_on_step_end=callback_on_step_end)
         return self._output(frames, output_type, return_dict)
 
     def decode_frames(self, latents: torch.Tensor, chunk_size: int = 8, decoder: str = "video") -> Iterator[torch.Tensor]:

@@ -31,8 +31,11 @@ from ..models.conditioning import LabelEncoder
 from ..models.discriminator import VideoDiscriminator
 from ..models.context import key_frame_mask
 from ..models.unet import VideoUNet, VideoUNetOutput
+from ..models.upsampler import DEFAULT_MAX_NOISE_LEVEL, VideoUpsampler, downsample_frames, noise_augment
 from ..pipelines.components import frame_format, load_components
+from ..pipelines.directory import UPSAMPLER_COMPONENTS
 from ..pipelines.text_to_video import VideoLDMPipeline, encode_prompts
+from ..pipelines.upsample import VideoUpsamplerPipeline
 from .decoder_losses import DecoderFinetuneObjective
 from .draws import DRAW_SEED, rand_per_sample, randint_per_sample, randn_per_sample, sample_generators
 from .objective import DiffusionObjective
@@ -568,6 +571,122 @@ class InterpolationStage(VideoStage):
         pipe.save_pretrained(output_dir)
 
 
+class UpsamplerStage:
+    """Video upsampler (Sec. 3.4) in pixel space, trained on patches of high-resolution clips, in two phases.
+
+    Image phase (``model``: the image UNet's diffusers config, whose ``in_channels`` is twice the
+    frame channels and ``num_class_embeds > max_noise_level``): a :class:`VideoUpsampler` with
+    ``temporal`` options is built and its spatial UNet trained with every frame image-only (the
+    per-frame upsampler); use one-frame clips. Video phase (``image_upsampler``: the image phase's
+    ``final`` directory): spatial weights frozen, the temporal layers trained on clips.
+
+    Each clip is cut to a random ``patch_size`` square (at the same place in every frame, aligned
+    to ``scale_factor``); its low-resolution input is the patch area-downsampled ``scale_factor``
+    times (:func:`~videoldm.models.upsampler.downsample_frames`) and noise-augmented to a level
+    drawn per clip from ``0..max_noise_level`` of ``low_res_scheduler``, the level given to the UNet.
+    The denoising target follows ``scheduler`` (the training noise schedule and prediction type).
+    Export: a :class:`~videoldm.pipelines.upsample.VideoUpsamplerPipeline` directory (image phase, or
+    video phase without ``pipeline``), or the ``pipeline`` directory (``embedded``: the shipped model)
+    with the upsampler as its ``upsampler`` components (video phase).
+    """
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        model: dict[str, Any] | None = None,
+        image_upsampler: str | None = None,
+        temporal: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        low_res_scheduler: dict[str, Any] | None = None,
+        max_noise_level: int = DEFAULT_MAX_NOISE_LEVEL,
+        scale_factor: int = 4,
+        patch_size: int = 64,
+        pipeline: str | None = None,
+    ) -> None:
+        if (model is None) == (image_upsampler is None):
+            raise RecipeError("give either model (image phase: a UNet config) or image_upsampler (video phase: "
+                              "the image phase's final directory)")
+        if patch_size < scale_factor or patch_size % scale_factor:
+            raise RecipeError(f"patch_size ({patch_size}) must be a multiple of scale_factor ({scale_factor})")
+        self.image_phase = model is not None
+        if self.image_phase:
+            if pipeline is not None:
+                raise RecipeError("pipeline: only the video phase exports into a pipeline")
+            if scheduler is None or low_res_scheduler is None:
+                raise RecipeError("the image phase needs scheduler and low_res_scheduler settings")
+            channels = model.get("out_channels", 4)
+            self.upsampler = VideoUpsampler(unet_config=UNet2DConditionModel(**model).config, **(temporal or {}),
+                                            low_res_channels=channels, max_noise_level=max_noise_level,
+                                            scale_factor=scale_factor)
+            self.noise_scheduler = DDPMScheduler(**scheduler)
+            self.low_res_scheduler = DDPMScheduler(**low_res_scheduler)
+        else:
+            if temporal is not None or scheduler is not None or low_res_scheduler is not None:
+                raise RecipeError("the video phase keeps the image phase's temporal options and schedulers; "
+                                  "remove temporal, scheduler and low_res_scheduler")
+            parts = load_components(_require_dir(image_upsampler, "image upsampler"), UPSAMPLER_COMPONENTS,
+                                    required=UPSAMPLER_COMPONENTS)
+            self.upsampler = parts["upsampler"].freeze_spatial()
+            self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
+            self.low_res_scheduler = parts["low_res_scheduler"]
+        self.pipeline_dir = None
+        if pipeline is not None:
+            self.pipeline_dir = embedded_model_dir() if pipeline == EMBEDDED_MODEL else _require_dir(pipeline, "pipeline")
+        self.objective = DiffusionObjective(self.noise_scheduler)
+        self.patch_size, self.scale_factor = patch_size, self.upsampler.config.scale_factor
+        channels = self.upsampler.config.low_res_channels
+        size = data.get("canvas_size", data.get("size", patch_size))
+        self.source = build_source(data, height=size, width=size, channels=channels)
+        frames = self.source[0]["video"]
+        if min(frames.shape[-2:]) < patch_size:
+            raise RecipeError(f"patch_size {patch_size} is larger than the data's {frames.shape[-1]}x{frames.shape[-2]} frames")
+
+    def dataset(self) -> Dataset:
+        return self.source
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"upsampler": self.upsampler}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        if self.image_phase:
+            return list(self.upsampler.spatial_parameters())
+        return list(self.upsampler.temporal_parameters())
+
+    def _patches(self, video: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
+        """A ``patch_size`` square of each clip ``(B, T, C, H, W)``, the same in all its frames, aligned to the scale."""
+        cpu, size, step = torch.device("cpu"), self.patch_size, self.scale_factor
+        tops = randint_per_sample(draw_seeds, "patch_top", (video.shape[-2] - size) // step + 1, cpu) * step
+        lefts = randint_per_sample(draw_seeds, "patch_left", (video.shape[-1] - size) // step + 1, cpu) * step
+        return torch.stack([clip[..., top:top + size, left:left + size]
+                            for clip, top, left in zip(video, tops.tolist(), lefts.tolist())])
+
+    def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        draw_seeds = batch[DRAW_SEED]
+        high_res = self._patches(batch["video"], draw_seeds)
+        low_res = downsample_frames(high_res, self.scale_factor)
+        levels = randint_per_sample(draw_seeds, "noise_level", self.upsampler.config.max_noise_level + 1, high_res.device)
+        noise = randn_per_sample(draw_seeds, "low_res_noise", low_res.shape[1:], low_res.device, low_res.dtype)
+        batch_size, num_frames = high_res.shape[:2]
+        kwargs = {
+            "low_res_video": noise_augment(self.low_res_scheduler, low_res, levels, noise),
+            "noise_level": levels,
+            "image_only_indicator": torch.full((batch_size, num_frames), self.image_phase, device=high_res.device),
+        }
+        loss = denoising_loss(self.objective, self.upsampler, high_res, kwargs, draw_seeds)
+        return loss, {"loss": loss.item()}
+
+    def export(self, output_dir: Path) -> None:
+        sampling_scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config)
+        if self.pipeline_dir is None:
+            VideoUpsamplerPipeline(upsampler=self.upsampler, scheduler=sampling_scheduler,
+                                   low_res_scheduler=self.low_res_scheduler).save_pretrained(output_dir)
+            return
+        pipe = VideoLDMPipeline.from_pretrained(self.pipeline_dir, dtype=self.upsampler.dtype)
+        pipe.register_modules(upsampler=self.upsampler, upsampler_scheduler=sampling_scheduler,
+                              low_res_scheduler=self.low_res_scheduler)
+        pipe.save_pretrained(output_dir)
+
+
 def _check_same_autoencoder(trained: AutoencoderKL, in_pipeline: AutoencoderKL, pipeline_dir: Path) -> None:
     # A decoder fine-tuned for another autoencoder's latents would decode this pipeline's wrongly.
     expected, actual = trained.state_dict(), in_pipeline.state_dict()
@@ -582,6 +701,7 @@ STAGES = {
     "decoder": DecoderStage,
     "prediction": PredictionStage,
     "interpolation": InterpolationStage,
+    "upsampler": UpsamplerStage,
 }
 
 

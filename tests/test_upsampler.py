@@ -1,0 +1,223 @@
+"""The video upsampler (Sec. 3.4): model, noise augmentation, windowed/tiled sampling, pipelines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+from conftest import CROSS_ATTENTION_DIM, randomize_temporal, tiny_clip_text_model, tiny_clip_tokenizer, tiny_scheduler
+from videoldm.models.upsampler import VideoUpsampler, downsample_frames, noise_augment, resize_frames
+from videoldm.pipelines.upsample import VideoUpsamplerPipeline, WindowedUpsampler, blend_ramp, plan_pieces
+
+# Stable Diffusion's x4 upscaler UNet, exactly as published (stabilityai/stable-diffusion-x4-upscaler,
+# unet/config.json); built here with random weights.
+SD_X4_UPSCALER_UNET = {
+    "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [256, 512, 512, 1024],
+    "center_input_sample": False, "cross_attention_dim": 1024,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
+    "in_channels": 7, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+    "num_class_embeds": 1000, "only_cross_attention": [True, True, True, False], "out_channels": 4,
+    "sample_size": 128, "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "use_linear_projection": True,
+}
+
+
+def tiny_pixel_unet(seed: int = 0, channels: int = 1, max_noise_level: int = 20) -> UNet2DConditionModel:
+    """A random pixel-space upsampler UNet: input ``[sample, low-res]`` (2 x ``channels``), noise-level embedding."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=2 * channels, out_channels=channels, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type=None, num_class_embeds=max_noise_level + 1, norm_num_groups=4,
+    ).eval()
+
+
+def tiny_upsampler(seed: int = 0, channels: int = 1) -> VideoUpsampler:
+    upsampler = VideoUpsampler.from_image_unet(
+        tiny_pixel_unet(seed, channels), temporal_kinds=["conv", "attention"], attention_everywhere=True,
+        attention_head_dim=8, low_res_channels=channels, max_noise_level=20)
+    randomize_temporal(upsampler, seed=seed + 1)
+    return upsampler.eval()
+
+
+def low_res_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+
+
+def test_temporal_layers_off_equal_the_per_frame_image_upsampler():
+    image_unet = tiny_pixel_unet()
+    upsampler = tiny_upsampler()
+    upsampler.load_spatial(image_unet)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 3, 1, 16, 16, generator=generator)
+    low_res = torch.randn(2, 3, 1, 4, 4, generator=generator)
+    levels = torch.tensor([0, 17])
+    with torch.no_grad():
+        video = upsampler(sample, 10, low_res_video=low_res, noise_level=levels,
+                          image_only_indicator=torch.ones(2, 3, dtype=torch.bool)).sample
+        temporal = upsampler(sample, 10, low_res_video=low_res, noise_level=levels).sample
+        for b in range(2):
+            upsampled = resize_frames(low_res[b:b + 1], (16, 16))[0]
+            frames = image_unet(torch.cat([sample[b], upsampled], dim=1), 10, None,
+                                class_labels=levels[b].expand(3)).sample
+            torch.testing.assert_close(video[b], frames, rtol=0, atol=1e-5)
+    assert (temporal - video).abs().max() > 1e-3  # the temporal layers (random weights) do act
+
+
+def test_upsampler_validates_its_inputs():
+    upsampler = tiny_upsampler()
+    sample = torch.zeros(1, 2, 1, 16, 16)
+    with pytest.raises(ValueError, match="noise_level"):
+        upsampler(sample, 1, low_res_video=torch.zeros(1, 2, 1, 4, 4), noise_level=torch.tensor([21]))
+    with pytest.raises(ValueError, match="low_res_video"):
+        upsampler(sample, 1, low_res_video=torch.zeros(1, 2, 3, 4, 4), noise_level=torch.tensor([0]))
+    with pytest.raises(ValueError, match="num_class_embeds"):
+        VideoUpsampler(unet_config=dict(tiny_pixel_unet().config), low_res_channels=1, max_noise_level=350)
+
+
+def test_noise_augmentation_follows_the_low_res_schedule():
+    scheduler = low_res_scheduler()
+    video, noise = torch.ones(2, 3, 1, 4, 4), torch.zeros(2, 3, 1, 4, 4)
+    noised = noise_augment(scheduler, video, torch.tensor([0, 300]), noise)
+    alphas = scheduler.alphas_cumprod
+    torch.testing.assert_close(noised[0], torch.full_like(noised[0], alphas[0].sqrt().item()))
+    torch.testing.assert_close(noised[1], torch.full_like(noised[1], alphas[300].sqrt().item()))
+
+
+def test_downsampling_is_the_area_mean():
+    video = torch.arange(16.0).reshape(1, 1, 1, 4, 4)
+    assert downsample_frames(video, 2).flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+
+
+def test_latent_inflation_of_the_sd_x4_upscaler_is_exact_at_init():
+    torch.manual_seed(0)
+    image_unet = UNet2DConditionModel(**SD_X4_UPSCALER_UNET).eval()
+    upsampler = VideoUpsampler.from_image_unet(image_unet, low_res_channels=3, max_noise_level=350).eval()
+    generator = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 2, 4, 16, 16, generator=generator)
+    low_res = torch.randn(1, 2, 3, 16, 16, generator=generator)  # the x4 upscaler's input: pixels at latent size
+    text = torch.randn(1, 4, 1024, generator=generator)
+    with torch.no_grad():
+        video = upsampler(latents, 500, text, low_res_video=low_res, noise_level=torch.tensor([20])).sample
+        frames = image_unet(torch.cat([latents[0], low_res[0]], dim=1), 500, text.expand(2, -1, -1),
+                            class_labels=torch.tensor([20, 20])).sample
+    torch.testing.assert_close(video[0], frames, rtol=0, atol=1e-5)
+    missing, unexpected = upsampler.load_image_state_dict(image_unet.state_dict())
+    assert not unexpected and all(key.startswith("temporal.") for key in missing)
+
+
+def test_pieces_cover_the_video_and_blend_to_one():
+    assert plan_pieces(10, None, 2) == [slice(0, 10)]
+    pieces = plan_pieces(20, 8, 3)
+    assert pieces[0].start == 0 and pieces[-1].stop == 20
+    assert all(b.start <= a.stop - 3 for a, b in zip(pieces, pieces[1:]))
+    for piece in pieces:
+        weights = blend_ramp(piece, 20, 3)
+        assert weights.min() > 0 and weights.max() == 1
+
+
+def test_windows_and_tiles_blend_a_pointwise_model_exactly():
+    class Pointwise(torch.nn.Module):  # any per-pixel, per-frame map: blending pieces must give the whole
+        def forward(self, sample, timestep, low_res_video, noise_level, encoder_hidden_states=None,
+                    image_only_indicator=None):
+            from videoldm.models.unet import VideoUNetOutput
+            return VideoUNetOutput(sample=sample * 2 + low_res_video.sin() + noise_level[:, None, None, None, None])
+
+    generator = torch.Generator().manual_seed(0)
+    sample, low_res = torch.randn(2, 11, 1, 20, 24, generator=generator), torch.randn(2, 11, 1, 20, 24, generator=generator)
+    inputs = dict(low_res_video=low_res, noise_level=torch.tensor([1, 2]),
+                  image_only_indicator=torch.zeros(2, 11, dtype=torch.bool))
+    whole = Pointwise()(sample, 3, **inputs).sample
+    pieces = WindowedUpsampler(Pointwise(), window_frames=4, window_overlap=2, tile_size=8, tile_overlap=3)(sample, 3, **inputs).sample
+    torch.testing.assert_close(pieces, whole, rtol=0, atol=1e-5)
+
+
+def test_window_covering_the_video_equals_one_pass():
+    upsampler = tiny_upsampler()
+    generator = torch.Generator().manual_seed(2)
+    video = torch.rand(1, 5, 1, 4, 4, generator=generator) * 2 - 1
+    pipe = VideoUpsamplerPipeline(upsampler=upsampler, scheduler=tiny_scheduler(), low_res_scheduler=low_res_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    one = pipe(video, noise_level=5, num_inference_steps=2, window_frames=None, generator=torch.Generator().manual_seed(0))
+    covering = pipe(video, noise_level=5, num_inference_steps=2, window_frames=5, tile_size=16,
+                    generator=torch.Generator().manual_seed(0))
+    windowed = pipe(video, noise_level=5, num_inference_steps=2, window_frames=3, window_overlap=1, tile_size=8,
+                    tile_overlap=4, generator=torch.Generator().manual_seed(0))
+    assert one.shape == (1, 5, 1, 16, 16)
+    torch.testing.assert_close(covering, one, rtol=0, atol=0)
+    assert torch.isfinite(windowed).all() and windowed.shape == one.shape
+
+
+def test_latent_upsampler_pipeline_decodes_with_its_autoencoder(tmp_path):
+    torch.manual_seed(0)
+    # An SD-x4-upscaler-shaped pipeline in miniature: latents of a 4x autoencoder concatenated with RGB
+    # pixels at the latent size, text cross-attention, noise-level embedding.
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=7, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=CROSS_ATTENTION_DIM, attention_head_dim=8, norm_num_groups=8, num_class_embeds=1000,
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8, layers_per_block=1,
+                        block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, scaling_factor=0.08333)
+    upsampler = VideoUpsampler.from_image_unet(unet, low_res_channels=3, max_noise_level=350, attention_head_dim=8)
+    pipe = VideoUpsamplerPipeline(upsampler=upsampler, scheduler=DDIMScheduler(), low_res_scheduler=low_res_scheduler(),
+                                  vae=vae, text_encoder=tiny_clip_text_model(), tokenizer=tiny_clip_tokenizer())
+    pipe.set_progress_bar_config(disable=True)
+    video = torch.rand(1, 3, 3, 8, 8) * 2 - 1
+    latents = pipe(video, prompt="a digit", guidance_scale=3.0, num_inference_steps=2, output_type="latent",
+                   generator=torch.Generator().manual_seed(0))
+    assert latents.shape == (1, 3, 4, 8, 8)  # the x4 upscaler's latent grid has the low-resolution size
+    frames = pipe(video, prompt="a digit", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert frames.shape == (1, 3, 3, 32, 32)
+    pipe.save_pretrained(tmp_path / "up")
+    loaded = VideoUpsamplerPipeline.from_pretrained(tmp_path / "up")
+    assert isinstance(loaded.upsampler, VideoUpsampler) and loaded.upsampler.config.max_noise_level == 350
+
+
+def cascade_pipeline():
+    from test_interpolation import interpolation_pipeline
+
+    from videoldm import CascadePipeline
+
+    parts = interpolation_pipeline().components
+    pipe = CascadePipeline(**parts | {"upsampler": tiny_upsampler(channels=3), "upsampler_scheduler": tiny_scheduler(),
+                                      "low_res_scheduler": low_res_scheduler()})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("fps_multiplier", [1, 4, 16])
+@pytest.mark.parametrize("upscale", [1, 4])
+def test_cascade_frame_count_and_size_for_each_option(fps_multiplier, upscale):
+    from videoldm.pipelines.cascade import count_cascade_steps
+
+    pipe = cascade_pipeline()
+    steps: list[int] = []
+    output = pipe(num_frames=3, fps_multiplier=fps_multiplier, upscale=upscale, num_inference_steps=1, upsampler_steps=2,
+                  keep_stages=True, output_type="pt", generator=torch.Generator().manual_seed(0),
+                  callback_on_step_end=lambda index, timestep, latents: steps.append(index))
+    frames = fps_multiplier * 2 + 1
+    assert output.frames.shape == (1, frames, 3, 16 * upscale, 16 * upscale)
+    expected_stages = {"key_frames": 3} if fps_multiplier > 1 or upscale > 1 else {}
+    if fps_multiplier > 1 and upscale > 1:
+        expected_stages["interpolated"] = frames
+    assert {name: video.shape[1] for name, video in output.stages.items()} == expected_stages
+    assert all(video.shape[-1] == 16 for video in output.stages.values())
+    planned = count_cascade_steps(3, fps_multiplier=fps_multiplier, upscale=upscale, num_inference_steps=1,
+                                  upsampler_steps=2)
+    assert len(steps) == planned.total  # one progress display can count every stage's steps up front
+
+
+def test_cascade_refuses_a_stage_it_has_no_model_for():
+    from test_interpolation import interpolation_pipeline
+
+    from videoldm import CascadePipeline
+
+    pipe = CascadePipeline(**interpolation_pipeline().components)
+    with pytest.raises(ValueError, match="no video upsampler"):
+        pipe(num_frames=2, upscale=4, num_inference_steps=1)
+    with pytest.raises(ValueError, match="upscale"):
+        pipe(num_frames=2, upscale=2, num_inference_steps=1)

@@ -1,0 +1,259 @@
+"""Video upsampling (Sec. 3.4): a :class:`~videoldm.models.upsampler.VideoUpsampler` sampled over a whole video.
+
+The upsampler is trained on patches of short clips and applied convolutionally: a long or large
+video is denoised in overlapping pieces, frame windows of ``window_frames`` (overlap
+``window_overlap``) times, optionally, spatial tiles of ``tile_size`` (overlap ``tile_overlap``),
+all sharing one noise tensor. At every denoising step each piece's prediction is computed and the
+pieces are blended with weights that ramp linearly across their overlaps (MultiDiffusion-style),
+so the result has no seams and memory is bounded by the piece size, not by the video.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.autoencoder import TemporalDecoder
+from ..models.unet import VideoUNetOutput
+from ..models.upsampler import VideoUpsampler, noise_augment, resize_frames
+from .sampling import Generator, Guidance, StepCallback, denoise
+
+DEFAULT_NOISE_LEVEL = 20  # Stable Diffusion's x4 upscaler default; small: the input is already a clean video
+DEFAULT_UPSAMPLER_WINDOW_FRAMES = 16
+DEFAULT_UPSAMPLER_WINDOW_OVERLAP = 4
+DEFAULT_UPSAMPLER_STEPS = 20
+
+
+def plan_pieces(length: int, size: int | None, overlap: int) -> list[slice]:
+    """Overlapping slices of ``size`` covering ``0..length`` (one slice when ``size`` is None or >= ``length``).
+
+    Consecutive slices overlap by at least ``overlap``; the last one ends at ``length``.
+    """
+    if size is None or size >= length:
+        return [slice(0, length)]
+    if not 0 <= overlap < size:
+        raise ValueError(f"overlap ({overlap}) must be in 0..{size - 1} for pieces of {size}")
+    stride = size - overlap
+    starts = list(range(0, length - size, stride)) + [length - size]
+    return [slice(start, start + size) for start in starts]
+
+
+def blend_ramp(piece: slice, length: int, overlap: int) -> torch.Tensor:
+    """Blending weights ``(piece length,)`` of one piece: 1 inside, ramping linearly over ``overlap``
+    at each edge that is not the video's own edge (strictly positive everywhere)."""
+    size = piece.stop - piece.start
+    weights = torch.ones(size)
+    ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+    if overlap and piece.start > 0:
+        weights[:overlap] = torch.minimum(weights[:overlap], ramp)
+    if overlap and piece.stop < length:
+        weights[size - overlap:] = torch.minimum(weights[size - overlap:], ramp.flip(0))
+    return weights
+
+
+@dataclass
+class WindowedUpsampler:
+    """Runs ``upsampler`` on overlapping frame windows and spatial tiles of a video and blends their predictions.
+
+    A drop-in model for :func:`~videoldm.pipelines.sampling.denoise`: called like the upsampler with
+    ``low_res_video`` already at the sample's size, it returns a :class:`VideoUNetOutput` of the whole
+    sample ``(B, T, C, H, W)``.
+    """
+
+    upsampler: VideoUpsampler
+    window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES
+    window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP
+    tile_size: int | None = None
+    tile_overlap: int = 8
+
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, **inputs: Any) -> VideoUNetOutput:
+        num_frames, height, width = sample.shape[1], sample.shape[-2], sample.shape[-1]
+        windows = plan_pieces(num_frames, self.window_frames, self.window_overlap)
+        rows = plan_pieces(height, self.tile_size, self.tile_overlap)
+        columns = plan_pieces(width, self.tile_size, self.tile_overlap)
+        if len(windows) * len(rows) * len(columns) == 1:
+            return self.upsampler(sample, timestep, **inputs)
+        total = torch.zeros_like(sample)
+        weight_sum = sample.new_zeros((1, num_frames, 1, height, width))
+        for window in windows:
+            frame_weights = blend_ramp(window, num_frames, self.window_overlap).to(sample)
+            for row in rows:
+                row_weights = blend_ramp(row, height, self.tile_overlap).to(sample)
+                for column in columns:
+                    weights = (frame_weights[:, None, None] * row_weights[None, :, None]
+                               * blend_ramp(column, width, self.tile_overlap).to(sample)[None, None, :])
+                    piece = {key: _piece(value, window, row, column) for key, value in inputs.items()}
+                    prediction = self.upsampler(sample[:, window, :, row, column], timestep, **piece).sample
+                    total[:, window, :, row, column] += prediction * weights[None, :, None]
+                    weight_sum[:, window, :, row, column] += weights[None, :, None]
+        return VideoUNetOutput(sample=total / weight_sum)
+
+
+def _piece(value: Any, window: slice, row: slice, column: slice) -> Any:
+    """The part of one upsampler input that a piece sees: video tensors are cut, per-video ones kept."""
+    if isinstance(value, torch.Tensor) and value.ndim == 5:
+        return value[:, window, :, row, column]
+    if isinstance(value, torch.Tensor) and value.ndim == 2 and value.dtype == torch.bool:  # image_only_indicator (B, T)
+        return value[:, window]
+    return value
+
+
+def upsample_video(
+    upsampler: VideoUpsampler,
+    scheduler: SchedulerMixin,
+    low_res_scheduler: DDPMScheduler,
+    low_res_video: torch.Tensor,
+    *,
+    sample_size: tuple[int, int],
+    noise_level: int = DEFAULT_NOISE_LEVEL,
+    num_inference_steps: int = DEFAULT_UPSAMPLER_STEPS,
+    encoder_hidden_states: torch.Tensor | None = None,
+    negative_encoder_hidden_states: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    image_only: bool = False,
+    window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
+    window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
+    tile_size: int | None = None,
+    tile_overlap: int = 8,
+    generator: Generator = None,
+    progress_bar: Callable[..., Any] | None = None,
+    callback_on_step_end: StepCallback | None = None,
+) -> torch.Tensor:
+    """Sample the high-resolution video ``(B, T, C, *sample_size)`` (pixels, or latents of a latent upsampler)
+    for ``low_res_video`` ``(B, T, c, h, w)`` in [-1, 1].
+
+    The low-resolution video is noise-augmented to ``noise_level`` (one noise draw from
+    ``generator``), resized to ``sample_size`` once, and every denoising step runs the upsampler
+    piecewise (:class:`WindowedUpsampler`). ``image_only`` switches the temporal layers off: the
+    per-frame image upsampler. ``encoder_hidden_states`` (and ``negative_...`` with ``guidance_scale``)
+    condition a text-conditional upsampler.
+    """
+    if not 0 <= noise_level <= upsampler.config.max_noise_level:
+        raise ValueError(f"noise_level must be in 0..{upsampler.config.max_noise_level}, got {noise_level}")
+    batch, num_frames = low_res_video.shape[:2]
+    device, dtype = low_res_video.device, upsampler.dtype
+    levels = torch.full((batch,), noise_level, dtype=torch.long, device=device)
+    noise = randn_tensor(low_res_video.shape, generator=generator, device=device, dtype=dtype)
+    augmented = noise_augment(low_res_scheduler, low_res_video.to(dtype), levels, noise)
+    inputs: dict[str, Any] = {
+        "encoder_hidden_states": encoder_hidden_states,
+        "low_res_video": resize_frames(augmented, sample_size),
+        "noise_level": levels,
+        "image_only_indicator": torch.full((batch, num_frames), image_only, dtype=torch.bool, device=device),
+    }
+    guidance = []
+    if negative_encoder_hidden_states is not None:
+        guidance.append(Guidance(inputs | {"encoder_hidden_states": negative_encoder_hidden_states}, guidance_scale))
+    model = WindowedUpsampler(upsampler, window_frames, window_overlap, tile_size, tile_overlap)
+    shape = (batch, num_frames, upsampler.sample_channels, *sample_size)
+    start = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    return denoise(model, scheduler, start, inputs, guidance, num_inference_steps=num_inference_steps,
+                   generator=generator, progress_bar=progress_bar, callback_on_step_end=callback_on_step_end)
+
+
+def latent_decoder_scale(vae: torch.nn.Module | None) -> int:
+    """Pixels per sample cell of an upsampler's output: 1 in pixel space, the autoencoder's downsampling otherwise."""
+    if vae is None:
+        return 1
+    image_vae = vae.vae if isinstance(vae, TemporalDecoder) else vae
+    return 2 ** (len(image_vae.config.block_out_channels) - 1)
+
+
+class VideoUpsamplerPipeline(DiffusionPipeline):
+    """The video upsampler as a pipeline of its own: ``upsampler``, ``scheduler``, ``low_res_scheduler`` and,
+    for a latent upsampler (Stable Diffusion's x4 upscaler inflated with
+    :meth:`~videoldm.models.upsampler.VideoUpsampler.from_image_unet`), ``vae`` plus an optional
+    ``text_encoder`` / ``tokenizer``. A pixel-space upsampler has no ``vae``.
+    """
+
+    _optional_components = ["vae", "text_encoder", "tokenizer"]
+
+    def __init__(
+        self,
+        upsampler: VideoUpsampler,
+        scheduler: SchedulerMixin,
+        low_res_scheduler: DDPMScheduler,
+        vae: AutoencoderKL | TemporalDecoder | None = None,
+        text_encoder: torch.nn.Module | None = None,
+        tokenizer: Any | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(upsampler=upsampler, scheduler=scheduler, low_res_scheduler=low_res_scheduler, vae=vae,
+                              text_encoder=text_encoder, tokenizer=tokenizer)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Pixel size of the upsampled frames for low-resolution frames of ``height`` x ``width``."""
+        factor = self.upsampler.config.scale_factor
+        return height * factor, width * factor
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video: torch.Tensor,
+        *,
+        noise_level: int = DEFAULT_NOISE_LEVEL,
+        num_inference_steps: int = DEFAULT_UPSAMPLER_STEPS,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        guidance_scale: float = 1.0,
+        image_only: bool = False,
+        window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
+        window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
+        tile_size: int | None = None,
+        tile_overlap: int = 8,
+        generator: Generator = None,
+        decode_chunk_size: int = 8,
+        output_type: str = "pt",
+        callback_on_step_end: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Upsample ``video`` ``(B, T, C, h, w)`` in [-1, 1] by the upsampler's ``scale_factor``.
+
+        Returns pixels ``(B, T, C, s*h, s*w)`` in [-1, 1] (``output_type="pt"``) or, for a latent
+        upsampler, its latents with ``output_type="latent"``. ``tile_size`` / ``tile_overlap`` are in
+        sample cells (pixels, or latent cells); see :func:`upsample_video` for the rest.
+        """
+        if output_type not in ("pt", "latent"):
+            raise ValueError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
+        video = torch.as_tensor(video)
+        channels = self.upsampler.config.low_res_channels
+        if video.ndim != 5 or video.shape[2] != channels:
+            raise ValueError(f"video must be (B, T, {channels}, h, w) in [-1, 1], got shape {tuple(video.shape)}")
+        if not torch.isfinite(video).all():
+            raise ValueError("video holds NaN or inf values")
+        height, width = self.output_size(*video.shape[-2:])
+        cell = latent_decoder_scale(self.vae)
+        if height % cell or width % cell:
+            raise ValueError(f"upsampled frames of {height}x{width} are not multiples of the autoencoder's {cell}")
+        states = negative = None
+        if prompt is not None or self.text_encoder is not None:
+            from .text_to_video import encode_prompts
+
+            if self.text_encoder is None:
+                raise ValueError("this upsampler has no text encoder; it takes no prompt")
+            batch = video.shape[0]
+            prompts = [prompt or ""] * batch if not isinstance(prompt, list) else prompt
+            negatives = [negative_prompt or ""] * batch if not isinstance(negative_prompt, list) else negative_prompt
+            device = self._execution_device
+            states = encode_prompts(self.text_encoder, self.tokenizer, prompts, device)
+            negative = None if guidance_scale == 1.0 else encode_prompts(self.text_encoder, self.tokenizer, negatives, device)
+        sample = upsample_video(
+            self.upsampler, self.scheduler, self.low_res_scheduler, video.to(self._execution_device).float(),
+            sample_size=(height // cell, width // cell), noise_level=noise_level,
+            num_inference_steps=num_inference_steps, encoder_hidden_states=states,
+            negative_encoder_hidden_states=negative, guidance_scale=guidance_scale, image_only=image_only,
+            window_frames=window_frames, window_overlap=window_overlap, tile_size=tile_size, tile_overlap=tile_overlap,
+            generator=generator, progress_bar=self.progress_bar, callback_on_step_end=callback_on_step_end,
+        )
+        self.maybe_free_model_hooks()
+        if self.vae is None:
+            return sample.clamp(-1, 1)
+        if output_type == "latent":
+            return sample
+        from .text_to_video import decode_latents
+
+        return decode_latents(self.vae, sample, decode_chunk_size)
