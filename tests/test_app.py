@@ -79,7 +79,8 @@ def test_every_option_round_trips_through_the_command_line(tmp_path, monkeypatch
     its default (the CLI's defaults are GenerateOptions' own, so fields left out are equal too)."""
     options = GenerateOptions(
         model=tmp_path / "my model", frames=40, steps=7, seed=2**62 + 1, guidance=1.2345678901234567,
-        prompt="a 'quoted' car", labels=(3, 8), fps=12.5, fps_multiplier=4, decoder="image", image_only=True, context_guidance=0.3,
+        prompt="a 'quoted' car", labels=(3, 8), fps=12.5, fps_multiplier=4, upscale=4, keep_stages=tmp_path / "stages",
+        decoder="image", image_only=True, context_guidance=0.3,
         context_frames=3, window=12, init_image=tmp_path / "start image.png", continue_video=tmp_path / "c.mp4")
     assert all(getattr(options, name) != getattr(GenerateOptions(), name) for name in cli.GENERATE_OPTION_NAMES)
     parsed = []
@@ -139,8 +140,8 @@ def test_the_command_shown_makes_the_same_video(service, with_init_image, tmp_pa
     assert exit_info.value.code == 0
 
     page_call, cli_call = recorder.calls
-    # the only difference: the page passes a progress observer, which returns None (changes nothing)
-    assert page_call.pop("callback_on_step_end") is not None and cli_call.pop("callback_on_step_end") is None
+    # the only difference: each passes its own progress observer, which returns None (changes nothing)
+    assert page_call.pop("callback_on_step_end") is not None and cli_call.pop("callback_on_step_end") is not None
     assert page_call.keys() == cli_call.keys()
     assert all(_same_argument(page_call[key], cli_call[key]) for key in page_call), \
         [key for key in page_call if not _same_argument(page_call[key], cli_call[key])]

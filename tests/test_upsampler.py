@@ -221,3 +221,65 @@ def test_cascade_refuses_a_stage_it_has_no_model_for():
         pipe(num_frames=2, upscale=4, num_inference_steps=1)
     with pytest.raises(ValueError, match="upscale"):
         pipe(num_frames=2, upscale=2, num_inference_steps=1)
+
+
+def run_cli(args: list[str]) -> int:
+    from videoldm.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code or 0
+
+
+def test_generate_upscale_and_keep_stages(tmp_path):
+    from videoldm.data.io import read_video
+
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    out, stages = tmp_path / "up.mp4", tmp_path / "stages"
+    code = run_cli(["generate", "--model", str(tmp_path / "model"), "--frames", "3", "--steps", "1", "--fps", "2",
+                    "--fps-multiplier", "4", "--upscale", "4", "--keep-stages", str(stages), "--out", str(out)])
+    assert code == 0
+    clip = read_video(out)
+    assert clip.frames.shape == (9, 3, 64, 64) and clip.fps == pytest.approx(8)
+    assert read_video(stages / "key_frames.mp4").frames.shape == (3, 3, 16, 16)
+    assert read_video(stages / "interpolated.mp4").frames.shape == (9, 3, 16, 16)
+
+
+def test_upsample_command_keeps_frames_and_rate(tmp_path):
+    from videoldm.data.io import read_video, write_video
+
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    source = tmp_path / "in.mp4"
+    write_video(torch.rand(5, 3, 12, 20) * 2 - 1, source, fps=5)  # any size the UNet divides, not the model's own
+    out = tmp_path / "out.mp4"
+    assert run_cli(["upsample", "--model", str(tmp_path / "model"), "--video", str(source), "--steps", "1",
+                    "--window", "6", "--out", str(out)]) == 0
+    clip = read_video(out)
+    assert clip.frames.shape == (5, 3, 48, 80) and clip.fps == pytest.approx(5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--noise-level", "21"], "--noise-level 21: expected 0..20"),
+    (["--window", "3"], "--window 3"),
+    (["--video", "missing.mp4"], "missing.mp4"),
+])
+def test_upsample_command_refuses_bad_input(tmp_path, capsys, args, message):
+    from videoldm.data.io import write_video
+
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    write_video(torch.zeros(2, 3, 8, 8), tmp_path / "in.mp4", fps=5)
+    base = ["upsample", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "in.mp4"), "--out", str(tmp_path / "o.mp4")]
+    assert run_cli(base + args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_generate_refuses_upscale_without_an_upsampler(tmp_path, capsys):
+    from test_interpolation import interpolation_pipeline
+
+    interpolation_pipeline().save_pretrained(tmp_path / "model")
+    base = ["generate", "--model", str(tmp_path / "model"), "--frames", "2", "--out", str(tmp_path / "o.mp4")]
+    assert run_cli(base + ["--upscale", "4"]) == 2
+    assert "no video upsampler" in capsys.readouterr().err
+    assert run_cli(base + ["--keep-stages", str(tmp_path / "k")]) == 2
+    assert "nothing to keep" in capsys.readouterr().err

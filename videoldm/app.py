@@ -97,27 +97,9 @@ def parse_labels(text: str) -> tuple[int, ...]:
 
 
 def count_windows(plan: GenerationPlan) -> int:
-    """How many windows :meth:`~videoldm.pipelines.VideoLDMPipeline.generate_frames` denoises for ``plan``."""
-    from .pipelines.prediction import plan_rollout
-
-    options = plan.options
-    if plan.window_frames is None:
-        return 1 + count_interpolation_windows(options.frames, options.fps_multiplier)
-    num_new = options.frames - (1 if options.init_image is not None else 0)
-    num_given = 0 if plan.given is None else len(plan.given)
-    key_frame_windows = len(plan_rollout(num_new, plan.window_frames, options.context_frames, num_given))
-    return key_frame_windows + count_interpolation_windows(options.frames, options.fps_multiplier)
-
-
-def count_interpolation_windows(key_frames: int, fps_multiplier: int) -> int:
-    """How many windows :meth:`~videoldm.pipelines.VideoLDMPipeline.interpolate` denoises to multiply the frame rate."""
-    from .pipelines.interpolation import DEFAULT_WINDOW_KEY_FRAMES, INTERPOLATION_FACTOR, PASSES_PER_FACTOR, plan_interpolation
-
-    windows = 0
-    for _ in range(PASSES_PER_FACTOR.get(fps_multiplier, 0)):
-        windows += len(plan_interpolation(key_frames, DEFAULT_WINDOW_KEY_FRAMES))
-        key_frames = INTERPOLATION_FACTOR * (key_frames - 1) + 1
-    return windows
+    """How many windows the key-frame and interpolation stages of ``plan`` denoise (each ``plan.options.steps`` steps)."""
+    steps = plan.cascade_steps()
+    return (steps.key_frames + steps.interpolation) // plan.options.steps
 
 
 class VideoService:

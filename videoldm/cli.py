@@ -1,4 +1,4 @@
-"""The ``videoldm`` command line: generate, inflate, train, encode, evaluate, serve.
+"""The ``videoldm`` command line: generate, interpolate, upsample, inflate, train, encode, evaluate, serve.
 
 The error contract: every command checks all its arguments, input files and output paths before it
 loads a network, samples or trains. A user error (a bad option, a missing, truncated or malformed
@@ -26,7 +26,8 @@ from . import __version__
 if TYPE_CHECKING:
     import torch
 
-    from .pipelines import VideoLDMPipeline
+    from .pipelines import CascadePipeline
+    from .pipelines.cascade import CascadeSteps
     from .pipelines.directory import PipelineInfo
 
 app = typer.Typer(
@@ -182,13 +183,13 @@ def check_steps(info, steps: int) -> None:
 
 
 def load_pipeline(info):
-    """Load the (already inspected) pipeline of ``info`` in float32."""
+    """Load the (already inspected) pipeline of ``info`` in float32, as a :class:`~videoldm.pipelines.CascadePipeline`."""
     import torch
 
-    from .pipelines import VideoLDMPipeline
+    from .pipelines import CascadePipeline
 
     # Weights may be stored in half precision (the embedded model is); CPUs compute in float32.
-    return VideoLDMPipeline.from_pretrained(info.path, dtype=torch.float32)
+    return CascadePipeline.from_pretrained(info.path, dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------------ generate
@@ -209,6 +210,8 @@ class GenerateOptions:
     labels: tuple[int, ...] = ()
     fps: float = 8.0
     fps_multiplier: int = 1
+    upscale: int = 1
+    keep_stages: Optional[Path] = None
     decoder: str = "video"
     image_only: bool = False
     context_guidance: float = 1.0
@@ -272,12 +275,12 @@ FpsOption = _generate_option("fps", help="Frame rate of the written video (of it
 GuidanceOption = _generate_option("guidance", help="Classifier-free guidance scale (1 = no guidance).")
 
 
-def read_given_frames(path: Path, option: str, frame_shape: tuple[int, int, int], *, fps: Optional[float] = None,
+def read_given_frames(path: Path, option: str, frame_shape: tuple[int, Optional[int], Optional[int]], *, fps: Optional[float] = None,
                       max_frames: Optional[int] = None, resize: bool = False):
     """Frames of ``path`` (an image, video or frame folder) as the model's ``(T, C, H, W)`` in [-1, 1], and their rate.
 
     RGB frames become grey (ITU-R 601 luma) for a one-channel model; the size must be the model's
-    unless ``resize`` (bilinear, antialiased; aspect ratio not kept). ``fps`` resamples (a frame
+    (any, when its height and width are None) unless ``resize`` (bilinear, antialiased; aspect ratio not kept). ``fps`` resamples (a frame
     folder: its rate); more than ``max_frames`` frames is an error.
     """
     import torch.nn.functional as F
@@ -290,7 +293,7 @@ def read_given_frames(path: Path, option: str, frame_shape: tuple[int, int, int]
     if max_frames is not None and len(frames) > max_frames:
         raise UserError(f"{option} {path}: more than {max_frames} frames; cut it first")
     channels, height, width = frame_shape
-    if tuple(frames.shape[-2:]) != (height, width):
+    if height is not None and tuple(frames.shape[-2:]) != (height, width):
         if not resize:
             raise UserError(f"{option} {path}: frames are {frames.shape[-1]}x{frames.shape[-2]}; the model makes "
                             f"{width}x{height} (resize it first{', or pass --resize' if option == '--video' else ''})")
@@ -315,9 +318,26 @@ class GenerationPlan:
         return self.options.fps_multiplier * (key_frames - 1) + 1
 
     @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the written frames: the model's, times ``--upscale``."""
+        _, height, width = self.info.frame_shape
+        return height * self.options.upscale, width * self.options.upscale
+
+    @property
     def window_frames(self) -> Optional[int]:
         """The rollout window of a prediction model; None (one window of every frame) otherwise."""
         return self.options.window if self.info.has_context_conditioning else None
+
+    def cascade_steps(self) -> CascadeSteps:
+        """The denoising steps each stage of this request runs (with schedulers taking one step per requested step)."""
+        from .pipelines.cascade import count_cascade_steps
+
+        options = self.options
+        num_given = 0 if self.given is None else len(self.given)
+        return count_cascade_steps(
+            options.frames - (1 if options.init_image is not None else 0), fps_multiplier=options.fps_multiplier,
+            upscale=options.upscale, num_inference_steps=options.steps, window_frames=self.window_frames,
+            context_frames=options.context_frames, num_given=num_given)
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The keyword arguments of :meth:`~videoldm.pipelines.VideoLDMPipeline.generate_frames` for this request."""
@@ -375,6 +395,23 @@ def check_fps_multiplier(info: PipelineInfo, options: GenerateOptions) -> None:
         raise UserError(f"{option}: the video would run at {options.fps * multiplier:g} fps; at most {MAX_FPS:g}")
 
 
+def check_upscale(info: PipelineInfo, options: GenerateOptions) -> None:
+    """``--upscale`` 1, or 4 with a model that has a video upsampler; ``--keep-stages`` only with a stage to keep."""
+    if options.upscale not in (1, 4):
+        raise UserError(f"{GENERATE_OPTION_NAMES['upscale']} {options.upscale}: expected 1 or 4")
+    if options.upscale > 1 and not info.has_upsampler:
+        raise UserError(f"{GENERATE_OPTION_NAMES['upscale']} {options.upscale}: model {info.path} has no video upsampler "
+                        "(train one: videoldm train digits_upsampler)")
+    if options.upscale > 1 and options.continue_video is not None:
+        raise UserError(f"{GENERATE_OPTION_NAMES['upscale']} {options.upscale}: not with --continue "
+                        "(upsample the continued video with videoldm upsample)")
+    if options.keep_stages is not None:
+        option = GENERATE_OPTION_NAMES["keep_stages"]
+        if options.upscale == 1 and options.fps_multiplier == 1:
+            raise UserError(f"{option}: nothing to keep without --fps-multiplier or --upscale (the video is the key frames)")
+        check_new_directory(options.keep_stages, option)
+
+
 def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
     """Check every option of a ``generate`` request and the output path ``out`` without loading a network;
     a :class:`UserError` names the first fault."""
@@ -396,6 +433,7 @@ def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
     if init_image is not None and continue_video is not None:
         raise UserError("--init-image and --continue: give one of them")
     check_fps_multiplier(info, options)
+    check_upscale(info, options)
     if not info.has_context_conditioning:
         for option, path in (("--init-image", init_image), ("--continue", continue_video)):
             if path is not None:
@@ -413,35 +451,34 @@ def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
 
 
 def write_generation(
-    pipe: VideoLDMPipeline,
+    pipe: CascadePipeline,
     plan: GenerationPlan,
     out: Path,
     *,
     on_step: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
     on_frames: Optional[Callable[[int], Any]] = None,
 ) -> None:
-    """Sample ``plan`` with ``pipe`` (the loaded ``plan.info``) and write the video to ``out`` as its frames come.
+    """Sample ``plan`` with ``pipe`` (the loaded ``plan.info``) through the cascade and write the video to ``out``
+    as its frames come; with ``--keep-stages``, the intermediate videos go into that folder as
+    ``key_frames.mp4`` (at ``--fps``) and ``interpolated.mp4`` (before upsampling).
 
-    ``on_step(step_index, timestep, latents)`` runs after every scheduler step and ``on_frames(k)``
-    after every ``k`` frames written; both only observe (progress reports).
+    ``on_step(step_index, timestep, latents)`` runs after every scheduler step of every stage and
+    ``on_frames(k)`` after every ``k`` frames written; both only observe (progress reports).
     """
-    import torch
+    from .data.io import video_writer, write_video
+    from .pipelines.cascade import KEY_FRAMES
 
-    from .data.io import video_writer
+    options = plan.options
+    output_fps = options.fps * options.fps_multiplier
 
-    arguments = plan.pipeline_arguments()
-    made = pipe.generate_frames(**arguments, callback_on_step_end=on_step,
-                                output_type="pt" if plan.options.fps_multiplier == 1 else "latent")
-    if plan.options.fps_multiplier > 1:
-        # The key frames stay latents; the interpolation model runs on them (same conditioning, label
-        # guidance, steps and generator; its own context guidance default), then the video is decoded as written.
-        interpolated = pipe.interpolate(
-            latents=torch.cat(list(made), dim=1), factor=plan.options.fps_multiplier, prompt=arguments["prompt"],
-            labels=arguments["labels"], num_inference_steps=arguments["num_inference_steps"],
-            guidance_scale=arguments["guidance_scale"], generator=arguments["generator"], callback_on_step_end=on_step,
-            output_type="latent").frames
-        made = pipe.decode_frames(interpolated, decoder=plan.options.decoder)
-    with video_writer(out, fps=plan.options.fps * plan.options.fps_multiplier) as write:
+    def keep(stage: str, pixels: torch.Tensor) -> None:
+        options.keep_stages.mkdir(parents=True, exist_ok=True)
+        write_video(pixels[0], options.keep_stages / f"{stage}.mp4", fps=options.fps if stage == KEY_FRAMES else output_fps)
+
+    made = pipe.cascade_frames(**plan.pipeline_arguments(), callback_on_step_end=on_step,
+                               fps_multiplier=options.fps_multiplier, upscale=options.upscale,
+                               on_stage=keep if options.keep_stages is not None else None)
+    with video_writer(out, fps=output_fps) as write:
         for piece in made:
             write(piece[0])
             if on_frames is not None:
@@ -460,6 +497,8 @@ def generate(
     label: Optional[list[int]] = typer.Option(None, GENERATE_OPTION_NAMES["labels"], help="Class label(s) (label-conditional models); repeat for two digits. Default: class SEED mod the number of classes; -1 for none."),
     fps: float = FpsOption,
     fps_multiplier: int = _generate_option("fps_multiplier", help="4 or 16: raise the frame rate with the pipeline's interpolation model (FRAMES key frames give MULTIPLIER*(FRAMES-1)+1; context guidance 2)."),
+    upscale: int = _generate_option("upscale", help="4: upsample the decoded video x4 with the pipeline's video upsampler (1: no upsampling)."),
+    keep_stages: Optional[Path] = _generate_option("keep_stages", help="A new or empty folder: also write the intermediate videos there (key_frames.mp4, interpolated.mp4)."),
     decoder: str = _generate_option("decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
     image_only: bool = _generate_option("image_only", help="Sample the image model frame by frame (alpha = 1)."),
     context_guidance: float = _generate_option("context_guidance", help="Prediction models: guidance over the given frames (1 = none)."),
@@ -473,15 +512,20 @@ def generate(
 
     plan = plan_generation(GenerateOptions(
         model=model, frames=frames, steps=steps, seed=seed, guidance=guidance, prompt=prompt, labels=tuple(label or ()),
-        fps=fps, fps_multiplier=fps_multiplier, decoder=decoder, image_only=image_only, context_guidance=context_guidance,
-        context_frames=context_frames, window=window, init_image=init_image, continue_video=continue_video), out)
+        fps=fps, fps_multiplier=fps_multiplier, upscale=upscale, keep_stages=keep_stages, decoder=decoder,
+        image_only=image_only, context_guidance=context_guidance, context_frames=context_frames, window=window,
+        init_image=init_image, continue_video=continue_video), out)
     pipe = load_pipeline(plan.info)
-    pipe.set_progress_bar_config(leave=False, desc="denoising")
-    total = plan.total_frames
-    with tqdm(total=total, desc="frames", unit="frame", leave=False, disable=total <= window) as bar:
-        write_generation(pipe, plan, out, on_frames=bar.update)
-    height, width = plan.info.frame_shape[1:]
-    typer.echo(f"wrote {out} ({total} frames, {width}x{height}, {fps * fps_multiplier:g} fps)")
+    # One display for every stage: the denoising steps of key frames, interpolation and upsampling.
+    pipe.set_progress_bar_config(disable=True)
+    with tqdm(total=plan.cascade_steps().total, desc="denoising", unit="step", leave=False) as bar:
+        def on_step(*_: Any) -> None:  # returns None: a step callback's return value would replace the latents
+            bar.update()
+
+        write_generation(pipe, plan, out, on_step=on_step)
+    height, width = plan.frame_size
+    kept = f"; stages in {keep_stages}" if keep_stages is not None else ""
+    typer.echo(f"wrote {out} ({plan.total_frames} frames, {width}x{height}, {fps * fps_multiplier:g} fps{kept})")
 
 
 @app.command()
@@ -548,6 +592,81 @@ def interpolate(
             bar.update(piece.shape[1])
     height, width = info.frame_shape[1:]
     typer.echo(f"wrote {out} ({total} frames from {len(keys)}, {width}x{height}, {output_fps:g} fps)")
+
+
+def inspect_upsampler(model: Optional[Path]):
+    """The :class:`PipelineInfo` of an upsampler ``--model`` (default: the embedded model): a Video LDM pipeline
+    with a video upsampler, or an upsampler pipeline of its own (``videoldm train digits_image_upsampler``)."""
+    from .pipelines.directory import UPSAMPLER_COMPONENTS, PipelineDirectoryError, inspect_pipeline_directory
+
+    if model is None:
+        from .embedded import embedded_model_dir
+
+        model = embedded_model_dir()
+    with reported_as("--model", PipelineDirectoryError):
+        info = inspect_pipeline_directory(model, required=())
+    if not info.has_upsampler and not all(name in info.components for name in UPSAMPLER_COMPONENTS):
+        raise UserError(f"--model {model}: it has no video upsampler (train one: videoldm train digits_upsampler)")
+    return info
+
+
+def load_upsampler(info):
+    """The :class:`~videoldm.pipelines.upsample.VideoUpsamplerPipeline` of an (inspected) upsampler model, in float32."""
+    import torch
+
+    from .pipelines import CascadePipeline, VideoUpsamplerPipeline
+
+    if info.has_upsampler:
+        return CascadePipeline.from_pretrained(info.path, dtype=torch.float32).upsampler_pipeline()
+    return VideoUpsamplerPipeline.from_pretrained(info.path, dtype=torch.float32)
+
+
+@app.command()
+def upsample(
+    video: Path = typer.Option(..., "--video", "-i", help="Input video (a file FFmpeg reads, or a folder of PNG/JPG frames)."),
+    out: Path = typer.Option(Path("upsampled.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a new or empty folder for PNG frames."),
+    noise_level: int = typer.Option(20, "--noise-level", min=0, help="Noise augmentation of the input (0..the model's maximum, 350 for the embedded one): higher repairs more artefacts and keeps less detail."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory with a video upsampler (default: the embedded digits model)."),
+    steps: int = typer.Option(20, "--steps", min=1, max=MAX_STEPS, help="Denoising steps."),
+    seed: int = SeedOption,
+    image_only: bool = typer.Option(False, "--image-only", help="Switch the temporal layers off: the per-frame image upsampler (a baseline)."),
+    window: int = typer.Option(16, "--window", min=2, max=MAX_FRAMES, help="Frames per denoised window (windows overlap by 4)."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Also cut frames into overlapping square tiles of this many output pixels (bounds memory on large frames)."),
+    fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the input (default: the file's own; 8 for a frame folder); the output keeps it."),
+) -> None:
+    """Upsample a video x4 (same frame count) with the video upsampler; any input size the upsampler's UNet can divide."""
+    from tqdm.auto import tqdm
+
+    from .data.io import check_video_output, video_writer
+    from .pipelines.upsample import DEFAULT_UPSAMPLER_WINDOW_OVERLAP
+
+    with reported_as("--out"):
+        check_video_output(out)
+    info = inspect_upsampler(model)
+    upsampler = info.configs["upsampler"]
+    if noise_level > upsampler["max_noise_level"]:
+        raise UserError(f"--noise-level {noise_level}: expected 0..{upsampler['max_noise_level']} for model {info.path}")
+    scale = int(upsampler["scale_factor"])
+    latent_cell = 2 ** (len(info.configs["vae"]["block_out_channels"]) - 1) if "vae" in info.components and not info.has_upsampler else 1
+    multiple = max(1, 2 ** (len(upsampler["unet_config"]["block_out_channels"]) - 1) * latent_cell // scale)
+    frames, input_fps = read_given_frames(video, "--video", (int(upsampler["low_res_channels"]), None, None), fps=fps,
+                                          max_frames=MAX_FRAMES)
+    height, width = frames.shape[-2:]
+    if height % multiple or width % multiple:
+        raise UserError(f"--video {video}: frames are {width}x{height}; this upsampler needs sides that are multiples of {multiple}")
+    if window <= DEFAULT_UPSAMPLER_WINDOW_OVERLAP:
+        raise UserError(f"--window {window}: must be more than the windows' overlap ({DEFAULT_UPSAMPLER_WINDOW_OVERLAP})")
+
+    import torch
+
+    pipe = load_upsampler(info)
+    pipe.set_progress_bar_config(leave=False, desc="denoising")
+    upsampled = pipe(frames[None], noise_level=noise_level, num_inference_steps=steps, image_only=image_only,
+                     window_frames=window, tile_size=tile, generator=torch.Generator().manual_seed(seed))
+    with video_writer(out, fps=input_fps) as write, tqdm(total=len(frames), desc="writing", unit="frame", leave=False) as bar:
+        write(upsampled[0])
+        bar.update(len(frames))
+    typer.echo(f"wrote {out} ({len(frames)} frames, {width * scale}x{height * scale}, {input_fps:g} fps)")
 
 
 def parse_temporal_kinds(text: str) -> list[str]:

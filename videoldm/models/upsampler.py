@@ -74,6 +74,9 @@ class VideoUpsampler(VideoUNet):
     Temporal options as in :class:`VideoUNet` (no context conditioning).
     """
 
+    # VideoUNet.__init__ registers its own options too; an upsampler has no context conditioning.
+    ignore_for_config = ["context_channels", "frame_rate_regimes"]
+
     @register_to_config
     def __init__(
         self,

@@ -100,6 +100,7 @@ class CascadePipeline(VideoLDMPipeline):
         if upscale > 1:
             self.upsampler_pipeline()
 
+    @torch.no_grad()
     def cascade_frames(
         self,
         *,
