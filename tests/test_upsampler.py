@@ -283,3 +283,53 @@ def test_generate_refuses_upscale_without_an_upsampler(tmp_path, capsys):
     assert "no video upsampler" in capsys.readouterr().err
     assert run_cli(base + ["--keep-stages", str(tmp_path / "k")]) == 2
     assert "nothing to keep" in capsys.readouterr().err
+
+
+def test_bicubic_residual_round_trips():
+    upsampler = VideoUpsampler(unet_config=dict(tiny_pixel_unet().config), low_res_channels=1, max_noise_level=20,
+                               bicubic_residual_scale=8.0)
+    high_res = torch.rand(1, 2, 1, 16, 16) * 2 - 1
+    low_res = downsample_frames(high_res, 4)
+    sample = upsampler.sample_from_video(high_res, low_res)
+    torch.testing.assert_close(sample, 8 * (high_res - resize_frames(low_res, (16, 16))))
+    torch.testing.assert_close(upsampler.video_from_sample(sample, low_res), high_res)
+    with pytest.raises(ValueError, match="pixel-space"):
+        VideoUpsampler(unet_config={**dict(tiny_pixel_unet().config), "in_channels": 3}, low_res_channels=1,
+                       max_noise_level=20, bicubic_residual_scale=8.0)
+
+
+def test_upsampler_recipes_train_the_image_then_the_video_phase(tmp_path):
+    from test_interpolation import interpolation_pipeline
+
+    from videoldm import VideoLDMPipeline
+    from videoldm.training.recipes import RECIPES_DIR, load_recipe
+    from videoldm.training.stages import build_trainer
+
+    model = interpolation_pipeline()
+    model.save_pretrained(tmp_path / "model")
+    small = {"canvas_size": 32, "digit_size": 12, "num_videos": 8, "min_speed": 1.0, "max_speed": 2.5}
+    image = load_recipe(RECIPES_DIR / "digits_image_upsampler.yaml")
+    image["data"].update(small)
+    image["model"].update(block_out_channels=[8, 16], down_block_types=["DownBlock2D"] * 2,
+                          up_block_types=["UpBlock2D"] * 2, norm_num_groups=4, num_class_embeds=21)
+    image["temporal"]["attention_head_dim"] = 8
+    image.update(output_dir=str(tmp_path / "image"), patch_size=16, max_noise_level=20)
+    image["train"].update(steps=2, batch_size=4, checkpoint_every=2, num_workers=0, warmup_steps=0)
+    assert build_trainer(image).train().step == 2
+    video = load_recipe(RECIPES_DIR / "digits_upsampler.yaml")
+    video["data"].update(small | {"num_frames": 4})
+    video.update(output_dir=str(tmp_path / "video"), image_upsampler=str(tmp_path / "image" / "final"), patch_size=16,
+                 pipeline=str(tmp_path / "model"))
+    video["train"].update(steps=2, batch_size=2, checkpoint_every=2, num_workers=0, warmup_steps=0)
+    trainer = build_trainer(video)
+    assert {name.split(".")[0] for name in trainer.stage.upsampler.state_dict()} == {"unet", "temporal"}
+    assert all(not p.requires_grad for p in trainer.stage.upsampler.spatial_parameters())
+    trainer.train()
+    pipe = VideoLDMPipeline.from_pretrained(tmp_path / "video" / "final")
+    image_phase = VideoUpsamplerPipeline.from_pretrained(tmp_path / "image" / "final").upsampler
+    for key, value in image_phase.unet.state_dict().items():  # spatial weights frozen in the video phase
+        assert torch.equal(pipe.upsampler.unet.state_dict()[key], value)
+    assert pipe.upsampler.config.bicubic_residual_scale == 8.0 and pipe.interpolator is not None  # the model kept whole
+    pipe.set_progress_bar_config(disable=True)
+    video_out = pipe.upsample(torch.zeros(3, 1, 8, 12), num_inference_steps=1, output_type="pt").frames
+    assert video_out.shape == (1, 3, 1, 32, 48)  # patch-trained (16 px) weights on whole frames of another size

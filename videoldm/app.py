@@ -63,6 +63,7 @@ class Form:
     context_guidance: Optional[float] = _DEFAULTS.context_guidance
     fps: Optional[float] = _DEFAULTS.fps
     fps_multiplier: Optional[float] = _DEFAULTS.fps_multiplier
+    upscale: Optional[float] = _DEFAULTS.upscale
     init_image: Optional[str] = None
 
 
@@ -140,6 +141,7 @@ class VideoService:
             prompt=form.prompt.strip() or None, labels=parse_labels(form.labels),
             fps=_number(form.fps, "--fps"), context_guidance=_number(form.context_guidance, "--context-guidance"),
             fps_multiplier=_whole_number(form.fps_multiplier, "--fps-multiplier"),
+            upscale=_whole_number(form.upscale, "--upscale"),
             init_image=Path(form.init_image) if form.init_image else None,
         )
 
@@ -168,15 +170,18 @@ class VideoService:
 
     @staticmethod
     def _step_reporter(plan: GenerationPlan, pipe: VideoLDMPipeline, report: Callable[[float, str], Any]):
-        windows, calls = count_windows(plan), 0
+        windows, upsampling, calls = count_windows(plan), plan.cascade_steps().upsampling, 0
 
         def on_step(step_index: int, timestep: Any, latents: Any) -> None:
             nonlocal calls
             calls += 1
             steps = len(pipe.scheduler.timesteps)
-            window = min((calls - 1) // steps + 1, windows)
-            where = f"window {window}/{windows}, " if windows > 1 else ""
-            report(min(calls / (windows * steps), 1.0), f"{where}step {step_index + 1}/{steps}")
+            if calls > windows * steps:  # the upsampler's steps come last
+                text = f"upsampling, step {step_index + 1}/{upsampling}"
+            else:
+                window = min((calls - 1) // steps + 1, windows)
+                text = f"window {window}/{windows}, step {step_index + 1}/{steps}" if windows > 1 else f"step {step_index + 1}/{steps}"
+            report(min(calls / (windows * steps + upsampling), 1.0), text)
 
         return on_step
 
@@ -186,7 +191,7 @@ def visible_fields(info: PipelineInfo) -> dict[str, bool]:
     context guidance and init image."""
     return {"labels": info.conditioning == "label", "prompt": info.conditioning == "text",
             "context_guidance": info.has_context_conditioning, "init_image": info.has_context_conditioning,
-            "fps_multiplier": info.frame_rate_regimes > 0}
+            "fps_multiplier": info.frame_rate_regimes > 0, "upscale": info.has_upsampler}
 
 
 PAGE_CSS = "video { image-rendering: pixelated; }"  # small models make small videos: show big pixels
@@ -224,6 +229,9 @@ def build_page(service: VideoService) -> gradio.Blocks:
                     fps_multiplier = gr.Dropdown([1, 4, 16], value=_DEFAULTS.fps_multiplier, label="Frame-rate multiplier",
                                                  info="--fps-multiplier: interpolation x4 or x16", elem_id="fps_multiplier",
                                                  visible=shown["fps_multiplier"])
+                    upscale = gr.Dropdown([1, 4], value=_DEFAULTS.upscale, label="Upscale",
+                                          info="--upscale: the video upsampler, x4 the size", elem_id="upscale",
+                                          visible=shown["upscale"])
                 init_image = gr.File(label=f"Init image: frame 0 (--init-image; the model's size, at most "
                                      f"{limits.max_upload_mb} MB)", file_types=["image"], elem_id="init_image",
                                      visible=shown["init_image"], height=150)
@@ -241,25 +249,25 @@ def build_page(service: VideoService) -> gradio.Blocks:
                 raise gr.Error("model: not one this server offers", print_exception=False)
             visible = visible_fields(service.models[name])
             return [gr.update(visible=visible[field])
-                    for field in ("labels", "prompt", "context_guidance", "init_image", "fps_multiplier")]
+                    for field in ("labels", "prompt", "context_guidance", "init_image", "fps_multiplier", "upscale")]
 
         def on_generate(model: str, labels: str, prompt: str, frames: Optional[float], seed: Optional[float],
                         steps: Optional[float], guidance: Optional[float], context_guidance: Optional[float],
-                        fps: Optional[float], fps_multiplier: Optional[float], init_image: Optional[str],
-                        progress: gr.Progress = gr.Progress()) -> tuple[str, str, str, str]:
+                        fps: Optional[float], fps_multiplier: Optional[float], upscale: Optional[float],
+                        init_image: Optional[str], progress: gr.Progress = gr.Progress()) -> tuple[str, str, str, str]:
             form = Form(model=model, labels=labels or "", prompt=prompt or "", frames=frames, seed=seed, steps=steps,
                         guidance=guidance, context_guidance=context_guidance, fps=fps, fps_multiplier=fps_multiplier,
-                        init_image=init_image)
+                        upscale=upscale, init_image=init_image)
             try:
                 result = service.generate(form, lambda fraction, text: progress(fraction, desc=text))
             except UserError as error:
                 raise gr.Error(str(error), title="Cannot generate", duration=None, print_exception=False) from None
             return str(result.video), str(result.video), str(result.seed), result.command
 
-        model.change(on_model, inputs=model, outputs=[labels, prompt, context_guidance, init_image, fps_multiplier],
+        model.change(on_model, inputs=model, outputs=[labels, prompt, context_guidance, init_image, fps_multiplier, upscale],
                      api_name=False)
         button.click(on_generate, inputs=[model, labels, prompt, frames, seed, steps, guidance, context_guidance, fps,
-                                          fps_multiplier, init_image],
+                                          fps_multiplier, upscale, init_image],
                      outputs=[video, download, seed_used, command], api_name="generate", concurrency_limit=1)
     return page
 

@@ -72,6 +72,12 @@ class VideoUpsampler(VideoUNet):
     ``low_res_channels``, and it needs ``num_class_embeds > max_noise_level`` (the noise-level
     embedding). ``scale_factor`` is the upsampling factor in pixels (4); the pipeline reads it.
     Temporal options as in :class:`VideoUNet` (no context conditioning).
+
+    ``bicubic_residual_scale`` (pixel space only): when set, the diffused sample is not the
+    high-resolution video but ``scale * (video - bicubic(low-res video))``, the detail bicubic
+    interpolation misses (as SRDiff does); :meth:`sample_from_video` and :meth:`video_from_sample`
+    convert. Where bicubic is already close (smooth content), the model then only has to add
+    detail, and an untrained or unsure model falls back to bicubic instead of to noise.
     """
 
     # VideoUNet.__init__ registers its own options too; an upsampler has no context conditioning.
@@ -89,6 +95,7 @@ class VideoUpsampler(VideoUNet):
         low_res_channels: int = 3,
         max_noise_level: int = DEFAULT_MAX_NOISE_LEVEL,
         scale_factor: int = 4,
+        bicubic_residual_scale: float | None = None,
     ) -> None:
         in_channels, num_levels = unet_config["in_channels"], unet_config.get("num_class_embeds")
         if not 0 < low_res_channels < in_channels:
@@ -98,12 +105,31 @@ class VideoUpsampler(VideoUNet):
                              f"noise level; it has {num_levels}")
         if scale_factor < 1:
             raise ValueError(f"scale_factor must be >= 1, got {scale_factor}")
+        if bicubic_residual_scale is not None and (bicubic_residual_scale <= 0 or 2 * low_res_channels != in_channels):
+            raise ValueError("bicubic_residual_scale must be positive and needs a pixel-space upsampler (as many sample "
+                             f"as low-resolution channels); got {bicubic_residual_scale} with {in_channels} UNet input "
+                             f"channels, {low_res_channels} low-resolution")
         super().__init__(unet_config, temporal_kinds, attention_everywhere, conv_kernel_size, alpha_init, attention_head_dim)
 
     @property
     def sample_channels(self) -> int:
         """Channels of the high-resolution sample (pixels or latents) the model denoises."""
         return self.unet.config.in_channels - self.config.low_res_channels
+
+    def sample_from_video(self, high_res_video: torch.Tensor, low_res_video: torch.Tensor) -> torch.Tensor:
+        """The diffused sample ``(B, T, C, H, W)`` of a high-resolution video given its clean low-resolution one
+        ``(B, T, C, h, w)``: the video itself, or its scaled bicubic residual (``bicubic_residual_scale``)."""
+        scale = self.config.bicubic_residual_scale
+        if scale is None:
+            return high_res_video
+        return scale * (high_res_video - resize_frames(low_res_video.to(high_res_video.dtype), tuple(high_res_video.shape[-2:])))
+
+    def video_from_sample(self, sample: torch.Tensor, low_res_video: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`sample_from_video`: the high-resolution video of a denoised ``sample``."""
+        scale = self.config.bicubic_residual_scale
+        if scale is None:
+            return sample
+        return sample / scale + resize_frames(low_res_video.to(sample.dtype), tuple(sample.shape[-2:]))
 
     def forward(
         self,

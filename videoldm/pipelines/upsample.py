@@ -125,7 +125,8 @@ def upsample_video(
     callback_on_step_end: StepCallback | None = None,
 ) -> torch.Tensor:
     """Sample the high-resolution video ``(B, T, C, *sample_size)`` (pixels, or latents of a latent upsampler)
-    for ``low_res_video`` ``(B, T, c, h, w)`` in [-1, 1].
+    for ``low_res_video`` ``(B, T, c, h, w)`` in [-1, 1] (an upsampler of bicubic residuals adds them to
+    the bicubic upsampling of ``low_res_video``, :meth:`~videoldm.models.upsampler.VideoUpsampler.video_from_sample`).
 
     The low-resolution video is noise-augmented to ``noise_level`` (one noise draw from
     ``generator``), resized to ``sample_size`` once, and every denoising step runs the upsampler
@@ -152,8 +153,9 @@ def upsample_video(
     model = WindowedUpsampler(upsampler, window_frames, window_overlap, tile_size, tile_overlap)
     shape = (batch, num_frames, upsampler.sample_channels, *sample_size)
     start = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    return denoise(model, scheduler, start, inputs, guidance, num_inference_steps=num_inference_steps,
-                   generator=generator, progress_bar=progress_bar, callback_on_step_end=callback_on_step_end)
+    sample = denoise(model, scheduler, start, inputs, guidance, num_inference_steps=num_inference_steps,
+                     generator=generator, progress_bar=progress_bar, callback_on_step_end=callback_on_step_end)
+    return upsampler.video_from_sample(sample, low_res_video.to(dtype))
 
 
 def latent_decoder_scale(vae: torch.nn.Module | None) -> int:

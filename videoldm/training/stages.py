@@ -584,7 +584,8 @@ class UpsamplerStage:
     to ``scale_factor``); its low-resolution input is the patch area-downsampled ``scale_factor``
     times (:func:`~videoldm.models.upsampler.downsample_frames`) and noise-augmented to a level
     drawn per clip from ``0..max_noise_level`` of ``low_res_scheduler``, the level given to the UNet.
-    The denoising target follows ``scheduler`` (the training noise schedule and prediction type).
+    The denoising target follows ``scheduler`` (the training noise schedule and prediction type); the
+    diffused sample is the patch or, with ``bicubic_residual_scale``, its scaled bicubic residual.
     Export: a :class:`~videoldm.pipelines.upsample.VideoUpsamplerPipeline` directory (image phase, or
     video phase without ``pipeline``), or the ``pipeline`` directory (``embedded``: the shipped model)
     with the upsampler as its ``upsampler`` components (video phase).
@@ -600,6 +601,7 @@ class UpsamplerStage:
         low_res_scheduler: dict[str, Any] | None = None,
         max_noise_level: int = DEFAULT_MAX_NOISE_LEVEL,
         scale_factor: int = 4,
+        bicubic_residual_scale: float | None = None,
         patch_size: int = 64,
         pipeline: str | None = None,
     ) -> None:
@@ -617,13 +619,13 @@ class UpsamplerStage:
             channels = model.get("out_channels", 4)
             self.upsampler = VideoUpsampler(unet_config=UNet2DConditionModel(**model).config, **(temporal or {}),
                                             low_res_channels=channels, max_noise_level=max_noise_level,
-                                            scale_factor=scale_factor)
+                                            scale_factor=scale_factor, bicubic_residual_scale=bicubic_residual_scale)
             self.noise_scheduler = DDPMScheduler(**scheduler)
             self.low_res_scheduler = DDPMScheduler(**low_res_scheduler)
         else:
-            if temporal is not None or scheduler is not None or low_res_scheduler is not None:
-                raise RecipeError("the video phase keeps the image phase's temporal options and schedulers; "
-                                  "remove temporal, scheduler and low_res_scheduler")
+            if temporal is not None or scheduler is not None or low_res_scheduler is not None or bicubic_residual_scale:
+                raise RecipeError("the video phase keeps the image phase's temporal options, schedulers and residual "
+                                  "scale; remove temporal, scheduler, low_res_scheduler and bicubic_residual_scale")
             parts = load_components(_require_dir(image_upsampler, "image upsampler"), UPSAMPLER_COMPONENTS,
                                     required=UPSAMPLER_COMPONENTS)
             self.upsampler = parts["upsampler"].freeze_spatial()
@@ -672,7 +674,8 @@ class UpsamplerStage:
             "noise_level": levels,
             "image_only_indicator": torch.full((batch_size, num_frames), self.image_phase, device=high_res.device),
         }
-        loss = denoising_loss(self.objective, self.upsampler, high_res, kwargs, draw_seeds)
+        target = self.upsampler.sample_from_video(high_res, low_res)
+        loss = denoising_loss(self.objective, self.upsampler, target, kwargs, draw_seeds)
         return loss, {"loss": loss.item()}
 
     def export(self, output_dir: Path) -> None:
