@@ -56,6 +56,7 @@ def service(tmp_path_factory) -> VideoService:
     (dict(init_image="/no/such/image.png"), "--init-image"),
     (dict(fps_multiplier=3), "--fps-multiplier 3: expected 1 or one of 4, 16"),
     (dict(fps_multiplier=2.5), "--fps-multiplier 2.5: expected a whole number"),
+    (dict(upscale=2), "--upscale 2: expected 1 or 4"),
 ])
 def test_bad_form_is_refused_before_sampling(service, changes, message, monkeypatch):
     monkeypatch.setattr(VideoService, "_pipeline", lambda *_: pytest.fail("a bad form must not load a model"))

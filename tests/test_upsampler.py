@@ -150,10 +150,10 @@ def test_window_covering_the_video_equals_one_pass():
     assert torch.isfinite(windowed).all() and windowed.shape == one.shape
 
 
-def test_latent_upsampler_pipeline_decodes_with_its_autoencoder(tmp_path):
+def tiny_latent_upscaler_parts() -> tuple[UNet2DConditionModel, AutoencoderKL]:
+    """An SD-x4-upscaler-shaped UNet and autoencoder in miniature: latents of a 4x autoencoder concatenated
+    with RGB pixels at the latent size, text cross-attention, noise-level embedding."""
     torch.manual_seed(0)
-    # An SD-x4-upscaler-shaped pipeline in miniature: latents of a 4x autoencoder concatenated with RGB
-    # pixels at the latent size, text cross-attention, noise-level embedding.
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=7, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -162,6 +162,11 @@ def test_latent_upsampler_pipeline_decodes_with_its_autoencoder(tmp_path):
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8, layers_per_block=1,
                         block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, scaling_factor=0.08333)
+    return unet, vae
+
+
+def test_latent_upsampler_pipeline_decodes_with_its_autoencoder(tmp_path):
+    unet, vae = tiny_latent_upscaler_parts()
     upsampler = VideoUpsampler.from_image_unet(unet, low_res_channels=3, max_noise_level=350, attention_head_dim=8)
     pipe = VideoUpsamplerPipeline(upsampler=upsampler, scheduler=DDIMScheduler(), low_res_scheduler=low_res_scheduler(),
                                   vae=vae, text_encoder=tiny_clip_text_model(), tokenizer=tiny_clip_tokenizer())
@@ -333,3 +338,23 @@ def test_upsampler_recipes_train_the_image_then_the_video_phase(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     video_out = pipe.upsample(torch.zeros(3, 1, 8, 12), num_inference_steps=1, output_type="pt").frames
     assert video_out.shape == (1, 3, 1, 32, 48)  # patch-trained (16 px) weights on whole frames of another size
+
+
+def test_an_sd_x4_upscaler_style_pipeline_inflates_into_a_video_upsampler(tmp_path):
+    from diffusers import StableDiffusionUpscalePipeline
+
+    from videoldm.data.io import read_video, write_video
+
+    unet, vae = tiny_latent_upscaler_parts()
+    StableDiffusionUpscalePipeline(vae=vae, text_encoder=tiny_clip_text_model(), tokenizer=tiny_clip_tokenizer(), unet=unet,
+                                   low_res_scheduler=low_res_scheduler(), scheduler=DDIMScheduler(),
+                                   max_noise_level=350).save_pretrained(tmp_path / "image")
+    assert run_cli(["inflate", "--image-model", str(tmp_path / "image"), "--out", str(tmp_path / "video")]) == 0
+    inflated = VideoUpsamplerPipeline.from_pretrained(tmp_path / "video")
+    assert inflated.upsampler.config.scale_factor == 4 and inflated.upsampler.config.max_noise_level == 350
+    for key, value in unet.state_dict().items():
+        assert torch.equal(inflated.upsampler.unet.state_dict()[key], value)
+    write_video(torch.rand(3, 3, 8, 8) * 2 - 1, tmp_path / "in.mp4", fps=4)
+    assert run_cli(["upsample", "--model", str(tmp_path / "video"), "--video", str(tmp_path / "in.mp4"), "--steps", "1",
+                    "--out", str(tmp_path / "out.mp4")]) == 0
+    assert read_video(tmp_path / "out.mp4").frames.shape == (3, 3, 32, 32)

@@ -692,7 +692,8 @@ def parse_kernel(text: str) -> tuple[int, int, int]:
 
 
 def check_image_model(image_model: Path) -> str:
-    """``"pipeline"`` or ``"unet"``: what ``--image-model`` holds, checked without loading weights."""
+    """``"pipeline"``, ``"upscaler"`` (a Stable-Diffusion-x4-upscaler-style pipeline) or ``"unet"``: what
+    ``--image-model`` holds, checked without loading weights."""
     from .pipelines.directory import PipelineDirectoryError, inspect_pipeline_directory
 
     if not image_model.is_dir():
@@ -702,7 +703,7 @@ def check_image_model(image_model: Path) -> str:
             info = inspect_pipeline_directory(image_model)
         if info.is_video:
             raise UserError(f"--image-model {image_model} is already a video pipeline (its unet is a VideoUNet)")
-        return "pipeline"
+        return "upscaler" if "low_res_scheduler" in info.components else "pipeline"
     if (image_model / "config.json").is_file():
         from .pipelines.directory import check_model_folder
 
@@ -722,7 +723,8 @@ def inflate(
     kernel: str = typer.Option("3,3,3", "--kernel", help="Temporal conv kernel (t,h,w), odd sizes: 3,3,3 (paper) or 3,1,1."),
     attention_everywhere: bool = typer.Option(False, "--attention-everywhere", help="Temporal attention in attention-free blocks too."),
 ) -> None:
-    """Inflate an image LDM into a Video LDM (temporal layers initialised to the identity)."""
+    """Inflate an image LDM into a Video LDM (temporal layers initialised to the identity); an image upscaler
+    pipeline (Stable Diffusion's x4 upscaler layout) into a video upsampler for `videoldm upsample`."""
     options = dict(
         temporal_kinds=parse_temporal_kinds(temporal_kinds),
         conv_kernel_size=parse_kernel(kernel),
@@ -735,9 +737,11 @@ def inflate(
 
     from .data.io import atomic_output
     from .models.unet import VideoUNet
-    from .pipelines import VideoLDMPipeline
+    from .pipelines import VideoLDMPipeline, VideoUpsamplerPipeline
 
-    if kind == "pipeline":
+    if kind == "upscaler":
+        inflated = VideoUpsamplerPipeline.from_image_pipeline(DiffusionPipeline.from_pretrained(image_model), **options)
+    elif kind == "pipeline":
         image_pipe = DiffusionPipeline.from_pretrained(image_model)
         components = {
             name: getattr(image_pipe, name, None)

@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.autoencoder import TemporalDecoder
 from ..models.unet import VideoUNetOutput
-from ..models.upsampler import VideoUpsampler, noise_augment, resize_frames
+from ..models.upsampler import DEFAULT_MAX_NOISE_LEVEL, VideoUpsampler, noise_augment, resize_frames
 from .sampling import Generator, Guidance, StepCallback, denoise
 
 DEFAULT_NOISE_LEVEL = 20  # Stable Diffusion's x4 upscaler default; small: the input is already a clean video
@@ -187,6 +187,23 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(upsampler=upsampler, scheduler=scheduler, low_res_scheduler=low_res_scheduler, vae=vae,
                               text_encoder=text_encoder, tokenizer=tokenizer)
+
+    @classmethod
+    def from_image_pipeline(cls, image_pipe: DiffusionPipeline, **temporal_options: Any) -> "VideoUpsamplerPipeline":
+        """Inflate a Stable-Diffusion-x4-upscaler-style pipeline (``unet`` taking ``[latents, low-res pixels]``,
+        ``vae``, ``low_res_scheduler``, ``scheduler``, text encoder, its ``max_noise_level``).
+
+        The UNet becomes a :class:`VideoUpsampler` with ``temporal_options`` (exact at init: its
+        temporal layers start as the identity); every other component is shared.
+        """
+        vae = image_pipe.vae
+        upsampler = VideoUpsampler.from_image_unet(
+            image_pipe.unet, low_res_channels=image_pipe.unet.config.in_channels - vae.config.latent_channels,
+            max_noise_level=int(image_pipe.config.get("max_noise_level", DEFAULT_MAX_NOISE_LEVEL)),
+            scale_factor=latent_decoder_scale(vae), **temporal_options)
+        return cls(upsampler=upsampler, scheduler=image_pipe.scheduler, low_res_scheduler=image_pipe.low_res_scheduler,
+                   vae=vae, text_encoder=getattr(image_pipe, "text_encoder", None),
+                   tokenizer=getattr(image_pipe, "tokenizer", None))
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Pixel size of the upsampled frames for low-resolution frames of ``height`` x ``width``."""
