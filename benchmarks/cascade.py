@@ -8,7 +8,7 @@ decoding with the temporal decoder (``decode_frames``), and upsampling x4 32x32 
 timed and divided by the frames it outputs; the whole by the final frames. ``--gif`` writes the
 final video next to its key frames (each held for 16 frames, enlarged x4 nearest).
 
-    python benchmarks/cascade.py [--key-frames 4] [--steps 25] [--upsampler-steps 20] [--gif docs/cascade.gif]
+    python benchmarks/cascade.py [--key-frames 4] [--steps 25] [--upsampler-steps 10] [--gif docs/cascade.gif]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--key-frames", type=int, default=4)
     parser.add_argument("--label", type=int, default=3)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--upsampler-steps", type=int, default=20)
+    parser.add_argument("--upsampler-steps", type=int, default=10)
     parser.add_argument("--noise-level", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)

@@ -627,7 +627,7 @@ def upsample(
     out: Path = typer.Option(Path("upsampled.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a new or empty folder for PNG frames."),
     noise_level: int = typer.Option(20, "--noise-level", min=0, help="Noise augmentation of the input (0..the model's maximum, 350 for the embedded one): higher repairs more artefacts and keeps less detail."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory with a video upsampler (default: the embedded digits model)."),
-    steps: int = typer.Option(20, "--steps", min=1, max=MAX_STEPS, help="Denoising steps."),
+    steps: int = typer.Option(10, "--steps", min=1, max=MAX_STEPS, help="Denoising steps."),
     seed: int = SeedOption,
     image_only: bool = typer.Option(False, "--image-only", help="Switch the temporal layers off: the per-frame image upsampler (a baseline)."),
     window: int = typer.Option(16, "--window", min=2, max=MAX_FRAMES, help="Frames per denoised window (windows overlap by 4)."),
