@@ -169,6 +169,13 @@ def test_frame_rate_multiplier_interpolates_and_progress_counts_its_windows(serv
     assert len(reports) == 2 and reports[-1] == (1.0, "window 2/2, step 1/1")  # key frames, then one interpolation window
 
 
+def test_upscale_runs_the_video_upsampler_and_progress_counts_its_steps(service):
+    reports = []
+    result = service.generate(Form(frames=2, steps=1, seed=1, upscale=4), lambda fraction, text: reports.append((fraction, text)))
+    assert read_video(result.video).frames.shape == (2, 3, 128, 128) and "--upscale 4" in result.command
+    assert reports[-1][0] == 1.0 and reports[-1][1].startswith("upsampling, step")
+
+
 def test_only_the_latest_video_is_kept(service):
     first = service.generate(Form(frames=1, steps=1)).video
     second = service.generate(Form(frames=1, steps=1)).video
