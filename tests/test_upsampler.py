@@ -375,3 +375,18 @@ def test_the_shipped_upsampler_beats_bicubic_on_held_out_digits():
     bicubic = (resize_frames(low_res, (128, 128)).clamp(-1, 1) + 1) / 2
     assert made.shape == real.shape
     assert psnr(made, (real + 1) / 2).mean() > psnr(bicubic, (real + 1) / 2).mean() + 0.5
+
+
+def test_upsampler_recipe_needs_the_high_resolution_size_of_video_data(tmp_path):
+    from videoldm.training.recipes import RecipeError
+    from videoldm.training.stages import UpsamplerStage
+
+    model = {"in_channels": 2, "out_channels": 1, "block_out_channels": [8, 16], "down_block_types": ["DownBlock2D"] * 2,
+             "up_block_types": ["UpBlock2D"] * 2, "norm_num_groups": 4, "num_class_embeds": 21}
+    settings = dict(model=model, scheduler={}, low_res_scheduler={}, max_noise_level=20, patch_size=16)
+    with pytest.raises(RecipeError, match="give size"):
+        UpsamplerStage(data={"kind": "folder", "path": str(tmp_path)}, **settings)
+    with pytest.raises(RecipeError, match="latent cache"):
+        UpsamplerStage(data={"kind": "latents", "path": str(tmp_path)}, **settings)
+    with pytest.raises(RecipeError, match="patch_size 16 is larger than the data's 12x12"):
+        UpsamplerStage(data={"kind": "folder", "path": str(tmp_path), "size": 12}, **settings)

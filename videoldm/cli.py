@@ -635,8 +635,6 @@ def upsample(
     fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the input (default: the file's own; 8 for a frame folder); the output keeps it."),
 ) -> None:
     """Upsample a video x4 (same frame count) with the video upsampler; any input size the upsampler's UNet can divide."""
-    from tqdm.auto import tqdm
-
     from .data.io import check_video_output, video_writer
     from .pipelines.upsample import DEFAULT_UPSAMPLER_WINDOW_OVERLAP
 
@@ -663,9 +661,8 @@ def upsample(
     pipe.set_progress_bar_config(leave=False, desc="denoising")
     upsampled = pipe(frames[None], noise_level=noise_level, num_inference_steps=steps, image_only=image_only,
                      window_frames=window, tile_size=tile, generator=torch.Generator().manual_seed(seed))
-    with video_writer(out, fps=input_fps) as write, tqdm(total=len(frames), desc="writing", unit="frame", leave=False) as bar:
+    with video_writer(out, fps=input_fps) as write:
         write(upsampled[0])
-        bar.update(len(frames))
     typer.echo(f"wrote {out} ({len(frames)} frames, {width * scale}x{height * scale}, {input_fps:g} fps)")
 
 

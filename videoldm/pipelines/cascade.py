@@ -22,8 +22,8 @@ from .upsample import DEFAULT_NOISE_LEVEL, DEFAULT_UPSAMPLER_STEPS
 
 UPSCALE_FACTORS = (1, 4)
 FPS_MULTIPLIERS = (1, *sorted(PASSES_PER_FACTOR))
-# Stage names, in cascade order: what keep_stages reports and the progress display shows.
-KEY_FRAMES, INTERPOLATED, UPSAMPLED = "key_frames", "interpolated", "upsampled"
+# The intermediate stages keep_stages reports, in cascade order.
+KEY_FRAMES, INTERPOLATED = "key_frames", "interpolated"
 
 StageCallback = Callable[[str, torch.Tensor], Any]
 
@@ -52,13 +52,11 @@ def count_cascade_steps(
     window_frames: int | None = None,
     context_frames: int = 2,
     num_given: int = 0,
-    steps_per_window: Callable[[int], int] = lambda steps: steps,
 ) -> CascadeSteps:
     """The :class:`CascadeSteps` of one cascade run: ``num_frames`` new key frames in windows of ``window_frames``
     (None: one window) after ``num_given`` given frames, then the interpolation windows and the upsampler's steps.
 
-    ``steps_per_window`` maps a requested step count to the scheduler's own (more for Heun-type
-    schedulers; the identity for the usual multistep and DDIM ones).
+    Counts one scheduler step per requested step (multistep and DDIM schedulers; Heun-type ones take more).
     """
     key_windows = 1 if window_frames is None else len(plan_rollout(num_frames, window_frames, context_frames, num_given))
     interpolation_windows, keys = 0, num_frames + num_given
@@ -66,9 +64,9 @@ def count_cascade_steps(
         interpolation_windows += len(plan_interpolation(keys, DEFAULT_WINDOW_KEY_FRAMES))
         keys = INTERPOLATION_FACTOR * (keys - 1) + 1
     return CascadeSteps(
-        key_frames=key_windows * steps_per_window(num_inference_steps),
-        interpolation=interpolation_windows * steps_per_window(num_inference_steps),
-        upsampling=steps_per_window(upsampler_steps) if upscale > 1 else 0,
+        key_frames=key_windows * num_inference_steps,
+        interpolation=interpolation_windows * num_inference_steps,
+        upsampling=upsampler_steps if upscale > 1 else 0,
     )
 
 

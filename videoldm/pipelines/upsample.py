@@ -26,7 +26,7 @@ from .sampling import Generator, Guidance, StepCallback, denoise
 DEFAULT_NOISE_LEVEL = 20  # Stable Diffusion's x4 upscaler default; small: the input is already a clean video
 DEFAULT_UPSAMPLER_WINDOW_FRAMES = 16
 DEFAULT_UPSAMPLER_WINDOW_OVERLAP = 4
-DEFAULT_UPSAMPLER_STEPS = 10  # measured: as good as 20 on held-out digits (benchmarks/upsampler.py), half the time
+DEFAULT_UPSAMPLER_STEPS = 10  # on 8 held-out digit videos the image upsampler scored 33.18 dB at 10 steps, 33.14 at 20
 
 
 def plan_pieces(length: int, size: int | None, overlap: int) -> list[slice]:

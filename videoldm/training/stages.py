@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from ..data.build import DataError, build_source
 from ..data.latents import CachedLatents
-from ..data.moving_digits import MovingDigitsVideos
+from ..data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
 from ..embedded import embedded_model_dir
 from ..models.autoencoder import TemporalDecoder
 from ..models.conditioning import LabelEncoder
@@ -571,6 +571,18 @@ class InterpolationStage(VideoStage):
         pipe.save_pretrained(output_dir)
 
 
+def _high_resolution_size(data: dict[str, Any]) -> tuple[int, int]:
+    """``(height, width)`` of the high-resolution frames an upsampler recipe's ``data:`` gives: the digits'
+    ``canvas_size``, or a video source's ``size`` (which it must give: there is no model to take it from)."""
+    kind = data.get("kind", "digits")
+    if kind == "latents":
+        raise RecipeError("data: the upsampler trains on pixel videos, not on a latent cache")
+    size = data.get("canvas_size", MovingDigitsConfig.canvas_size) if kind == "digits" else data.get("size")
+    if size is None:
+        raise RecipeError("data: give size ([height, width] or one number), the high-resolution frame size to train on")
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 class UpsamplerStage:
     """Video upsampler (Sec. 3.4) in pixel space, trained on patches of high-resolution clips, in two phases.
 
@@ -636,12 +648,10 @@ class UpsamplerStage:
             self.pipeline_dir = embedded_model_dir() if pipeline == EMBEDDED_MODEL else _require_dir(pipeline, "pipeline")
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.patch_size, self.scale_factor = patch_size, self.upsampler.config.scale_factor
-        channels = self.upsampler.config.low_res_channels
-        size = data.get("canvas_size", data.get("size", patch_size))
-        self.source = build_source(data, height=size, width=size, channels=channels)
-        frames = self.source[0]["video"]
-        if min(frames.shape[-2:]) < patch_size:
-            raise RecipeError(f"patch_size {patch_size} is larger than the data's {frames.shape[-1]}x{frames.shape[-2]} frames")
+        height, width = _high_resolution_size(data)
+        if min(height, width) < patch_size:
+            raise RecipeError(f"patch_size {patch_size} is larger than the data's {width}x{height} frames")
+        self.source = build_source(data, height=height, width=width, channels=self.upsampler.config.low_res_channels)
 
     def dataset(self) -> Dataset:
         return self.source
