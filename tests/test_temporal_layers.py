@@ -7,6 +7,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from videoldm.models import temporal
 from videoldm.models.temporal import FrameContext, TemporalAttention, conv_video, sinusoidal_embedding
 
 
@@ -47,3 +48,31 @@ def test_temporal_attention_equals_per_position_form():
         output = layer(hidden, FrameContext(frames, encoder_hidden_states=states))
         torch.testing.assert_close(output, _reference_forward(layer, hidden, states, frames), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(output, layer(hidden, FrameContext(frames)), atol=1e-3)  # the conditioning matters
+
+
+def test_temporal_attention_in_chunks_of_sequences_equals_one_call(monkeypatch):
+    """One position per sequence: at full resolution there are more sequences than CUDA's grid allows."""
+    torch.manual_seed(0)
+    batch, frames, channels, size = 2, 4, 16, 3
+    layer = TemporalAttention(channels, head_dim=8, cross_attention_dim=12).eval()
+    for parameter in layer.parameters():
+        nn.init.normal_(parameter, std=0.3)
+    hidden = torch.randn(batch * frames, channels, size, size)
+    states = torch.randn(batch, 4, 12)
+    with torch.no_grad():
+        whole = layer(hidden, FrameContext(frames, encoder_hidden_states=states))
+        sequences_per_call = []
+        attention = temporal.F.scaled_dot_product_attention
+
+        def counted(query, key, value):
+            sequences_per_call.append(query.shape[0])
+            return attention(query, key, value)
+
+        monkeypatch.setattr(temporal.F, "scaled_dot_product_attention", counted)
+        monkeypatch.setattr(temporal, "MAX_ATTENTION_SEQUENCES", 5)  # 18 self-attention sequences, 2 cross
+        chunked = layer(hidden, FrameContext(frames, encoder_hidden_states=states))
+        assert sequences_per_call == [5, 5, 5, 3, 2]
+        monkeypatch.setattr(temporal, "MAX_ATTENTION_SEQUENCES", 1)  # cross-attention chunked too
+        one_by_one = layer(hidden, FrameContext(frames, encoder_hidden_states=states))
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(one_by_one, whole, atol=1e-6, rtol=1e-6)

@@ -33,6 +33,9 @@ from torch import nn
 
 from .context import ContextFeatures, ContextProjection
 
+# The most sequences one scaled_dot_product_attention call takes (a CUDA grid axis limit).
+MAX_ATTENTION_SEQUENCES = 65535
+
 
 @dataclass
 class FrameContext:
@@ -148,7 +151,11 @@ class TemporalAttention(nn.Module):
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         heads = self.num_heads
         query, key, value = (rearrange(x, "n s (h d) -> n h s d", h=heads) for x in (query, key, value))
-        out = F.scaled_dot_product_attention(query, key, value)
+        # CUDA's attention kernels put the sequence count on a grid axis of at most 65535 blocks
+        # ("CUDA error: invalid argument" beyond), and temporal self-attention has one sequence per
+        # pixel: 16 clips of 64x64 are already 65536. Chunks of sequences are independent.
+        out = torch.cat([F.scaled_dot_product_attention(*chunk) for chunk in
+                         zip(*(x.split(MAX_ATTENTION_SEQUENCES) for x in (query, key, value)))])
         return rearrange(out, "n h s d -> n s (h d)")
 
     def forward(
