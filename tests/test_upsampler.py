@@ -250,6 +250,42 @@ def test_generate_upscale_and_keep_stages(tmp_path):
     assert read_video(stages / "interpolated.mp4").frames.shape == (9, 3, 16, 16)
 
 
+def test_generate_passes_the_upscale_steps_and_noise_level(tmp_path, monkeypatch):
+    from videoldm.pipelines import VideoUpsamplerPipeline
+
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    calls, upsample = [], VideoUpsamplerPipeline.__call__
+
+    def recorded(self, *args, **kwargs):
+        calls.append((kwargs["noise_level"], kwargs["num_inference_steps"]))
+        return upsample(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoUpsamplerPipeline, "__call__", recorded)
+    assert run_cli(["generate", "--model", str(tmp_path / "model"), "--frames", "2", "--steps", "1", "--upscale", "4",
+                    "--upscale-steps", "2", "--upscale-noise-level", "5", "--out", str(tmp_path / "up.mp4")]) == 0
+    assert calls == [(5, 2)]
+
+
+def test_generate_upscale_defaults_are_the_upsampler_pipeline_defaults():
+    from videoldm.cli import GenerateOptions
+    from videoldm.pipelines.upsample import DEFAULT_NOISE_LEVEL, DEFAULT_UPSAMPLER_STEPS
+
+    assert (GenerateOptions.upscale_steps, GenerateOptions.upscale_noise_level) == (DEFAULT_UPSAMPLER_STEPS, DEFAULT_NOISE_LEVEL)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--upscale-steps", "3"], "--upscale-steps: only with --upscale 4"),
+    (["--upscale-noise-level", "3"], "--upscale-noise-level: only with --upscale 4"),
+    (["--upscale", "4", "--upscale-noise-level", "21"], "--upscale-noise-level 21: expected 0..20"),
+])
+def test_generate_refuses_bad_upscale_options(tmp_path, capsys, args, message):
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    out = tmp_path / "o.mp4"
+    assert run_cli(["generate", "--model", str(tmp_path / "model"), "--frames", "2", "--out", str(out)] + args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_upsample_command_keeps_frames_and_rate(tmp_path):
     from videoldm.data.io import read_video, write_video
 

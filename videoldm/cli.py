@@ -211,6 +211,10 @@ class GenerateOptions:
     fps: float = 8.0
     fps_multiplier: int = 1
     upscale: int = 1
+    # The video upsampler pipeline's defaults (DEFAULT_UPSAMPLER_STEPS, DEFAULT_NOISE_LEVEL; a test keeps
+    # them equal), written here because this module imports no network code before a command runs.
+    upscale_steps: int = 10
+    upscale_noise_level: int = 20
     keep_stages: Optional[Path] = None
     decoder: str = "video"
     image_only: bool = False
@@ -254,6 +258,8 @@ GENERATE_BOUNDS = {
     "fps": (0.1, MAX_FPS),
     "context_frames": (0, MAX_CONTEXT_FRAMES),
     "window": (2, MAX_FRAMES),
+    "upscale_steps": (1, MAX_STEPS),
+    "upscale_noise_level": (0, MAX_STEPS),  # a DDPM level; the model's own maximum is checked once it is inspected
 }
 FINITE_OPTIONS = ("guidance", "context_guidance", "fps")
 
@@ -336,7 +342,8 @@ class GenerationPlan:
         num_given = 0 if self.given is None else len(self.given)
         return count_cascade_steps(
             options.frames - (1 if options.init_image is not None else 0), fps_multiplier=options.fps_multiplier,
-            upscale=options.upscale, num_inference_steps=options.steps, window_frames=self.window_frames,
+            upscale=options.upscale, num_inference_steps=options.steps, upsampler_steps=options.upscale_steps,
+            window_frames=self.window_frames,
             context_frames=options.context_frames, num_given=num_given)
 
     def pipeline_arguments(self) -> dict[str, Any]:
@@ -395,6 +402,13 @@ def check_fps_multiplier(info: PipelineInfo, options: GenerateOptions) -> None:
         raise UserError(f"{option}: the video would run at {options.fps * multiplier:g} fps; at most {MAX_FPS:g}")
 
 
+def check_noise_level(info: PipelineInfo, noise_level: int, option: str) -> None:
+    """A noise augmentation level the upsampler of ``info`` was trained with (0..its ``max_noise_level``)."""
+    highest = info.configs["upsampler"]["max_noise_level"]
+    if not 0 <= noise_level <= highest:
+        raise UserError(f"{option} {noise_level}: expected 0..{highest} for model {info.path}")
+
+
 def check_upscale(info: PipelineInfo, options: GenerateOptions) -> None:
     """``--upscale`` 1, or 4 with a model that has a video upsampler; ``--keep-stages`` only with a stage to keep."""
     if options.upscale not in (1, 4):
@@ -402,6 +416,12 @@ def check_upscale(info: PipelineInfo, options: GenerateOptions) -> None:
     if options.upscale > 1 and not info.has_upsampler:
         raise UserError(f"{GENERATE_OPTION_NAMES['upscale']} {options.upscale}: model {info.path} has no video upsampler "
                         "(train one: videoldm train digits_upsampler)")
+    if options.upscale == 1:
+        for name in ("upscale_steps", "upscale_noise_level"):
+            if getattr(options, name) != getattr(GenerateOptions, name):
+                raise UserError(f"{GENERATE_OPTION_NAMES[name]}: only with {GENERATE_OPTION_NAMES['upscale']} 4")
+    else:
+        check_noise_level(info, options.upscale_noise_level, GENERATE_OPTION_NAMES["upscale_noise_level"])
     if options.upscale > 1 and options.continue_video is not None:
         raise UserError(f"{GENERATE_OPTION_NAMES['upscale']} {options.upscale}: not with --continue "
                         "(upsample the continued video with videoldm upsample)")
@@ -477,6 +497,7 @@ def write_generation(
 
     made = pipe.cascade_frames(**plan.pipeline_arguments(), callback_on_step_end=on_step,
                                fps_multiplier=options.fps_multiplier, upscale=options.upscale,
+                               upsampler_steps=options.upscale_steps, noise_level=options.upscale_noise_level,
                                on_stage=keep if options.keep_stages is not None else None)
     with video_writer(out, fps=output_fps) as write:
         for piece in made:
@@ -498,6 +519,8 @@ def generate(
     fps: float = FpsOption,
     fps_multiplier: int = _generate_option("fps_multiplier", help="4 or 16: raise the frame rate with the pipeline's interpolation model (FRAMES key frames give MULTIPLIER*(FRAMES-1)+1; context guidance 2)."),
     upscale: int = _generate_option("upscale", help="4: upsample the decoded video x4 with the pipeline's video upsampler (1: no upsampling)."),
+    upscale_steps: int = _generate_option("upscale_steps", help="With --upscale 4: the video upsampler's denoising steps."),
+    upscale_noise_level: int = _generate_option("upscale_noise_level", help="With --upscale 4: noise augmentation of the upsampler's input (0..the model's maximum, 350 for the embedded one)."),
     keep_stages: Optional[Path] = _generate_option("keep_stages", help="A new or empty folder: also write the intermediate videos there (key_frames.mp4, interpolated.mp4)."),
     decoder: str = _generate_option("decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
     image_only: bool = _generate_option("image_only", help="Sample the image model frame by frame (alpha = 1)."),
@@ -512,7 +535,8 @@ def generate(
 
     plan = plan_generation(GenerateOptions(
         model=model, frames=frames, steps=steps, seed=seed, guidance=guidance, prompt=prompt, labels=tuple(label or ()),
-        fps=fps, fps_multiplier=fps_multiplier, upscale=upscale, keep_stages=keep_stages, decoder=decoder,
+        fps=fps, fps_multiplier=fps_multiplier, upscale=upscale, upscale_steps=upscale_steps,
+        upscale_noise_level=upscale_noise_level, keep_stages=keep_stages, decoder=decoder,
         image_only=image_only, context_guidance=context_guidance, context_frames=context_frames, window=window,
         init_image=init_image, continue_video=continue_video), out)
     pipe = load_pipeline(plan.info)
@@ -625,9 +649,9 @@ def load_upsampler(info):
 def upsample(
     video: Path = typer.Option(..., "--video", "-i", help="Input video (a file FFmpeg reads, or a folder of PNG/JPG frames)."),
     out: Path = typer.Option(Path("upsampled.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a new or empty folder for PNG frames."),
-    noise_level: int = typer.Option(20, "--noise-level", min=0, help="Noise augmentation of the input (0..the model's maximum, 350 for the embedded one): higher repairs more artefacts and keeps less detail."),
+    noise_level: int = typer.Option(GenerateOptions.upscale_noise_level, "--noise-level", min=0, help="Noise augmentation of the input (0..the model's maximum, 350 for the embedded one): higher repairs more artefacts and keeps less detail."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory with a video upsampler (default: the embedded digits model)."),
-    steps: int = typer.Option(10, "--steps", min=1, max=MAX_STEPS, help="Denoising steps."),
+    steps: int = typer.Option(GenerateOptions.upscale_steps, "--steps", min=1, max=MAX_STEPS, help="Denoising steps."),
     seed: int = SeedOption,
     image_only: bool = typer.Option(False, "--image-only", help="Switch the temporal layers off: the per-frame image upsampler (a baseline)."),
     window: int = typer.Option(16, "--window", min=2, max=MAX_FRAMES, help="Frames per denoised window (windows overlap by 4)."),
@@ -642,8 +666,7 @@ def upsample(
         check_video_output(out)
     info = inspect_upsampler(model)
     upsampler = info.configs["upsampler"]
-    if noise_level > upsampler["max_noise_level"]:
-        raise UserError(f"--noise-level {noise_level}: expected 0..{upsampler['max_noise_level']} for model {info.path}")
+    check_noise_level(info, noise_level, "--noise-level")
     scale = int(upsampler["scale_factor"])
     latent_cell = 2 ** (len(info.configs["vae"]["block_out_channels"]) - 1) if "vae" in info.components and not info.has_upsampler else 1
     multiple = max(1, 2 ** (len(upsampler["unet_config"]["block_out_channels"]) - 1) * latent_cell // scale)
