@@ -163,7 +163,7 @@ def test_encode_caches_latents_resumably_and_training_reads_them(tiny_text_pipel
     recipe["data"] = {"kind": "latents", "path": str(cache)}
     trainer = build_trainer(recipe)
     batch = next(iter(trainer.batches(0, 1)))
-    assert set(batch) == {"latents", "encoder_hidden_states", "draw_seed"}
+    assert set(batch) == {"latents", "encoder_hidden_states", "draw_seed", "skipped_files"}
     assert trainer.train().step == 1
 
 
@@ -256,3 +256,30 @@ def test_encode_webdataset_shards(tiny_text_pipeline, shards, tmp_path, capsys):
     assert "data: skipped 4 bad file(s): 1 empty file, 1 too short, 2 unreadable" in out
     latents = CachedLatents(cache)
     assert latents[1]["encoder_hidden_states"].shape == (16, 16)
+
+
+def test_files_skipped_inside_data_loader_workers_are_counted_once(tiny_text_pipeline, tmp_path):
+    """A file that fails only while decoded is skipped by whichever workers reach it; the trainer's
+    count comes from the workers' reports, each file once."""
+    import warnings
+
+    from conftest import real_video
+
+    from videoldm.data.io import read_video, write_video
+    from videoldm.data.sources import DataWarning
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    frames = read_video(real_video("carphone_pristine.mp4"), num_frames=60).frames
+    whole = write_video(frames, folder / "good.mp4", fps=30).read_bytes()
+    (folder / "cut.mp4").write_bytes(whole[: len(whole) // 4])  # the header (first) promises 60 frames
+    recipe = tiny_sd_recipe(tiny_text_pipeline, {"kind": "folder", "path": str(folder)}, tmp_path / "run", steps=4)
+    recipe["train"]["num_workers"] = 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        trainer = build_trainer(recipe)
+        assert not trainer.source.skipped  # the header is fine: nothing is skipped before decoding
+        trainer.train()
+    assert not trainer.source.skipped  # this process decoded nothing: the workers did
+    assert trainer.skipped == Counter({"truncated": 1})
+    assert list(trainer.skipped_files) == [str(folder / "cut.mp4")]

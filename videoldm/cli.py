@@ -832,7 +832,7 @@ def train(
     if trainer.is_main:
         losses = ", ".join(f"{key} {value:.4f}" for key, value in result.logs.items())
         typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
-        summary = skipped_summary(getattr(trainer.stage, "source", None))
+        summary = skipped_summary(trainer)
         if summary:
             typer.echo(f"data: {summary}")
 

@@ -128,7 +128,8 @@ def fit_frames(frames: torch.Tensor, clip: ClipFormat, generator: torch.Generato
 
 
 def skipped_summary(source: Any) -> str | None:
-    """One line counting the files ``source`` skipped, by reason; None if it skipped none."""
+    """One line counting the files ``source`` skipped (its ``skipped``, a Counter of reasons; a trainer's
+    covers every data-loader worker and process), by reason; None if it skipped none."""
     skipped: Counter = getattr(source, "skipped", Counter())
     if not skipped:
         return None
@@ -137,11 +138,12 @@ def skipped_summary(source: Any) -> str | None:
 
 
 class _SkipCounter:
-    """``skipped`` (a Counter of reasons) and the warning that names each skipped file once."""
+    """``skipped`` (a Counter of reasons), ``skipped_files`` (name -> reason, every file skipped in this
+    process) and the warning that names each skipped file once."""
 
     def _init_skips(self) -> None:
         self.skipped: Counter = Counter()
-        self._skipped_files: set[str] = set()
+        self.skipped_files: dict[str, str] = {}
         self._skip_lock = threading.Lock()  # files are checked in threads
 
     def __getstate__(self) -> dict[str, Any]:
@@ -153,9 +155,9 @@ class _SkipCounter:
 
     def _skip(self, name: str, reason: str, detail: str | None = None) -> None:
         with self._skip_lock:
-            if name in self._skipped_files:
+            if name in self.skipped_files:
                 return
-            self._skipped_files.add(name)
+            self.skipped_files[name] = reason
             self.skipped[reason] += 1
         warnings.warn(f"skipping {name}: {reason}" + (f" ({detail})" if detail else ""), DataWarning, stacklevel=3)
 

@@ -18,17 +18,19 @@ the same noise, and a resumed run continues exactly: the data position is the st
 
 from __future__ import annotations
 
+import os
 import signal
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, Sampler
+from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..data.sources import draw_seed, worker_init
 
 DRAW_SEED = "draw_seed"
+SKIPPED_FILES = "skipped_files"
 _SEED_MODULUS = 2**63 - 1  # torch.Generator.manual_seed's range
 
 
@@ -115,11 +117,42 @@ def _as_float32(value: Any) -> Any:
     return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
+class WorkerSkips:
+    """The files a data-loader worker's copy of ``source`` skipped since its last report (name -> reason).
+
+    A worker decodes with its own copy of the source, so what it skips (a file that fails only while
+    its frames are decoded) never reaches the trainer's copy; every sample carries its worker's new
+    skips under ``"skipped_files"`` instead. In the trainer's own process (no workers) it reports
+    nothing: the trainer reads that source directly.
+    """
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._process: int | None = None
+        self._reported: set[str] = set()
+
+    def begin(self) -> None:
+        """Call before each sample: a new worker process starts from what its parent had already seen."""
+        if self._process != os.getpid():
+            self._process = os.getpid()
+            self._reported = set(getattr(self.source, "skipped_files", {}))
+
+    def new(self) -> dict[str, str]:
+        """The skips since the last call (empty outside workers)."""
+        files = getattr(self.source, "skipped_files", None)
+        if not files or get_worker_info() is None or len(files) == len(self._reported):
+            return {}
+        fresh = {name: reason for name, reason in files.items() if name not in self._reported}
+        self._reported.update(fresh)
+        return fresh
+
+
 class DrawDataset(Dataset):
     """Map-style view of a source by draw number: item ``n`` is the sample of draw ``n``.
 
     The item index and every random choice of the source come from ``draw_seed(seed, n)``;
-    the sample gets a ``"draw_seed"`` entry for the stage's own per-sample randomness.
+    the sample gets a ``"draw_seed"`` entry for the stage's own per-sample randomness and a
+    ``"skipped_files"`` one (:class:`WorkerSkips`).
     """
 
     def __init__(self, source: Dataset, seed: int) -> None:
@@ -128,6 +161,7 @@ class DrawDataset(Dataset):
         self.source = source
         self.seed = seed
         self._sample = getattr(source, "sample", None)
+        self.skips = WorkerSkips(source)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -136,8 +170,10 @@ class DrawDataset(Dataset):
         seed = draw_seed(self.seed, draw)
         generator = torch.Generator().manual_seed(seed)
         index = int(torch.randint(0, len(self.source), (1,), generator=generator))
+        self.skips.begin()
         sample = self._sample(index, generator) if self._sample is not None else self.source[index]
-        return {**{key: _as_float32(value) for key, value in sample.items()}, DRAW_SEED: torch.tensor(seed)}
+        return {**{key: _as_float32(value) for key, value in sample.items()}, DRAW_SEED: torch.tensor(seed),
+                SKIPPED_FILES: self.skips.new()}
 
 
 class RankStream(IterableDataset):
@@ -148,15 +184,18 @@ class RankStream(IterableDataset):
         self.seed = seed
         self.start = start
         self.keep = keep
+        self.skips = WorkerSkips(source)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.skips.begin()
         for draw, sample in self.source.stream(self.seed, self.start, self.keep):
             if self.keep(draw):
-                yield {**{key: _as_float32(value) for key, value in sample.items()}, DRAW_SEED: torch.tensor(draw_seed(self.seed, draw))}
+                yield {**{key: _as_float32(value) for key, value in sample.items()},
+                       DRAW_SEED: torch.tensor(draw_seed(self.seed, draw)), SKIPPED_FILES: self.skips.new()}
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors ``(B, ...)``; strings (captions) become a list of str."""
+    """Stack tensors ``(B, ...)``; other values (captions, skipped files) become a list."""
     return {
         key: torch.stack([sample[key] for sample in samples]) if isinstance(samples[0][key], torch.Tensor)
         else [sample[key] for sample in samples]

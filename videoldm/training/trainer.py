@@ -27,6 +27,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -37,14 +38,15 @@ from typing import Any, Iterable, Protocol
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
-from accelerate.utils import send_to_device
+from accelerate.utils import gather_object, send_to_device
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data.cache import FramesOfVideos, build_cache
-from .draws import DrawDataset, GlobalDrawBatches, RankStream, collate, init_data_worker, micro_batch_size, rank_draws
+from .draws import (SKIPPED_FILES, DrawDataset, GlobalDrawBatches, RankStream, collate, init_data_worker,
+                    micro_batch_size, rank_draws)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 PARTIAL_SUFFIX = ".partial"
@@ -295,6 +297,18 @@ class Trainer:
         if not self.streaming:
             self.draws = DrawDataset(dataset, settings.seed)
         self.step = 0
+        self.worker_skipped_files: dict[str, str] = {}
+
+    @property
+    def skipped_files(self) -> dict[str, str]:
+        """The files the data source skipped so far (name -> reason): in this process and its data-loader
+        workers, and after :meth:`train` in every process."""
+        return {**getattr(self.source, "skipped_files", {}), **self.worker_skipped_files}
+
+    @property
+    def skipped(self) -> Counter:
+        """:attr:`skipped_files` counted by reason (what :func:`~videoldm.data.sources.skipped_summary` reads)."""
+        return Counter(self.skipped_files.values())
 
     @property
     def is_main(self) -> bool:
@@ -492,10 +506,9 @@ class Trainer:
                     raise TrainingInterrupted(signum, self.step, checkpoint)
                 if out_of_time:
                     break
-        skipped = getattr(self.source, "skipped", None)  # as far as this process has seen
-        if skipped:
-            counts = skipped.items() if hasattr(skipped, "items") else [("unusable", len(skipped))]
-            self.accelerator.print("skipped bad files: " + ", ".join(f"{count} {reason}" for reason, count in counts))
+        if self.world_size > 1:
+            for files in gather_object([self.skipped_files]):  # waits for every process
+                self.worker_skipped_files.update(files)
         if self.step >= settings.steps or out_of_time:
             self.export()
         return TrainResult(step=self.step, logs=logs, seconds=time.perf_counter() - started)
@@ -510,7 +523,10 @@ class Trainer:
         totals: dict[str, float] = {}
         diverged = False
         for micro in range(accumulation):
-            batch = send_to_device(next(micro_batches), self.device)
+            batch = next(micro_batches)
+            for files in batch.pop(SKIPPED_FILES, ()):
+                self.worker_skipped_files.update(files)
+            batch = send_to_device(batch, self.device)
             with ExitStack() as no_sync:
                 if micro < accumulation - 1:
                     for module in modules:
