@@ -36,14 +36,19 @@ def _reference_forward(layer: TemporalAttention, hidden: torch.Tensor, states: t
     return hidden + rearrange(x, "(b h w) t c -> (b t) c h w", h=height, w=width)
 
 
-def test_temporal_attention_equals_per_position_form():
+def random_attention_layer(batch: int, frames: int) -> tuple[TemporalAttention, torch.Tensor, torch.Tensor]:
+    """A TemporalAttention (16 channels, 2 heads, cross-attention) with random weights, its input
+    ``(batch * frames, 16, 3, 3)`` and conditioning ``(batch, 4, 12)``."""
     torch.manual_seed(0)
-    batch, frames, channels, size = 2, 5, 16, 3
-    layer = TemporalAttention(channels, head_dim=8, cross_attention_dim=12).eval()
+    layer = TemporalAttention(16, head_dim=8, cross_attention_dim=12).eval()
     for parameter in layer.parameters():
         nn.init.normal_(parameter, std=0.3)
-    hidden = torch.randn(batch * frames, channels, size, size)
-    states = torch.randn(batch, 4, 12)
+    return layer, torch.randn(batch * frames, 16, 3, 3), torch.randn(batch, 4, 12)
+
+
+def test_temporal_attention_equals_per_position_form():
+    frames = 5
+    layer, hidden, states = random_attention_layer(2, frames)
     with torch.no_grad():
         output = layer(hidden, FrameContext(frames, encoder_hidden_states=states))
         torch.testing.assert_close(output, _reference_forward(layer, hidden, states, frames), atol=1e-5, rtol=1e-5)
@@ -52,13 +57,8 @@ def test_temporal_attention_equals_per_position_form():
 
 def test_temporal_attention_in_chunks_of_sequences_equals_one_call(monkeypatch):
     """One position per sequence: at full resolution there are more sequences than CUDA's grid allows."""
-    torch.manual_seed(0)
-    batch, frames, channels, size = 2, 4, 16, 3
-    layer = TemporalAttention(channels, head_dim=8, cross_attention_dim=12).eval()
-    for parameter in layer.parameters():
-        nn.init.normal_(parameter, std=0.3)
-    hidden = torch.randn(batch * frames, channels, size, size)
-    states = torch.randn(batch, 4, 12)
+    frames = 4
+    layer, hidden, states = random_attention_layer(2, frames)
     with torch.no_grad():
         whole = layer(hidden, FrameContext(frames, encoder_hidden_states=states))
         sequences_per_call = []
