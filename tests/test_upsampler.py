@@ -266,6 +266,16 @@ def test_generate_passes_the_upscale_steps_and_noise_level(tmp_path, monkeypatch
     assert calls == [(5, 2)]
 
 
+def test_upsampler_pipeline_refuses_a_video_ldm_directory_and_the_cascade_gives_it(tmp_path):
+    from videoldm.pipelines import CascadePipeline, VideoUpsamplerPipeline
+
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match="upsampler_pipeline"):
+        VideoUpsamplerPipeline.from_pretrained(tmp_path / "model")
+    upsampler_pipe = CascadePipeline.from_pretrained(tmp_path / "model").upsampler_pipeline()
+    assert upsampler_pipe.vae is None and upsampler_pipe.upsampler.config.low_res_channels == 3
+
+
 def test_generate_upscale_defaults_are_the_upsampler_pipeline_defaults():
     from videoldm.cli import GenerateOptions
     from videoldm.pipelines.upsample import DEFAULT_NOISE_LEVEL, DEFAULT_UPSAMPLER_STEPS

@@ -10,7 +10,9 @@ so the result has no seams and memory is bounded by the piece size, not by the v
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -187,6 +189,16 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(upsampler=upsampler, scheduler=scheduler, low_res_scheduler=low_res_scheduler, vae=vae,
                               text_encoder=text_encoder, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "VideoUpsamplerPipeline":
+        """:meth:`DiffusionPipeline.from_pretrained`, refusing a Video LDM pipeline directory that holds an
+        upsampler: loaded by name, its ``scheduler`` and ``vae`` would be the key-frame model's."""
+        index = Path(pretrained_model_name_or_path) / "model_index.json"
+        if index.is_file() and "upsampler_scheduler" in json.loads(index.read_text()):
+            raise ValueError(f"{pretrained_model_name_or_path} is a Video LDM pipeline with an upsampler: load its "
+                             "upsampler with CascadePipeline.from_pretrained(path).upsampler_pipeline()")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_image_pipeline(cls, image_pipe: DiffusionPipeline, **temporal_options: Any) -> "VideoUpsamplerPipeline":
