@@ -195,6 +195,7 @@ def test_image_sources_give_frames_of_videos_or_images(video_folder, tmp_path):
     frames, _ = _build(lambda: build_source({"kind": "folder", "path": str(video_folder)}, height=8, width=8, channels=1,
                                             images=True))
     assert isinstance(frames, FramesAsImages) and frames.skipped["unreadable"] == 2
+    assert Counter(frames.skipped_files.values()) == frames.skipped  # what the trainer's summary counts
     assert frames.sample(0, torch.Generator().manual_seed(0))["image"].shape == (1, 8, 8)
     Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / "red.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
@@ -260,6 +261,9 @@ def test_image_stages_train_on_images_or_frames_of_videos(kind, video_folder, tm
     assert not trainer.stage.frames_only
     assert next(iter(trainer.batches(0, 1)))["image"].shape == (4, 1, 32, 32)  # the autoencoder's grey 32x32 frames
     assert trainer.train().step == 1
+    if kind == "folder":
+        # the end-of-run summary sees the image source's skips (a 3-frame video is long enough for frames)
+        assert trainer.skipped == trainer.source.skipped == Counter({"unreadable": 2, "empty file": 1})
 
 
 def test_a_file_truncated_after_its_header_is_skipped_when_decoded(video_folder, tmp_path):

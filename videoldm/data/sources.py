@@ -343,6 +343,10 @@ class FramesAsImages(Dataset):
     def skipped(self) -> Counter:
         return self.videos.skipped
 
+    @property
+    def skipped_files(self) -> dict[str, str]:
+        return self.videos.skipped_files
+
     def __len__(self) -> int:
         return len(self.videos)
 
