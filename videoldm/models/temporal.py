@@ -154,8 +154,11 @@ class TemporalAttention(nn.Module):
         # CUDA's attention kernels put the sequence count on a grid axis of at most 65535 blocks
         # ("CUDA error: invalid argument" beyond), and temporal self-attention has one sequence per
         # pixel: 16 clips of 64x64 are already 65536. Chunks of sequences are independent.
-        out = torch.cat([F.scaled_dot_product_attention(*chunk) for chunk in
-                         zip(*(x.split(MAX_ATTENTION_SEQUENCES) for x in (query, key, value)))])
+        if query.shape[0] <= MAX_ATTENTION_SEQUENCES:
+            out = F.scaled_dot_product_attention(query, key, value)  # no copy through cat in the usual case
+        else:
+            out = torch.cat([F.scaled_dot_product_attention(*chunk) for chunk in
+                             zip(*(x.split(MAX_ATTENTION_SEQUENCES) for x in (query, key, value)))])
         return rearrange(out, "n h s d -> n s (h d)")
 
     def forward(
