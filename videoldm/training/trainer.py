@@ -297,13 +297,14 @@ class Trainer:
         if not self.streaming:
             self.draws = DrawDataset(dataset, settings.seed)
         self.step = 0
-        self.worker_skipped_files: dict[str, str] = {}
+        # skips reported by data-loader workers (with each batch) and by the other processes (at the end)
+        self._reported_skipped_files: dict[str, str] = {}
 
     @property
     def skipped_files(self) -> dict[str, str]:
         """The files the data source skipped so far (name -> reason): in this process and its data-loader
         workers, and after :meth:`train` in every process."""
-        return {**getattr(self.source, "skipped_files", {}), **self.worker_skipped_files}
+        return {**getattr(self.source, "skipped_files", {}), **self._reported_skipped_files}
 
     @property
     def skipped(self) -> Counter:
@@ -508,7 +509,7 @@ class Trainer:
                     break
         if self.world_size > 1:
             for files in gather_object([self.skipped_files]):  # waits for every process
-                self.worker_skipped_files.update(files)
+                self._reported_skipped_files.update(files)
         if self.step >= settings.steps or out_of_time:
             self.export()
         return TrainResult(step=self.step, logs=logs, seconds=time.perf_counter() - started)
@@ -525,7 +526,7 @@ class Trainer:
         for micro in range(accumulation):
             batch = next(micro_batches)
             for files in batch.pop(SKIPPED_FILES, ()):
-                self.worker_skipped_files.update(files)
+                self._reported_skipped_files.update(files)
             batch = send_to_device(batch, self.device)
             with ExitStack() as no_sync:
                 if micro < accumulation - 1:
