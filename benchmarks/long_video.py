@@ -57,6 +57,7 @@ from videoldm.embedded import embedded_model_dir
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 16
 CROP = 14
+ROW_KEYS = ("s2", "s2-guided", "s1", "s0", "one")
 
 
 @dataclass
@@ -216,6 +217,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
     parser.add_argument("--cost-only", action="store_true", help="only the s/frame and peak RSS table")
+    parser.add_argument("--rows", nargs="*", choices=ROW_KEYS, default=list(ROW_KEYS),
+                        help="generated rows to run (default: all); the real row is always measured")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -231,11 +234,13 @@ def main() -> None:
     labels = torch.arange(args.seeds) % 10
     pipe = VideoLDMPipeline.from_pretrained(args.model or embedded_model_dir(), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    rows = [Row("rollout S=2, context guidance 1", WINDOW, 2),
-            Row(f"rollout S=2, context guidance {args.context_guidance:g}", WINDOW, 2, args.context_guidance),
-            Row("rollout S=1 (last frame only)", WINDOW, 1),
-            Row("independent windows (S=0)", WINDOW, 0),
-            Row("one window of all frames", args.frames, 0)]
+    rows = {"s2": Row("rollout S=2, context guidance 1", WINDOW, 2),
+            "s2-guided": Row(f"rollout S=2, context guidance {args.context_guidance:g}", WINDOW, 2,
+                             args.context_guidance),
+            "s1": Row("rollout S=1 (last frame only)", WINDOW, 1),
+            "s0": Row("independent windows (S=0)", WINDOW, 0),
+            "one": Row("one window of all frames", args.frames, 0)}
+    rows = [rows[key] for key in ROW_KEYS if key in args.rows]
     if not pipe.unet.has_context_conditioning:
         rows = [row for row in rows if row.context_frames == 0]
 

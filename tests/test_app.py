@@ -56,6 +56,9 @@ def service(tmp_path_factory) -> VideoService:
     (dict(init_image="/no/such/image.png"), "--init-image"),
     (dict(fps_multiplier=3), "--fps-multiplier 3: expected 1 or one of 4, 16"),
     (dict(fps_multiplier=2.5), "--fps-multiplier 2.5: expected a whole number"),
+    (dict(upscale=4, upscale_steps=11), "--upscale-steps 11: this server takes at most 10"),
+    (dict(upscale=4, upscale_steps=None), "--upscale-steps None: expected a whole number"),
+    (dict(upscale=4, upscale_noise_level=351), "--upscale-noise-level 351"),
     (dict(upscale=2), "--upscale 2: expected 1 or 4"),
 ])
 def test_bad_form_is_refused_before_sampling(service, changes, message, monkeypatch):
@@ -175,6 +178,17 @@ def test_upscale_runs_the_video_upsampler_and_progress_counts_its_steps(service)
     result = service.generate(Form(frames=2, steps=1, seed=1, upscale=4), lambda fraction, text: reports.append((fraction, text)))
     assert read_video(result.video).frames.shape == (2, 3, 128, 128) and "--upscale 4" in result.command
     assert reports[-1][0] == 1.0 and reports[-1][1].startswith("upsampling, step")
+
+
+def test_upscale_steps_and_noise_level_reach_the_upsampler_only_with_upscale_4(service):
+    quick = Form(frames=2, steps=1, seed=1)
+    options = service.options(replace(quick, upscale=4, upscale_steps=3, upscale_noise_level=40))
+    assert (options.upscale_steps, options.upscale_noise_level) == (3, 40)
+    assert "--upscale-steps 3 --upscale-noise-level 40" in options.command_line(Path("v.mp4"))
+    # left on the page while Upscale is 1: not passed on (the command line would refuse them)
+    options = service.options(replace(quick, upscale=1, upscale_steps=3, upscale_noise_level=40))
+    assert (options.upscale_steps, options.upscale_noise_level) == (GenerateOptions.upscale_steps,
+                                                                    GenerateOptions.upscale_noise_level)
 
 
 def test_only_the_latest_video_is_kept(service):

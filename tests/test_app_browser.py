@@ -113,11 +113,12 @@ def test_hostile_inputs_show_a_message_and_the_server_keeps_serving(server, brow
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="not in the list of choices"):
-        Client(url, verbose=False).predict("/etc", "", "", 2, 0, 1, 2.0, 1.0, 8.0, 1, 1, None, api_name="/generate")
+        Client(url, verbose=False).predict("/etc", "", "", 2, 0, 1, 2.0, 1.0, 8.0, 1, 1, 10, 20, None, api_name="/generate")
     too_big = tmp_path / "big.png"
     too_big.write_bytes(b"\0" * (11 << 20))
     with pytest.raises(Exception, match="(?i)too large|size"):
-        Client(url, verbose=False).predict(EMBEDDED_MODEL_NAME, "", "", 2, 0, 1, 2.0, 1.0, 8.0, 1, 1, handle_file(too_big),
+        Client(url, verbose=False).predict(EMBEDDED_MODEL_NAME, "", "", 2, 0, 1, 2.0, 1.0, 8.0, 1, 1, 10, 20,
+                                           handle_file(too_big),
                                            api_name="/generate")
     # Files outside the server's own directory are not served.
     with pytest.raises(urllib.error.HTTPError):

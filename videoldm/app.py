@@ -64,6 +64,8 @@ class Form:
     fps: Optional[float] = _DEFAULTS.fps
     fps_multiplier: Optional[float] = _DEFAULTS.fps_multiplier
     upscale: Optional[float] = _DEFAULTS.upscale
+    upscale_steps: Optional[float] = _DEFAULTS.upscale_steps
+    upscale_noise_level: Optional[float] = _DEFAULTS.upscale_noise_level
     init_image: Optional[str] = None
 
 
@@ -136,12 +138,21 @@ class VideoService:
         elif seed < 0:
             raise UserError(f"--seed {seed}: expected 0..{MAX_SEED}, or {RANDOM_SEED} for a random seed")
         model = None if form.model == EMBEDDED_MODEL_NAME else self.models[form.model].path
+        upscale = _whole_number(form.upscale, "--upscale")
+        # The page keeps the upsampler's fields when Upscale is 1; the command line refuses them there.
+        upscale_steps, upscale_noise_level = _DEFAULTS.upscale_steps, _DEFAULTS.upscale_noise_level
+        if upscale != 1:
+            upscale_steps = _whole_number(form.upscale_steps, "--upscale-steps")
+            if upscale_steps > self.limits.max_steps:
+                raise UserError(f"--upscale-steps {upscale_steps}: this server takes at most {self.limits.max_steps} "
+                                f"steps (videoldm serve --max-steps)")
+            upscale_noise_level = _whole_number(form.upscale_noise_level, "--upscale-noise-level")
         return GenerateOptions(
             model=model, frames=frames, steps=steps, seed=seed, guidance=_number(form.guidance, "--guidance"),
             prompt=form.prompt.strip() or None, labels=parse_labels(form.labels),
             fps=_number(form.fps, "--fps"), context_guidance=_number(form.context_guidance, "--context-guidance"),
             fps_multiplier=_whole_number(form.fps_multiplier, "--fps-multiplier"),
-            upscale=_whole_number(form.upscale, "--upscale"),
+            upscale=upscale, upscale_steps=upscale_steps, upscale_noise_level=upscale_noise_level,
             init_image=Path(form.init_image) if form.init_image else None,
         )
 
@@ -191,7 +202,8 @@ def visible_fields(info: PipelineInfo) -> dict[str, bool]:
     context guidance and init image."""
     return {"labels": info.conditioning == "label", "prompt": info.conditioning == "text",
             "context_guidance": info.has_context_conditioning, "init_image": info.has_context_conditioning,
-            "fps_multiplier": info.frame_rate_regimes > 0, "upscale": info.has_upsampler}
+            "fps_multiplier": info.frame_rate_regimes > 0, "upscale": info.has_upsampler,
+            "upscale_steps": info.has_upsampler, "upscale_noise_level": info.has_upsampler}
 
 
 PAGE_CSS = "video { image-rendering: pixelated; }"  # small models make small videos: show big pixels
@@ -232,6 +244,14 @@ def build_page(service: VideoService) -> gradio.Blocks:
                     upscale = gr.Dropdown([1, 4], value=_DEFAULTS.upscale, label="Upscale",
                                           info="--upscale: the video upsampler, x4 the size", elem_id="upscale",
                                           visible=shown["upscale"])
+                with gr.Row():
+                    upscale_steps = gr.Number(_DEFAULTS.upscale_steps, precision=0, label="Upscale steps",
+                                              info=f"--upscale-steps, 1..{limits.max_steps}; with Upscale 4",
+                                              elem_id="upscale_steps", visible=shown["upscale_steps"])
+                    upscale_noise_level = gr.Number(_DEFAULTS.upscale_noise_level, precision=0,
+                                                    label="Upscale noise level", elem_id="upscale_noise_level",
+                                                    info="--upscale-noise-level: higher repairs more artefacts, keeps "
+                                                    "less detail; with Upscale 4", visible=shown["upscale_noise_level"])
                 init_image = gr.File(label=f"Init image: frame 0 (--init-image; the model's size, at most "
                                      f"{limits.max_upload_mb} MB)", file_types=["image"], elem_id="init_image",
                                      visible=shown["init_image"], height=150)
@@ -244,30 +264,36 @@ def build_page(service: VideoService) -> gradio.Blocks:
                 command = gr.Textbox(label="The same video from the command line (run it where the init image is)",
                                      interactive=False, buttons=["copy"], elem_id="command")
 
+        shown_by_model = {"labels": labels, "prompt": prompt, "context_guidance": context_guidance,
+                          "init_image": init_image, "fps_multiplier": fps_multiplier, "upscale": upscale,
+                          "upscale_steps": upscale_steps, "upscale_noise_level": upscale_noise_level}
+
         def on_model(name: str) -> list[Any]:
             if name not in service.models:
                 raise gr.Error("model: not one this server offers", print_exception=False)
             visible = visible_fields(service.models[name])
             return [gr.update(visible=visible[field])
-                    for field in ("labels", "prompt", "context_guidance", "init_image", "fps_multiplier", "upscale")]
+                    for field in shown_by_model]
 
         def on_generate(model: str, labels: str, prompt: str, frames: Optional[float], seed: Optional[float],
                         steps: Optional[float], guidance: Optional[float], context_guidance: Optional[float],
                         fps: Optional[float], fps_multiplier: Optional[float], upscale: Optional[float],
+                        upscale_steps: Optional[float], upscale_noise_level: Optional[float],
                         init_image: Optional[str], progress: gr.Progress = gr.Progress()) -> tuple[str, str, str, str]:
             form = Form(model=model, labels=labels or "", prompt=prompt or "", frames=frames, seed=seed, steps=steps,
                         guidance=guidance, context_guidance=context_guidance, fps=fps, fps_multiplier=fps_multiplier,
-                        upscale=upscale, init_image=init_image)
+                        upscale=upscale, upscale_steps=upscale_steps, upscale_noise_level=upscale_noise_level,
+                        init_image=init_image)
             try:
                 result = service.generate(form, lambda fraction, text: progress(fraction, desc=text))
             except UserError as error:
                 raise gr.Error(str(error), title="Cannot generate", duration=None, print_exception=False) from None
             return str(result.video), str(result.video), str(result.seed), result.command
 
-        model.change(on_model, inputs=model, outputs=[labels, prompt, context_guidance, init_image, fps_multiplier, upscale],
+        model.change(on_model, inputs=model, outputs=list(shown_by_model.values()),
                      api_name=False)
         button.click(on_generate, inputs=[model, labels, prompt, frames, seed, steps, guidance, context_guidance, fps,
-                                          fps_multiplier, upscale, init_image],
+                                          fps_multiplier, upscale, upscale_steps, upscale_noise_level, init_image],
                      outputs=[video, download, seed_used, command], api_name="generate", concurrency_limit=1)
     return page
 
