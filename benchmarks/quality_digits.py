@@ -31,7 +31,10 @@ Columns:
   [-1, 1], grey repeated to RGB) against the real row: only with ``--fvd-clips N > 0`` (first N
   clips of each set); on two CPU cores it costs ~1.9 s per clip, so it is off by default.
 
-    python benchmarks/quality_digits.py [--num-videos 256] [--steps 25] [--batch 16] [--seed 0] [--fvd-clips 256]
+``--steps 25 15 10`` adds a Video LDM row sampled with each further step count (same labels and
+seeds): what fewer sampler steps cost in quality.
+
+    python benchmarks/quality_digits.py [--num-videos 256] [--steps 25 [15 ...]] [--batch 16] [--seed 0] [--fvd-clips 256]
 """
 
 from __future__ import annotations
@@ -197,7 +200,9 @@ def tile(videos: torch.Tensor, scale: int = 3) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-videos", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, nargs="+", default=[25],
+                        help="sampler steps; more than one value adds a Video LDM row per further value "
+                        "(the fewer-steps trade-off); the image LDM row and the GIFs use the first")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -221,9 +226,10 @@ def main() -> None:
 
     pipe = VideoLDMPipeline.from_pretrained(embedded_model_dir(), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    common = dict(steps=args.steps, batch=args.batch, seed=args.seed, cache_dir=args.cache_dir)
-    image_latents, image_time = generated_latents(pipe, labels, image_only=True, **common)
-    video_latents, video_time = generated_latents(pipe, labels, image_only=False, **common)
+    common = dict(batch=args.batch, seed=args.seed, cache_dir=args.cache_dir)
+    main_steps, *other_steps = args.steps
+    image_latents, image_time = generated_latents(pipe, labels, image_only=True, steps=main_steps, **common)
+    video_latents, video_time = generated_latents(pipe, labels, image_only=False, steps=main_steps, **common)
     has_temporal_decoder = isinstance(pipe.vae, TemporalDecoder)
     image = decoded(pipe, image_latents, "image")
     video = decoded(pipe, video_latents, "video")
@@ -235,7 +241,11 @@ def main() -> None:
     rows = [("real held-out", real, None), ("image LDM per frame (alpha=1), image decoder", image, image_time)]
     if has_temporal_decoder:
         rows.append(("Video LDM, image decoder", decoded(pipe, video_latents, "image"), video_time))
-    rows.append((f"Video LDM, {'temporal' if has_temporal_decoder else 'image'} decoder", video, video_time))
+    video_row = f"Video LDM, {'temporal' if has_temporal_decoder else 'image'} decoder"
+    rows.append((video_row, video, video_time))
+    for steps in other_steps:
+        latents, seconds = generated_latents(pipe, labels, image_only=False, steps=steps, **common)
+        rows.append((f"{video_row}, {steps} steps", decoded(pipe, latents, "video"), seconds))
     fvd: dict[str, str] = {}
     if args.fvd_clips > 0:
         accumulator = FVDAccumulator(batch_size=8)
@@ -251,7 +261,8 @@ def main() -> None:
 
     print()
     print(f"Embedded moving-digits model, {args.num_videos} single-digit videos per row x {NUM_FRAMES} frames "
-          f"(32x32), labels cycling 0..9, {args.steps} DDIM-style steps, guidance {GUIDANCE}, seed {args.seed}, "
+          f"(32x32), labels cycling 0..9, {main_steps} steps of the pipeline's scheduler "
+          f"({type(pipe.scheduler).__name__}) unless a row says otherwise, guidance {GUIDANCE}, seed {args.seed}, "
           f"{torch.get_num_threads()} CPU threads.")
     print()
     fvd_header = f"FVD, {min(args.fvd_clips, args.num_videos)} clips" if fvd else "FVD"
