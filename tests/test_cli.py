@@ -74,3 +74,26 @@ def test_bad_input_is_one_line_and_exit_2(args, message, monkeypatch, capsys):
     stderr = capsys.readouterr().err
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in stderr
+
+
+def test_load_pipeline_leaves_out_the_stages_a_command_will_not_run(monkeypatch, tmp_path):
+    from videoldm import cli
+
+    info = cli.inspect_model(None)
+    light = cli.load_pipeline(info, interpolation=False, upsampling=False)
+    assert light.interpolator is None and light.upsampler is None and light.low_res_scheduler is None
+    assert light.unet is not None and light.vae is not None
+    with pytest.raises(ValueError, match="no video upsampler"):
+        light.check_cascade_options(1, 4)
+    full = cli.load_pipeline(info)
+    assert full.interpolator is not None and full.upsampler is not None
+
+    asked = []
+    monkeypatch.setattr(cli, "write_generation", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli, "load_pipeline", lambda info, **stages: asked.append(stages) or full)
+    for options in (["--fps-multiplier", "4"], ["--upscale", "4"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["generate", "--out", str(tmp_path / "v.mp4"), *options])
+        assert exit_info.value.code in (0, None)
+    assert asked == [dict(interpolation=True, upsampling=False), dict(interpolation=False, upsampling=True),
+                     dict(interpolation=False, upsampling=False)]

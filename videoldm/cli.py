@@ -182,14 +182,25 @@ def check_steps(info, steps: int) -> None:
         raise UserError(f"--steps {steps}: the model's scheduler has {info.num_train_timesteps} timesteps")
 
 
-def load_pipeline(info):
-    """Load the (already inspected) pipeline of ``info`` in float32, as a :class:`~videoldm.pipelines.CascadePipeline`."""
+# The components only the interpolation and upsampling stages use.
+INTERPOLATION_COMPONENTS = ("interpolator",)
+UPSAMPLING_COMPONENTS = ("upsampler", "upsampler_scheduler", "low_res_scheduler")
+
+
+def load_pipeline(info, *, interpolation: bool = True, upsampling: bool = True):
+    """Load the (already inspected) pipeline of ``info`` in float32, as a :class:`~videoldm.pipelines.CascadePipeline`.
+
+    ``interpolation=False`` / ``upsampling=False`` leave those stages' models out (None): a command that
+    will not run them does not pay their loading time and memory.
+    """
     import torch
 
     from .pipelines import CascadePipeline
 
+    left_out = (() if interpolation else INTERPOLATION_COMPONENTS) + (() if upsampling else UPSAMPLING_COMPONENTS)
     # Weights may be stored in half precision (the embedded model is); CPUs compute in float32.
-    return CascadePipeline.from_pretrained(info.path, dtype=torch.float32)
+    return CascadePipeline.from_pretrained(info.path, dtype=torch.float32,
+                                           **{name: None for name in left_out if name in info.components})
 
 
 # ------------------------------------------------------------------------------------ generate
@@ -539,7 +550,7 @@ def generate(
         upscale_noise_level=upscale_noise_level, keep_stages=keep_stages, decoder=decoder,
         image_only=image_only, context_guidance=context_guidance, context_frames=context_frames, window=window,
         init_image=init_image, continue_video=continue_video), out)
-    pipe = load_pipeline(plan.info)
+    pipe = load_pipeline(plan.info, interpolation=plan.options.fps_multiplier > 1, upsampling=plan.options.upscale > 1)
     # One display for every stage: the denoising steps of key frames, interpolation and upsampling.
     pipe.set_progress_bar_config(disable=True)
     with tqdm(total=plan.cascade_steps().total, desc="denoising", unit="step", leave=False) as bar:
@@ -602,7 +613,7 @@ def interpolate(
 
     import torch
 
-    pipe = load_pipeline(info)
+    pipe = load_pipeline(info, upsampling=False)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
     latents = pipe.interpolate(
         keys, factor, prompt=prompt, labels=[label] if label else None, num_inference_steps=steps,
@@ -1022,7 +1033,7 @@ def evaluate(
     with plain_warnings():
         generated = None
         if info is not None:
-            pipe = load_pipeline(info)
+            pipe = load_pipeline(info, interpolation=False, upsampling=False)
             fake_paths = generate_videos(pipe, fake, generate, num_frames=num_frames, steps=steps, seed=seed,
                                          guidance=guidance, labels=label, prompt=prompt, batch_size=batch_size, fps=fps)
             cycled = "0, 1, ... cycled" if info.conditioning == "label" else None
