@@ -128,12 +128,12 @@ def test_caption_dropout_replaces_captions_by_the_empty_one(tiny_text_pipeline, 
     captions = ["a red car", "a blue bird"]
     encoded = encode_prompts(stage.text_encoder, stage.tokenizer, captions, "cpu")
     empty = encode_prompts(stage.text_encoder, stage.tokenizer, [""], "cpu")
-    stage.caption_dropout = 0.0
-    assert torch.equal(stage._caption_states({"caption": captions}, 2, draw_seeds=torch.tensor([5, 6])), encoded)
-    stage.caption_dropout = 1.0
-    assert torch.equal(stage._caption_states({"caption": captions}, 2, draw_seeds=torch.tensor([5, 6])), empty.expand(2, -1, -1))
-    stage.caption_dropout = 1.0
-    assert torch.equal(stage._caption_states({"encoder_hidden_states": encoded}, 2, draw_seeds=torch.tensor([5, 6])), empty.expand(2, -1, -1))
+    stage.captions.dropout = 0.0
+    assert torch.equal(stage.captions({"caption": captions}, 2, draw_seeds=torch.tensor([5, 6])), encoded)
+    stage.captions.dropout = 1.0
+    assert torch.equal(stage.captions({"caption": captions}, 2, draw_seeds=torch.tensor([5, 6])), empty.expand(2, -1, -1))
+    stage.captions.dropout = 1.0
+    assert torch.equal(stage.captions({"encoder_hidden_states": encoded}, 2, draw_seeds=torch.tensor([5, 6])), empty.expand(2, -1, -1))
 
 
 def test_encode_caches_latents_resumably_and_training_reads_them(tiny_text_pipeline, captions_csv, tmp_path, capsys):

@@ -313,6 +313,8 @@ def test_upsample_command_keeps_frames_and_rate(tmp_path):
     (["--noise-level", "21"], "--noise-level 21: expected 0..20"),
     (["--window", "3"], "--window 3"),
     (["--video", "missing.mp4"], "missing.mp4"),
+    (["--prompt", "a digit"], "--prompt: the upsampler of"),
+    (["--guidance", "3"], "--guidance: the upsampler of"),
 ])
 def test_upsample_command_refuses_bad_input(tmp_path, capsys, args, message):
     from videoldm.data.io import write_video
@@ -436,3 +438,51 @@ def test_upsampler_recipe_needs_the_high_resolution_size_of_video_data(tmp_path)
         UpsamplerStage(data={"kind": "latents", "path": str(tmp_path)}, **settings)
     with pytest.raises(RecipeError, match="patch_size 16 is larger than the data's 12x12"):
         UpsamplerStage(data={"kind": "folder", "path": str(tmp_path), "size": 12}, **settings)
+
+
+def test_a_latent_upsampler_trains_its_temporal_layers_on_captioned_real_videos(video_folder, tmp_path):
+    """configs/sd_x4_video_upsampler.yaml in miniature: an SD-x4-upscaler-style pipeline inflated by the
+    command line, its video phase trained in latent space on real clips with captions, then `upsample --prompt`."""
+    import csv
+
+    from diffusers import StableDiffusionUpscalePipeline
+
+    from conftest import GOOD_VIDEOS
+    from videoldm.data.io import read_video, write_video
+    from videoldm.training.recipes import RECIPES_DIR, RecipeError, load_recipe
+    from videoldm.training.stages import build_trainer
+
+    unet, vae = tiny_latent_upscaler_parts()
+    StableDiffusionUpscalePipeline(vae=vae, text_encoder=tiny_clip_text_model(), tokenizer=tiny_clip_tokenizer(), unet=unet,
+                                   low_res_scheduler=low_res_scheduler(), scheduler=DDIMScheduler(),
+                                   max_noise_level=350).save_pretrained(tmp_path / "image")
+    assert run_cli(["inflate", "--image-model", str(tmp_path / "image"), "--out", str(tmp_path / "video")]) == 0
+    table = tmp_path / "clips.csv"
+    with table.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "caption"], *[[str(video_folder / name), f"clip {name}"] for name in GOOD_VIDEOS]])
+
+    recipe = load_recipe(RECIPES_DIR / "sd_x4_video_upsampler.yaml")
+    recipe.update(image_upsampler=str(tmp_path / "video"), output_dir=str(tmp_path / "run"), patch_size=16)
+    recipe["data"].update(path=str(table), size=[32, 32], num_frames=3)
+    recipe["train"].update(steps=2, batch_size=2, checkpoint_every=2, warmup_steps=0, num_workers=0, mixed_precision="no")
+    trainer = build_trainer(recipe)
+    stage = trainer.stage
+    assert stage.vae is not None and stage.captions is not None and stage.scale_factor == 4
+    before = {k: v.clone() for k, v in stage.upsampler.state_dict().items()}
+    trainer.train()
+    after = stage.upsampler.state_dict()
+    changed = {key.split(".")[0] for key in before if not torch.equal(before[key], after[key])}
+    assert changed == {"temporal"}  # spatial weights frozen, temporal layers trained
+
+    trained = VideoUpsamplerPipeline.from_pretrained(tmp_path / "run" / "final")
+    assert trained.vae is not None and trained.text_encoder is not None
+    for key, value in unet.state_dict().items():
+        assert torch.equal(trained.upsampler.unet.state_dict()[key], value)
+    write_video(torch.rand(3, 3, 8, 8) * 2 - 1, tmp_path / "in.mp4", fps=4)
+    assert run_cli(["upsample", "--model", str(tmp_path / "run" / "final"), "--video", str(tmp_path / "in.mp4"),
+                    "--steps", "1", "--prompt", "a clip", "--guidance", "2", "--out", str(tmp_path / "out.mp4")]) == 0
+    assert read_video(tmp_path / "out.mp4").frames.shape == (3, 3, 32, 32)
+
+    recipe.update(pipeline="embedded", output_dir=str(tmp_path / "again"))
+    with pytest.raises(RecipeError, match="latent-space upsampler exports as its own"):
+        build_trainer(recipe)

@@ -668,6 +668,8 @@ def upsample(
     window: int = typer.Option(16, "--window", min=2, max=MAX_FRAMES, help="Frames per denoised window (windows overlap by 4)."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Also cut frames into overlapping square tiles of this many output pixels (bounds memory on large frames)."),
     fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the input (default: the file's own; 8 for a frame folder); the output keeps it."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the video shows, for an upsampler with a text encoder (Stable Diffusion's x4 upscaler, inflated); default: the empty caption."),
+    guidance: float = typer.Option(1.0, "--guidance", "-g", min=0.0, callback=_finite, help="Classifier-free guidance scale of the prompt, for an upsampler with a text encoder (1: none)."),
 ) -> None:
     """Upsample a video x4 (same frame count) with the video upsampler; any input size the upsampler's UNet can divide."""
     from .data.io import check_video_output, video_writer
@@ -678,6 +680,10 @@ def upsample(
     info = inspect_upsampler(model)
     upsampler = info.configs["upsampler"]
     check_noise_level(info, noise_level, "--noise-level")
+    if "text_encoder" not in info.components:
+        for option, value, default in (("--prompt", prompt, None), ("--guidance", guidance, 1.0)):
+            if value != default:
+                raise UserError(f"{option}: the upsampler of {info.path} has no text encoder; it takes no prompt")
     scale = int(upsampler["scale_factor"])
     latent_cell = 2 ** (len(info.configs["vae"]["block_out_channels"]) - 1) if "vae" in info.components and not info.has_upsampler else 1
     multiple = max(1, 2 ** (len(upsampler["unet_config"]["block_out_channels"]) - 1) * latent_cell // scale)
@@ -694,7 +700,8 @@ def upsample(
     pipe = load_upsampler(info)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
     upsampled = pipe(frames[None], noise_level=noise_level, num_inference_steps=steps, image_only=image_only,
-                     window_frames=window, tile_size=tile, generator=torch.Generator().manual_seed(seed))
+                     window_frames=window, tile_size=tile, generator=torch.Generator().manual_seed(seed),
+                     prompt=prompt, guidance_scale=guidance)
     with video_writer(out, fps=input_fps) as write:
         write(upsampled[0])
     typer.echo(f"wrote {out} ({len(frames)} frames, {width * scale}x{height * scale}, {input_fps:g} fps)")

@@ -35,7 +35,7 @@ from ..models.upsampler import DEFAULT_MAX_NOISE_LEVEL, VideoUpsampler, downsamp
 from ..pipelines.components import frame_format, load_components
 from ..pipelines.directory import UPSAMPLER_COMPONENTS
 from ..pipelines.text_to_video import VideoLDMPipeline, encode_prompts
-from ..pipelines.upsample import VideoUpsamplerPipeline
+from ..pipelines.upsample import VideoUpsamplerPipeline, latent_decoder_scale
 from .decoder_losses import DecoderFinetuneObjective
 from .draws import DRAW_SEED, rand_per_sample, randint_per_sample, randn_per_sample, sample_generators
 from .objective import DiffusionObjective
@@ -82,6 +82,42 @@ def denoising_loss(
     timesteps = randint_per_sample(draw_seeds, "timestep", num_train_timesteps, latents.device)
     noise = randn_per_sample(draw_seeds, "noise", latents.shape[1:], latents.device, latents.dtype)
     return objective.loss(model, latents, model_kwargs, timesteps=timesteps, noise=noise)
+
+
+def encode_frames(vae: AutoencoderKL | TemporalDecoder, pixels: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
+    """Frames ``(B*T, C, H, W)`` of ``B`` draws -> posterior-sampled scaled latents ``(B*T, c, h, w)``.
+
+    The frozen image encoder (a :class:`TemporalDecoder`'s encoder is its image autoencoder's);
+    latents are ``(z - shift_factor) * scaling_factor``; the posterior noise comes from each draw.
+    """
+    image_vae = vae.vae if isinstance(vae, TemporalDecoder) else vae
+    with torch.no_grad():
+        posterior = image_vae.encode(pixels.to(image_vae.dtype)).latent_dist
+        latents = posterior_sample(posterior, draw_seeds).float()
+    return (latents - (image_vae.config.shift_factor or 0.0)) * image_vae.config.scaling_factor
+
+
+class CaptionConditioning:
+    """Text conditioning of a training batch through a frozen text encoder: the batch's captions (or
+    their cached embeddings), each replaced by the empty caption with probability ``dropout`` (for
+    classifier-free guidance; data without captions trains the unconditional model)."""
+
+    def __init__(self, text_encoder: torch.nn.Module, tokenizer: Any, dropout: float) -> None:
+        self.text_encoder, self.tokenizer, self.dropout = text_encoder, tokenizer, dropout
+        self._empty_states: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any], batch_size: int, draw_seeds: torch.Tensor) -> torch.Tensor:
+        """``(B, L, D)`` encoder states of the batch's ``caption`` list or ``encoder_hidden_states`` ``(B, L, D)``."""
+        device = self.text_encoder.device
+        keep = rand_per_sample(draw_seeds, "caption_dropout", torch.device("cpu")) >= self.dropout
+        if "encoder_hidden_states" in batch:
+            if self._empty_states is None:
+                self._empty_states = encode_prompts(self.text_encoder, self.tokenizer, [""], device)
+            states = batch["encoder_hidden_states"].to(device, self._empty_states.dtype)
+            return torch.where(keep.to(device)[:, None, None], states, self._empty_states)
+        captions = batch.get("caption") or [""] * batch_size
+        return encode_prompts(self.text_encoder, self.tokenizer, [c if k else "" for c, k in zip(captions, keep)], device)
 
 
 class _DataStage:
@@ -141,18 +177,6 @@ class _LatentStage(_DataStage):
 
     label_dropout: float
 
-    def _encode(self, pixels: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
-        """Frames ``(B*T, C, H, W)`` of ``B`` draws -> posterior-sampled scaled latents ``(B*T, c, h, w)``.
-
-        The frozen image encoder (a :class:`TemporalDecoder`'s encoder is its image autoencoder's);
-        latents are ``(z - shift_factor) * scaling_factor``; the posterior noise comes from each draw.
-        """
-        image_vae = self.vae.vae if isinstance(self.vae, TemporalDecoder) else self.vae
-        with torch.no_grad():
-            posterior = image_vae.encode(pixels.to(image_vae.dtype)).latent_dist
-            latents = posterior_sample(posterior, draw_seeds).float()
-        return (latents - (image_vae.config.shift_factor or 0.0)) * image_vae.config.scaling_factor
-
     def _conditioning(self, labels: torch.Tensor | None, batch_size: int, draw_seeds: torch.Tensor) -> torch.Tensor:
         if labels is None:  # data without labels: the null label (the unconditional model)
             return self.label_encoder(self.label_encoder.null_labels(batch_size, self.label_encoder.device))
@@ -200,7 +224,7 @@ class ImageLDMStage(_LatentStage):
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         draw_seeds = batch[DRAW_SEED]
-        latents = self._encode(batch["image"], draw_seeds)
+        latents = encode_frames(self.vae, batch["image"], draw_seeds)
         context = self._conditioning(batch.get("labels"), len(latents), draw_seeds)
         loss = denoising_loss(self.objective, _ImageAsVideo(self.unet), latents[:, None],
                               {"encoder_hidden_states": context}, draw_seeds)
@@ -277,10 +301,10 @@ class VideoStage(_LatentStage):
         self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
-        self.caption_dropout = caption_dropout
+        self.captions = (None if self.text_encoder is None
+                         else CaptionConditioning(self.text_encoder, self.tokenizer, caption_dropout))
         self._use_data(data, dict(self.vae.config), dict(self.unet.config))
         self._check_latent_source()
-        self._empty_caption_states: torch.Tensor | None = None
 
     def _check_latent_source(self) -> None:
         if not isinstance(self.source, CachedLatents):
@@ -303,19 +327,6 @@ class VideoStage(_LatentStage):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.unet.temporal_parameters())
 
-    @torch.no_grad()
-    def _caption_states(self, batch: dict[str, Any], batch_size: int, draw_seeds: torch.Tensor) -> torch.Tensor:
-        """Text conditioning ``(B, L, D)``: captions (or cached embeddings), each dropped to "" with ``caption_dropout``."""
-        device = self.text_encoder.device
-        keep = rand_per_sample(draw_seeds, "caption_dropout", torch.device("cpu")) >= self.caption_dropout
-        if "encoder_hidden_states" in batch:
-            if self._empty_caption_states is None:
-                self._empty_caption_states = encode_prompts(self.text_encoder, self.tokenizer, [""], device)
-            states = batch["encoder_hidden_states"].to(device, self._empty_caption_states.dtype)
-            return torch.where(keep.to(device)[:, None, None], states, self._empty_caption_states)
-        captions = batch.get("caption") or [""] * batch_size
-        return encode_prompts(self.text_encoder, self.tokenizer, [c if k else "" for c, k in zip(captions, keep)], device)
-
     def _extra_inputs(self, latents: torch.Tensor, draw_seeds: torch.Tensor) -> dict[str, Any]:
         """More VideoUNet inputs for the stage's loss (none here; the prediction stage's context frames)."""
         return {}
@@ -330,9 +341,9 @@ class VideoStage(_LatentStage):
             latents = self._select_frames(batch["latents"], draw_seeds)
         else:
             video = self._select_frames(batch["video"], draw_seeds)
-            latents = self._encode(video.flatten(0, 1), draw_seeds).unflatten(0, video.shape[:2])
-        if self.text_encoder is not None:
-            context = self._caption_states(batch, len(latents), draw_seeds)
+            latents = encode_frames(self.vae, video.flatten(0, 1), draw_seeds).unflatten(0, video.shape[:2])
+        if self.captions is not None:
+            context = self.captions(batch, len(latents), draw_seeds)
         elif self.label_encoder is not None:
             context = self._conditioning(batch.get("labels"), len(latents), draw_seeds)
         else:
@@ -584,7 +595,7 @@ def _high_resolution_size(data: dict[str, Any]) -> tuple[int, int]:
 
 
 class UpsamplerStage:
-    """Video upsampler (Sec. 3.4) in pixel space, trained on patches of high-resolution clips, in two phases.
+    """Video upsampler (Sec. 3.4), trained on patches of high-resolution clips, in two phases.
 
     Image phase (``model``: the image UNet's diffusers config, whose ``in_channels`` is twice the
     frame channels and ``num_class_embeds > max_noise_level``): a :class:`VideoUpsampler` with
@@ -601,6 +612,14 @@ class UpsamplerStage:
     Export: a :class:`~videoldm.pipelines.upsample.VideoUpsamplerPipeline` directory (image phase, or
     video phase without ``pipeline``), or the ``pipeline`` directory (``embedded``: the shipped model)
     with the upsampler as its ``upsampler`` components (video phase).
+
+    Latent space (the paper's setup: Stable Diffusion's x4 upscaler, inflated with ``videoldm inflate``):
+    a video phase whose ``image_upsampler`` directory has a ``vae`` (and optionally a text encoder and
+    tokenizer). The denoised sample is then the patch's posterior-sampled latents, the low-resolution
+    input is the patch area-downsampled to the latent grid (pixels, as the x4 upscaler takes them),
+    and captions condition it as in the video stage (``caption_dropout``; data without captions: the
+    empty caption). The export is an upsampler pipeline directory with that ``vae`` and text encoder.
+    ``gradient_checkpointing`` trades compute for activation memory (Stable Diffusion's x4 UNet).
     """
 
     def __init__(
@@ -616,13 +635,15 @@ class UpsamplerStage:
         bicubic_residual_scale: float | None = None,
         patch_size: int = 64,
         pipeline: str | None = None,
+        caption_dropout: float = 0.1,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if (model is None) == (image_upsampler is None):
             raise RecipeError("give either model (image phase: a UNet config) or image_upsampler (video phase: "
                               "the image phase's final directory)")
-        if patch_size < scale_factor or patch_size % scale_factor:
-            raise RecipeError(f"patch_size ({patch_size}) must be a multiple of scale_factor ({scale_factor})")
         self.image_phase = model is not None
+        self.vae: AutoencoderKL | TemporalDecoder | None = None
+        self.text_encoder, self.tokenizer, self.captions = None, None, None
         if self.image_phase:
             if pipeline is not None:
                 raise RecipeError("pipeline: only the video phase exports into a pipeline")
@@ -638,16 +659,32 @@ class UpsamplerStage:
             if temporal is not None or scheduler is not None or low_res_scheduler is not None or bicubic_residual_scale:
                 raise RecipeError("the video phase keeps the image phase's temporal options, schedulers and residual "
                                   "scale; remove temporal, scheduler, low_res_scheduler and bicubic_residual_scale")
-            parts = load_components(_require_dir(image_upsampler, "image upsampler"), UPSAMPLER_COMPONENTS,
-                                    required=UPSAMPLER_COMPONENTS)
+            parts = load_components(_require_dir(image_upsampler, "image upsampler"),
+                                    UPSAMPLER_COMPONENTS + ("vae", "text_encoder", "tokenizer"), required=UPSAMPLER_COMPONENTS)
             self.upsampler = parts["upsampler"].freeze_spatial()
             self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
             self.low_res_scheduler = parts["low_res_scheduler"]
+            self.vae = parts.get("vae")
+            if self.vae is not None:
+                self.vae.requires_grad_(False)
+                if pipeline is not None:
+                    raise RecipeError("pipeline: a latent-space upsampler exports as its own upsampler pipeline "
+                                      "(with its autoencoder); remove pipeline")
+            if "text_encoder" in parts and "tokenizer" in parts:
+                self.text_encoder, self.tokenizer = parts["text_encoder"].requires_grad_(False), parts["tokenizer"]
+                self.captions = CaptionConditioning(self.text_encoder, self.tokenizer, caption_dropout)
+        if gradient_checkpointing:
+            self.upsampler.enable_gradient_checkpointing()
         self.pipeline_dir = None
         if pipeline is not None:
             self.pipeline_dir = embedded_model_dir() if pipeline == EMBEDDED_MODEL else _require_dir(pipeline, "pipeline")
         self.objective = DiffusionObjective(self.noise_scheduler)
-        self.patch_size, self.scale_factor = patch_size, self.upsampler.config.scale_factor
+        # pixels per cell of the denoised sample's grid: the upscale factor, or the autoencoder's
+        self.scale_factor = self.upsampler.config.scale_factor if self.vae is None else latent_decoder_scale(self.vae)
+        if patch_size < self.scale_factor or patch_size % self.scale_factor:
+            raise RecipeError(f"patch_size ({patch_size}) must be a multiple of {self.scale_factor}, the pixels per "
+                              "cell of the upsampler's sample")
+        self.patch_size = patch_size
         height, width = _high_resolution_size(data)
         if min(height, width) < patch_size:
             raise RecipeError(f"patch_size {patch_size} is larger than the data's {width}x{height} frames")
@@ -657,7 +694,8 @@ class UpsamplerStage:
         return self.source
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"upsampler": self.upsampler}
+        frozen = {"vae": self.vae, "text_encoder": self.text_encoder}
+        return {"upsampler": self.upsampler, **{name: module for name, module in frozen.items() if module is not None}}
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         if self.image_phase:
@@ -684,7 +722,12 @@ class UpsamplerStage:
             "noise_level": levels,
             "image_only_indicator": torch.full((batch_size, num_frames), self.image_phase, device=high_res.device),
         }
-        target = self.upsampler.sample_from_video(high_res, low_res)
+        if self.vae is None:
+            target = self.upsampler.sample_from_video(high_res, low_res)
+        else:
+            target = encode_frames(self.vae, high_res.flatten(0, 1), draw_seeds).unflatten(0, high_res.shape[:2])
+        if self.captions is not None:
+            kwargs["encoder_hidden_states"] = self.captions(batch, batch_size, draw_seeds)
         loss = denoising_loss(self.objective, self.upsampler, target, kwargs, draw_seeds)
         return loss, {"loss": loss.item()}
 
@@ -692,7 +735,8 @@ class UpsamplerStage:
         sampling_scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config)
         if self.pipeline_dir is None:
             VideoUpsamplerPipeline(upsampler=self.upsampler, scheduler=sampling_scheduler,
-                                   low_res_scheduler=self.low_res_scheduler).save_pretrained(output_dir)
+                                   low_res_scheduler=self.low_res_scheduler, vae=self.vae, text_encoder=self.text_encoder,
+                                   tokenizer=self.tokenizer).save_pretrained(output_dir)
             return
         pipe = VideoLDMPipeline.from_pretrained(self.pipeline_dir, dtype=self.upsampler.dtype)
         pipe.register_modules(upsampler=self.upsampler, upsampler_scheduler=sampling_scheduler,
