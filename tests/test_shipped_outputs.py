@@ -2,8 +2,9 @@
 
 ``tests/data/shipped_unet_forward.safetensors`` holds fixed inputs (2 videos x 16 frames, one with
 two context frames, the other S = 0; timesteps 500 and 120) and the output of the shipped UNet on
-them, computed in float32 before the speed work of the temporal layers (commit e61adba). Any
-optimisation of the forward pass must reproduce it within float tolerance.
+them, computed in float32 by the code from before the speed work of the temporal layers (commit
+e61adba) with the weights shipped now (recomputed there when the weights changed). Any optimisation
+of the forward pass must reproduce it within float tolerance.
 """
 
 from __future__ import annotations
