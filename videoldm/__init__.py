@@ -2,18 +2,22 @@
 
 __version__ = "0.1.0"
 
-from .models import (  # noqa: E402
-    AlphaBlender,
-    LabelEncoder,
-    TemporalAttention,
-    TemporalConvBlock,
-    TemporalDecoder,
-    VideoDiscriminator,
-    VideoUNet,
-    VideoUNetOutput,
-)
-from .models.upsampler import VideoUpsampler  # noqa: E402
-from .pipelines import CascadePipeline, VideoLDMPipeline, VideoLDMPipelineOutput, VideoUpsamplerPipeline  # noqa: E402
+from ._startup import garbage_collection_paused
+
+# torch and diffusers are imported here; see _startup for why the collector waits.
+with garbage_collection_paused():
+    from .models import (
+        AlphaBlender,
+        LabelEncoder,
+        TemporalAttention,
+        TemporalConvBlock,
+        TemporalDecoder,
+        VideoDiscriminator,
+        VideoUNet,
+        VideoUNetOutput,
+    )
+    from .models.upsampler import VideoUpsampler
+    from .pipelines import CascadePipeline, VideoLDMPipeline, VideoLDMPipelineOutput, VideoUpsamplerPipeline
 
 __all__ = [
     "AlphaBlender",

@@ -1,5 +1,5 @@
 """``python -m videoldm``: the command line (so ``accelerate launch -m videoldm train ...`` works)."""
 
-from .cli import main
+from .cli import run
 
-main()
+run()
