@@ -195,3 +195,29 @@ def test_a_variable_rate_video_is_read_from_its_start_instead_of_sought(tmp_path
     full = read_video(path).frames
     assert len(full) == 20
     assert torch.equal(read_video(path, start_frame=8, num_frames=3).frames, full[8:11])
+
+
+def test_mp4_of_the_same_frames_is_the_same_file_whatever_memory_held_before(tmp_path):
+    """x264's macroblock tree read uninitialised memory on small frames: the same moving digits gave
+    different pixels from run to run. glibc's MALLOC_PERTURB_ fills fresh allocations with a given
+    byte, so two runs with different bytes stand for two runs of a longer-lived process."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from videoldm.data.io import write_video\n"
+        "from videoldm.data.moving_digits import MovingDigitsConfig, generate_video\n"
+        "frames = [generate_video(i, MovingDigitsConfig()).frames for i in range(3)]\n"
+        "for i, video in enumerate(frames):\n"
+        "    write_video(video, f'{sys.argv[1]}/{i}.mp4')\n"
+    )
+    files = []
+    for perturb in ("165", "37"):
+        out = tmp_path / perturb
+        out.mkdir()
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, timeout=120,
+                       env={**os.environ, "MALLOC_PERTURB_": perturb})
+        files.append([(out / f"{i}.mp4").read_bytes() for i in range(3)])
+    assert files[0] == files[1]
