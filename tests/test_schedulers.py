@@ -230,3 +230,25 @@ def test_progress_counts_steps_and_callbacks_see_every_model_evaluation(name):
     assert seen == list(enumerate(timesteps))
     (bar,) = bars
     assert bar.total == STEPS and sum(bar.updates) == STEPS and min(bar.updates) >= 0 and bar.closed
+
+
+@pytest.mark.parametrize("name", _params(TESTED))
+def test_given_frames_follow_the_forward_process_at_every_step(name):
+    """With ``given_latents``, the noisy input's given frames are ``scheduler.add_noise(given, noise, t)``
+    at every model evaluation (what a prediction model saw in training), and come back exactly."""
+    image_scheduler = tiny_scheduler()
+    scheduler = make_scheduler(name, image_scheduler.config)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 3, 4, 8, 8, generator=generator)
+    given = torch.randn(1, 3, 4, 8, 8, generator=generator)
+    mask = torch.tensor([[True, False, True]])
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    scale = scheduler.scale_model_input
+    scheduler.scale_model_input = lambda latents, timestep: (seen.append((latents.clone(), timestep)), scale(latents, timestep))[1]
+    sampled = denoise(ExactModel(image_scheduler, 0.5, "epsilon"), scheduler, noise, {}, num_inference_steps=STEPS,
+                      generator=torch.Generator().manual_seed(0), given_latents=given, given_mask=mask)
+    assert len(seen) >= STEPS
+    for latents, timestep in seen:
+        expected = scheduler.add_noise(given, noise, torch.as_tensor(timestep).reshape(1))
+        torch.testing.assert_close(latents[:, [0, 2]], expected[:, [0, 2]], rtol=0, atol=1e-6)
+    assert torch.equal(sampled[:, [0, 2]], given[:, [0, 2]])

@@ -87,6 +87,8 @@ def denoise(
     generator: Generator = None,
     progress_bar: Callable[..., Any] | None = None,
     callback_on_step_end: StepCallback | None = None,
+    given_latents: torch.Tensor | None = None,
+    given_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the reverse diffusion from unit-variance ``noise (B, T, C, H, W)`` with any diffusers scheduler.
 
@@ -100,10 +102,24 @@ def denoise(
     ``(index into scheduler.timesteps, timestep, latents)``, and may return replacement latents.
     ``progress_bar(total=num_inference_steps)`` (e.g. ``DiffusionPipeline.progress_bar``) advances
     in proportion to the model evaluations done, reaching ``num_inference_steps`` at the end.
+
+    ``given_latents`` ``(B, T, C, H, W)`` with ``given_mask`` ``(B, T)`` bool: the marked frames of the
+    noisy input are the given latents noised to each step's level with ``noise`` (the forward
+    process, ``scheduler.add_noise``), as a prediction model saw its context frames in training,
+    instead of following the sampler's own trajectory; the result holds them exactly.
     """
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
     timesteps = scheduler.timesteps
     latents = noise * scheduler.init_noise_sigma
+    given = None if given_mask is None else given_mask[:, :, None, None, None]
+
+    def with_given(latents: torch.Tensor, level: torch.Tensor | None) -> torch.Tensor:
+        if given is None:
+            return latents
+        target = given_latents if level is None else scheduler.add_noise(given_latents, noise, level.reshape(1))
+        return torch.where(given, target.to(latents.dtype), latents)
+
+    latents = with_given(latents, timesteps[0])
     extra = _step_kwargs(scheduler, generator)
     bar = progress_bar(total=num_inference_steps) if progress_bar is not None else None
     try:
@@ -115,6 +131,7 @@ def denoise(
                 replacement = callback_on_step_end(step_index, timestep, latents)
                 if replacement is not None:
                     latents = replacement
+            latents = with_given(latents, timesteps[step_index + 1] if step_index + 1 < len(timesteps) else None)
             if bar is not None:
                 done = (step_index + 1) * num_inference_steps // len(timesteps)
                 bar.update(done - step_index * num_inference_steps // len(timesteps))

@@ -270,7 +270,9 @@ class VideoLDMPipeline(DiffusionPipeline):
 
         The frames marked in ``context_mask`` ``(W,)`` bool (None: none) are given as
         ``context_latents`` ``(B, W, c, h, w)`` (values elsewhere ignored); ``extra_inputs`` go to
-        every UNet call. Returns the window's latents with the given frames put back exactly.
+        every UNet call. The given frames' positions of the noisy input are those latents noised to
+        each step's level (``denoise(given_latents=...)``). Returns the window's latents, the given
+        frames exactly.
         """
         batch, num_frames = noise.shape[:2]
         device = noise.device
@@ -292,10 +294,10 @@ class VideoLDMPipeline(DiffusionPipeline):
             guidance.append(Guidance(no_context, context_guidance_scale))
         if unconditional_states is not None:
             guidance.append(Guidance(inputs | {"encoder_hidden_states": unconditional_states}, guidance_scale))
-        latents = denoise(unet, self.scheduler, noise, inputs, guidance, **denoise_options)
         if given:
-            latents = torch.where(inputs["context_mask"][:, :, None, None, None], inputs["context_latents"], latents)
-        return latents
+            # the given frames enter the noisy input too, noised to each step's level as in training
+            denoise_options = denoise_options | {"given_latents": context_latents, "given_mask": mask}
+        return denoise(unet, self.scheduler, noise, inputs, guidance, **denoise_options)
 
     @torch.no_grad()
     def generate_frames(
