@@ -267,13 +267,22 @@ def test_image_stages_train_on_images_or_frames_of_videos(kind, video_folder, tm
 
 
 def test_a_file_truncated_after_its_header_is_skipped_when_decoded(video_folder, tmp_path):
-    """A fast-start MP4 cut in half: its header (read when the source is built) promises 60 frames,
-    the data holds 19; draws that reach past them skip it and fall to another video."""
+    """A fast-start MP4 cut about half way: its header (read when the source is built) promises 60
+    frames, the data holds fewer; draws that reach past them skip it and fall to another video."""
+    import av
+
     from videoldm.data.io import read_video, write_video
 
     frames = read_video(video_folder / "carphone_pristine.mp4", num_frames=60).frames
-    whole = write_video(frames, tmp_path / "whole.mp4", fps=30).read_bytes()
-    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    whole = write_video(frames, tmp_path / "whole.mp4", fps=30)
+    # Cut after whole packets, where every frame shown before the cut is in it: x264's layout depends
+    # on its thread count (the machine's cores), and a cut inside a packet is a decoding error, which
+    # the source cannot tell from corruption.
+    with av.open(str(whole)) as container:
+        packets = [(packet.pos + packet.size, packet.pts) for packet in container.demux(video=0) if packet.size]
+    cuts = [end for k, (end, _) in enumerate(packets[:-1])
+            if max(pts for _, pts in packets[: k + 1]) < min(pts for _, pts in packets[k + 1 :])]
+    (tmp_path / "cut.mp4").write_bytes(whole.read_bytes()[: min(cuts, key=lambda end: abs(end - packets[-1][0] / 2))])
     source, skipped = _build(lambda: VideoFiles([(tmp_path / "cut.mp4", None), (video_folder / "bikes.mp4", None)], CLIP, "two"))
     assert not skipped and len(source) == 2
     with warnings.catch_warnings(record=True) as caught:
