@@ -2,10 +2,10 @@
 
 __version__ = "0.1.0"
 
-from ._startup import garbage_collection_paused
+from ._startup import garbage_collection_paused as _garbage_collection_paused
 
 # torch and diffusers are imported here; see _startup for why the collector waits.
-with garbage_collection_paused():
+with _garbage_collection_paused():
     from .models import (
         AlphaBlender,
         LabelEncoder,
