@@ -281,3 +281,28 @@ def test_init_image_and_init_video_take_pil_images():
                                       ({"init_video": exact}, {"init_video": images})):
         expected = pipe(generator=torch.Generator().manual_seed(1), **tensor_kwargs, **run).frames
         assert torch.equal(pipe(generator=torch.Generator().manual_seed(1), **pil_kwargs, **run).frames, expected)
+
+
+def test_given_frames_enter_the_noisy_input_at_each_steps_noise_level():
+    """In training a context frame's noisy input is the forward process of its latent; sampling matches:
+    at every step of a window, the given positions hold sqrt(a_t) z + sqrt(1 - a_t) eps with one eps."""
+    pipe = context_pipeline()
+    calls: list[tuple[torch.Tensor, float, torch.Tensor | None, torch.Tensor | None]] = []
+
+    def record(module, args, kwargs):
+        calls.append((args[0].clone(), float(args[1]), kwargs.get("context_mask"), kwargs.get("context_latents")))
+
+    pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    given = torch.rand(1, 3, 3, 16, 16) * 2 - 1
+    pipe(init_video=given, num_frames=4, window_frames=4, num_inference_steps=4, output_type="latent",
+         generator=torch.Generator().manual_seed(0))
+    alphas = pipe.scheduler.alphas_cumprod
+    windows = [calls[i : i + 4] for i in range(0, len(calls), 4)]
+    assert len(windows) == 2  # 2 given + 2 new, then 2 context + 2 new
+    for window in windows:
+        mask = window[0][2][0]
+        assert mask.tolist() == [True, True, False, False]
+        implied_noise = [(latents[0, mask] - alphas[int(t)].sqrt() * context[0, mask]) / (1 - alphas[int(t)]).sqrt()
+                         for latents, t, _, context in window]
+        for noise in implied_noise[1:]:
+            torch.testing.assert_close(noise, implied_noise[0], rtol=0, atol=1e-4)
