@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context-guidance", type=float, default=2.0)
     parser.add_argument("--cost-frames", type=int, nargs="*", default=[64, 256, 512])
+    parser.add_argument("--cost-repeats", type=int, default=1, help="interleaved runs per cost cell (medians)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
     parser.add_argument("--cost-only", action="store_true", help="only the s/frame and peak RSS table")
@@ -295,13 +297,25 @@ def print_cost_table(args: argparse.Namespace) -> None:
     """Seconds per frame and peak RSS of whole ``videoldm generate`` processes, rollout vs one window."""
     if not args.cost_frames:
         return
-    print(f"\n`videoldm generate`, batch 1, {args.steps} steps, whole process:\n")
+    # Whole processes vary by tens of MB in peak RSS from run to run: rounds are interleaved (every
+    # length and mode once per round) and the table shows medians.
+    runs: dict[tuple[int, bool], list[tuple[float, float]]] = {}
+    for _ in range(args.cost_repeats):
+        for frames in args.cost_frames:
+            for one_window in (False, True):
+                runs.setdefault((frames, one_window), []).append(generate_cost(args.model, frames, args.steps, one_window))
+    print(f"\n`videoldm generate`, batch 1, {args.steps} steps, whole process, median of {args.cost_repeats} "
+          "interleaved run(s) (the peak RSS range in parentheses):\n")
     print("| frames | rollout s/frame | rollout peak RSS GB | one window s/frame | one window peak RSS GB |")
     print("|---:|---:|---:|---:|---:|")
+
+    def cell(frames: int, one_window: bool) -> str:
+        seconds, rss = (sorted(values) for values in zip(*runs[(frames, one_window)]))
+        spread = f" ({rss[0]:.2f}-{rss[-1]:.2f})" if len(rss) > 1 else ""
+        return f"{statistics.median(seconds):.3f} | {statistics.median(rss):.2f}{spread}"
+
     for frames in args.cost_frames:
-        rollout = generate_cost(args.model, frames, args.steps, one_window=False)
-        single = generate_cost(args.model, frames, args.steps, one_window=True)
-        print(f"| {frames} | {rollout[0]:.3f} | {rollout[1]:.2f} | {single[0]:.3f} | {single[1]:.2f} |", flush=True)
+        print(f"| {frames} | {cell(frames, False)} | {cell(frames, True)} |", flush=True)
 
 
 if __name__ == "__main__":
