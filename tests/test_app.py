@@ -102,6 +102,17 @@ def test_every_option_round_trips_through_the_command_line(tmp_path, monkeypatch
     assert parsed == [(options, Path("out dir/v.mp4"))]
 
 
+def test_no_steps_is_the_models_own_number_and_the_command_shown_names_it(service, tmp_path):
+    """The embedded model's directory names 10 steps (measured equal to 25 in quality_digits.py); a
+    cleared Steps field and a command without --steps both take them, and the command shown says so."""
+    assert inspect_model(None).default_steps == 10
+    assert service.options(replace(Form(**QUICK), steps=None)).steps == 10
+    plan = cli.plan_generation(GenerateOptions(frames=4), tmp_path / "v.mp4")
+    assert plan.options.steps == 10 and plan.pipeline_arguments()["num_inference_steps"] == 10
+    assert "--steps 10" in plan.options.command_line(Path("v.mp4"))
+    assert cli.plan_generation(GenerateOptions(frames=4, steps=3), tmp_path / "v.mp4").options.steps == 3
+
+
 class GenerateFramesRecorder:
     """Records the keyword arguments of every VideoLDMPipeline.generate_frames call."""
 

@@ -132,6 +132,7 @@ def test_hostile_inputs_show_a_message_and_the_server_keeps_serving(server, brow
 def test_generate_shows_a_playable_video_its_seed_and_command(server, browser):
     url, _ = server
     open_page(browser, url)
+    assert field_value(browser, "steps") == "10"  # the embedded model's own number
     set_number(browser, "frames", 4)
     set_number(browser, "seed", 3)
     set_number(browser, "steps", 2)

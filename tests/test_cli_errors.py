@@ -45,6 +45,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
     no_vae = root / "no_vae"
     shutil.copytree(video, no_vae)
     shutil.rmtree(no_vae / "vae")
+    bad_steps = root / "bad_steps"
+    shutil.copytree(video, bad_steps)
+    index = json.loads((bad_steps / "model_index.json").read_text())
+    (bad_steps / "model_index.json").write_text(json.dumps(index | {"default_num_inference_steps": "many"}))
     not_a_model = root / "not_a_model"
     not_a_model.mkdir()
     (not_a_model / "notes.txt").write_text("hello")
@@ -54,7 +58,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     pipe = VideoLDMPipeline.from_pretrained(prediction)
     pipe.register_modules(interpolator=prediction_unet.with_context_conditioning(8, frame_rate_regimes=2).temporal_weights())
     pipe.save_pretrained(interpolation)
-    return {"video": video, "image": image, "truncated": truncated, "bad_index": bad_index, "no_vae": no_vae,
+    return {"video": video, "image": image, "truncated": truncated, "bad_index": bad_index, "no_vae": no_vae, "bad_steps": bad_steps,
             "not_a_model": not_a_model, "prediction": prediction, "interpolation": interpolation}
 
 
@@ -118,6 +122,7 @@ HOSTILE = [
     (["generate", "--model", "{truncated}"], "diffusion_pytorch_model.safetensors"),
     (["generate", "--model", "{bad_index}"], "model_index.json"),
     (["generate", "--model", "{no_vae}"], "vae"),
+    (["generate", "--model", "{bad_steps}"], "default_num_inference_steps must be a whole number >= 1"),
     (["generate", "--model", "{image}"], "inflate"),
     # generate: conditioning the model cannot use
     (["generate", "--model", "{video}", "--prompt", "a red car"], "--prompt"),

@@ -174,6 +174,22 @@ def test_pipeline_directory_round_trips_through_diffusion_pipeline(tmp_path):
     assert (expected - actual).abs().max() == 0
 
 
+def test_a_directory_carries_its_own_default_number_of_steps(tmp_path):
+    pipe = tiny_pipeline(cross_attention=False)
+    pipe.register_to_config(default_num_inference_steps=4)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["default_num_inference_steps"] == 4
+    reloaded = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    reloaded.set_progress_bar_config(disable=True)
+    seen = []
+    _generate(reloaded, num_inference_steps=None, callback_on_step_end=lambda i, t, latents: seen.append(i))
+    assert seen == list(range(4))
+    seen.clear()
+    _generate(reloaded, num_inference_steps=2, callback_on_step_end=lambda i, t, latents: seen.append(i))
+    assert seen == [0, 1]
+    assert tiny_pipeline().config.default_num_inference_steps == 25  # a pipeline that names none
+
+
 def test_generate_writes_a_playable_mp4(tmp_path):
     pipe = tiny_pipeline(cross_attention=False)
     frames = _generate(pipe, num_frames=6)[0] * 2 - 1

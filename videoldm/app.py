@@ -128,7 +128,8 @@ class VideoService:
         if frames > self.limits.max_frames:
             raise UserError(f"--frames {frames}: this server makes at most {self.limits.max_frames} frames "
                             f"(videoldm serve --max-frames)")
-        steps = _whole_number(form.steps, "--steps")
+        # A cleared Steps field is the model's own number (the page shows it when a model is picked).
+        steps = self.models[form.model].default_steps if form.steps is None else _whole_number(form.steps, "--steps")
         if steps > self.limits.max_steps:
             raise UserError(f"--steps {steps}: this server takes at most {self.limits.max_steps} steps "
                             f"(videoldm serve --max-steps)")
@@ -229,7 +230,7 @@ def build_page(service: VideoService) -> gradio.Blocks:
                                        info=f"--frames, 1..{limits.max_frames}", elem_id="frames")
                     seed = gr.Number(_DEFAULTS.seed, precision=0, label="Seed", info=f"--seed; {RANDOM_SEED}: random",
                                      elem_id="seed")
-                    steps = gr.Number(_DEFAULTS.steps, precision=0, label="Steps",
+                    steps = gr.Number(service.models[first].default_steps, precision=0, label="Steps",
                                       info=f"--steps, 1..{limits.max_steps}", elem_id="steps")
                 with gr.Row():
                     guidance = gr.Number(_DEFAULTS.guidance, label="Guidance", info="--guidance; 1: none",
@@ -272,8 +273,8 @@ def build_page(service: VideoService) -> gradio.Blocks:
             if name not in service.models:
                 raise gr.Error("model: not one this server offers", print_exception=False)
             visible = visible_fields(service.models[name])
-            return [gr.update(visible=visible[field])
-                    for field in shown_by_model]
+            return [gr.update(visible=visible[field]) for field in shown_by_model] + [
+                gr.update(value=service.models[name].default_steps)]
 
         def on_generate(model: str, labels: str, prompt: str, frames: Optional[float], seed: Optional[float],
                         steps: Optional[float], guidance: Optional[float], context_guidance: Optional[float],
@@ -290,8 +291,7 @@ def build_page(service: VideoService) -> gradio.Blocks:
                 raise gr.Error(str(error), title="Cannot generate", duration=None, print_exception=False) from None
             return str(result.video), str(result.video), str(result.seed), result.command
 
-        model.change(on_model, inputs=model, outputs=list(shown_by_model.values()),
-                     api_name=False)
+        model.change(on_model, inputs=model, outputs=list(shown_by_model.values()) + [steps], api_name=False)
         button.click(on_generate, inputs=[model, labels, prompt, frames, seed, steps, guidance, context_guidance, fps,
                                           fps_multiplier, upscale, upscale_steps, upscale_noise_level, init_image],
                      outputs=[video, download, seed_used, command], api_name="generate", concurrency_limit=1)

@@ -177,10 +177,14 @@ def check_conditioning(info, prompt: Optional[str], labels: Optional[list[int]],
             raise UserError(f"--label {bad[0]}: expected a class in 0..{num_classes - 1}")
 
 
-def check_steps(info, steps: int) -> None:
-    """A scheduler cannot take more inference steps than it has training timesteps."""
+def resolve_steps(info, steps: Optional[int]) -> int:
+    """The denoising steps to take: ``steps``, or for None the model's own (``info.default_steps``); a
+    scheduler cannot take more inference steps than it has training timesteps."""
+    if steps is None:
+        steps = info.default_steps
     if steps > info.num_train_timesteps:
         raise UserError(f"--steps {steps}: the model's scheduler has {info.num_train_timesteps} timesteps")
+    return steps
 
 
 # The components only the interpolation and upsampling stages use.
@@ -209,13 +213,13 @@ def load_pipeline(info, *, interpolation: bool = True, upsampling: bool = True):
 class GenerateOptions:
     """The options of ``videoldm generate`` but ``--out``; the web UI (:mod:`videoldm.app`) fills one from its form.
 
-    ``labels`` as given: empty is the default (for a label model, class SEED mod its number of
+    ``steps`` None is the model's own number (:func:`resolve_steps`). ``labels`` as given: empty is the default (for a label model, class SEED mod its number of
     classes), ``(-1,)`` is no label. The defaults here are the command line's.
     """
 
     model: Optional[Path] = None
     frames: int = 16
-    steps: int = 25
+    steps: Optional[int] = None  # the model's own (its model_index.json's default_num_inference_steps)
     seed: int = 0
     guidance: float = 2.0
     prompt: Optional[str] = None
@@ -287,7 +291,9 @@ FramesOption = _generate_option(
     "frames", "-n",
     help=f"Number of frames. Prediction models make long videos window by window (at most {MAX_ROLLOUT_FRAMES}); "
          f"other models denoise all frames in one batch (at most {MAX_FRAMES}).")
-StepsOption = _generate_option("steps", help="Denoising steps.")
+StepsOption = _generate_option(
+    "steps", help="Denoising steps (default: the model's own, from its model_index.json: 10 for the embedded model, "
+                  "25 for a model that names none).")
 SeedOption = _generate_option("seed", help="Random seed.")
 FpsOption = _generate_option("fps", help="Frame rate of the written video (of its key frames with --fps-multiplier).")
 GuidanceOption = _generate_option("guidance", help="Classifier-free guidance scale (1 = no guidance).")
@@ -321,7 +327,7 @@ def read_given_frames(path: Path, option: str, frame_shape: tuple[int, Optional[
 
 @dataclass(frozen=True)
 class GenerationPlan:
-    """A checked ``generate`` request: its options (labels resolved: ``(-1,)`` for none), the model's
+    """A checked ``generate`` request: its options (labels resolved: ``(-1,)`` for none; steps resolved), the model's
     :class:`~videoldm.pipelines.directory.PipelineInfo`, and the given frames ``(K, C, H, W)`` read from
     ``--init-image`` or ``--continue``."""
 
@@ -389,7 +395,7 @@ def check_generate_bounds(options: GenerateOptions) -> None:
             raise UserError(f"{GENERATE_OPTION_NAMES[name]} {value}: not a finite number")
     for name, (low, high) in GENERATE_BOUNDS.items():
         value = getattr(options, name)
-        if not low <= value <= high:
+        if value is not None and not low <= value <= high:
             raise UserError(f"{GENERATE_OPTION_NAMES[name]} {value}: expected {low}..{high}")
 
 
@@ -460,7 +466,7 @@ def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
         # A label model shows one clean digit; with no label at all, digits morph into each other.
         labels = (options.seed % int(info.configs["label_encoder"].get("num_classes", 10)),)
     check_conditioning(info, options.prompt, None if labels == (-1,) else list(labels))
-    check_steps(info, options.steps)
+    steps = resolve_steps(info, options.steps)
     init_image, continue_video = options.init_image, options.continue_video
     if init_image is not None and continue_video is not None:
         raise UserError("--init-image and --continue: give one of them")
@@ -479,7 +485,7 @@ def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
         given = read_given_frames(init_image, "--init-image", info.frame_shape)[0][:1]
     if continue_video is not None:
         given = read_given_frames(continue_video, "--continue", info.frame_shape)[0]
-    return GenerationPlan(replace(options, labels=labels), info, given)
+    return GenerationPlan(replace(options, labels=labels, steps=steps), info, given)
 
 
 def write_generation(
@@ -523,7 +529,7 @@ def generate(
     out: Path = typer.Option(Path("video.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a new or empty folder for PNG frames (existing files are replaced)."),
     model: Optional[Path] = _generate_option("model", "-m", help="Pipeline directory (default: the embedded digits model)."),
     frames: int = FramesOption,
-    steps: int = StepsOption,
+    steps: Optional[int] = StepsOption,
     seed: int = SeedOption,
     guidance: float = GuidanceOption,
     prompt: Optional[str] = _generate_option("prompt", help="Text prompt (models with a text encoder)."),
@@ -570,7 +576,7 @@ def interpolate(
     out: Path = typer.Option(Path("interpolated.mp4"), "--out", "-o", help="Output file: .mp4, .gif, or a new or empty folder for PNG frames."),
     factor: int = typer.Option(4, "--factor", help="4 (one pass) or 16 (two passes): K input frames give factor*(K-1)+1."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory with an interpolation model (default: the embedded digits model)."),
-    steps: int = StepsOption,
+    steps: Optional[int] = StepsOption,
     seed: int = SeedOption,
     # 2.0: pipelines.interpolation.DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE (not imported here: it pulls in torch)
     context_guidance: float = typer.Option(2.0, "--context-guidance", callback=_finite, help="Guidance over the key frames (1 = none)."),
@@ -604,7 +610,7 @@ def interpolate(
     if label == [-1]:
         label = None
     check_conditioning(info, prompt, label)
-    check_steps(info, steps)
+    steps = resolve_steps(info, steps)
     keys, input_fps = read_given_frames(video, "--video", info.frame_shape, fps=fps, max_frames=MAX_FRAMES, resize=resize)
     if len(keys) < 2:
         raise UserError(f"--video {video}: {len(keys)} frame; interpolation needs at least 2")
@@ -1001,7 +1007,7 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="Torch device for the metric networks (clip_sim runs on the CPU)."),
     generate: Optional[int] = typer.Option(None, "--generate", min=1, help="First sample this many videos into --fake, then evaluate them."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="With --generate: pipeline directory (default: the embedded digits model)."),
-    steps: int = StepsOption,
+    steps: Optional[int] = StepsOption,
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="With --generate: random seed (batch k uses seed + k)."),
     guidance: float = typer.Option(2.0, "--guidance", callback=_finite, help="With --generate: classifier-free guidance scale."),
     label: Optional[list[int]] = typer.Option(None, "--label", help="With --generate: class label(s) for every video (default for label models: cycle 0..9)."),
@@ -1034,7 +1040,7 @@ def evaluate(
             raise UserError(f"--seed {seed}: batch k uses seed + k, which passes {MAX_SEED} (torch's largest seed)")
         info = inspect_model(model)
         check_conditioning(info, prompt, label, prompt_is_conditioning=False)
-        check_steps(info, steps)
+        steps = resolve_steps(info, steps)
     else:
         with reported_as("--fake", ValueError, FileNotFoundError):
             fake_paths = list_videos(fake)

@@ -256,7 +256,7 @@ def evaluate_videos(real: torch.Tensor | None, fake: torch.Tensor, metrics: str 
 
 
 @torch.no_grad()
-def generate_videos(pipe: Any, out_dir: str | Path, num_videos: int, *, num_frames: int = 16, steps: int = 25,
+def generate_videos(pipe: Any, out_dir: str | Path, num_videos: int, *, num_frames: int = 16, steps: int | None = None,
                     seed: int = 0, guidance: float = 2.0, labels: Sequence[int] | None = None,
                     prompt: str | None = None, batch_size: int = 8, fps: float = 8.0,
                     progress: bool = True) -> list[Path]:
@@ -265,7 +265,7 @@ def generate_videos(pipe: Any, out_dir: str | Path, num_videos: int, *, num_fram
     Conditioning: ``labels`` (up to the label encoder's ``max_labels`` digits) for every video, or,
     for a label-conditional pipeline without labels, one class per video cycling 0, 1, ..., so the
     set covers every class; ``prompt`` goes to pipelines with a text encoder. Batch ``k`` is
-    sampled with seed ``seed + k``. Returns the written paths in order.
+    sampled with seed ``seed + k``; ``steps`` None is the pipeline's own default. Returns the written paths in order.
     """
     from ..data.io import write_video
 

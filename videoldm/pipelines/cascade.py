@@ -131,7 +131,7 @@ class CascadePipeline(VideoLDMPipeline):
             latents = self.interpolate(
                 latents=latents, factor=fps_multiplier, prompt=options.get("prompt"), labels=options.get("labels"),
                 negative_prompt=options.get("negative_prompt"),
-                num_inference_steps=options.get("num_inference_steps", 25),
+                num_inference_steps=options.get("num_inference_steps"),
                 guidance_scale=options.get("guidance_scale", 1.0), generator=options.get("generator"),
                 callback_on_step_end=options.get("callback_on_step_end"), output_type="latent",
             ).frames

@@ -20,6 +20,7 @@ from ..models.autoencoder import TemporalDecoder, encode_video
 from ..models.conditioning import LabelEncoder
 from ..models.unet import TemporalWeights, VideoUNet
 from ..models.upsampler import VideoUpsampler
+from .directory import DEFAULT_NUM_INFERENCE_STEPS
 from .interpolation import (
     DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE,
     DEFAULT_WINDOW_KEY_FRAMES,
@@ -128,8 +129,11 @@ class VideoLDMPipeline(DiffusionPipeline):
         upsampler: VideoUpsampler | None = None,
         upsampler_scheduler: SchedulerMixin | None = None,
         low_res_scheduler: DDPMScheduler | None = None,
+        default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     ) -> None:
         super().__init__()
+        if default_num_inference_steps < 1:
+            raise ValueError(f"default_num_inference_steps must be >= 1, got {default_num_inference_steps}")
         self.register_modules(
             unet=unet,
             vae=vae,
@@ -142,7 +146,13 @@ class VideoLDMPipeline(DiffusionPipeline):
             upsampler_scheduler=upsampler_scheduler,
             low_res_scheduler=low_res_scheduler,
         )
+        # Saved in model_index.json, so a directory carries the step count its makers measured as enough.
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
+
+    def inference_steps(self, num_inference_steps: int | None) -> int:
+        """``num_inference_steps``, or the pipeline's own ``default_num_inference_steps`` for None."""
+        return self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
 
     @property
     def vae_scale_factor(self) -> int:
@@ -310,7 +320,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         num_frames: int = 16,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 25,
+        num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         context_guidance_scale: float = 1.0,
         window_frames: int | None = None,
@@ -332,6 +342,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         :meth:`__call__`; a long video (``num_frames`` above ``window_frames``) is made window by
         window (:func:`~videoldm.pipelines.prediction.plan_rollout`) with flat memory in its length.
         """
+        num_inference_steps = self.inference_steps(num_inference_steps)
         _check_sampling_options(guidance_scale, context_guidance_scale, decoder, num_inference_steps)
         if output_type not in ("pt", "latent"):
             raise ValueError(f"generate_frames yields 'pt' pixels or 'latent' latents, got output_type {output_type!r}")
@@ -404,7 +415,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         num_frames: int = 16,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 25,
+        num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         context_guidance_scale: float = 1.0,
         window_frames: int | None = None,
@@ -437,7 +448,8 @@ class VideoLDMPipeline(DiffusionPipeline):
         ``image_only=True`` forces every alpha to 1: the image LDM sampled frame by frame, the
         paper's baseline. ``latents`` (optional) is the initial unit-variance noise ``(B, T, c, h, w)``
         of a single window (the scheduler's ``init_noise_sigma`` is applied after its timesteps are
-        set). ``frames`` follows diffusers' ``output_type`` conventions. ``callback_on_step_end`` runs
+        set). ``num_inference_steps`` None is the pipeline's ``default_num_inference_steps`` (25 unless
+        its directory says otherwise; the embedded model's 10 measure equal to 25). ``frames`` follows diffusers' ``output_type`` conventions. ``callback_on_step_end`` runs
         after every scheduler step (``len(scheduler.timesteps)`` times: more than
         ``num_inference_steps`` for Heun, KDPM2 and PNDM). Non-finite sampled latents are a
         ``ValueError``. :meth:`generate_frames` yields the frames as they are made instead.
@@ -477,7 +489,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         prompt: str | list[str] | None = None,
         labels: torch.Tensor | list | None = None,
         negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = 25,
+        num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         context_guidance_scale: float = DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE,
         frame_rate_regime: int = 0,
@@ -504,6 +516,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         the key-frame context): the in-between frames are then the image model's, a baseline.
         Other arguments as in :meth:`__call__`.
         """
+        num_inference_steps = self.inference_steps(num_inference_steps)
         _check_sampling_options(guidance_scale, context_guidance_scale, decoder, num_inference_steps)
         if factor not in PASSES_PER_FACTOR:
             raise ValueError(f"factor must be one of {sorted(PASSES_PER_FACTOR)}, got {factor}")

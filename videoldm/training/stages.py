@@ -33,7 +33,7 @@ from ..models.context import key_frame_mask
 from ..models.unet import VideoUNet, VideoUNetOutput
 from ..models.upsampler import DEFAULT_MAX_NOISE_LEVEL, VideoUpsampler, downsample_frames, noise_augment
 from ..pipelines.components import frame_format, load_components
-from ..pipelines.directory import UPSAMPLER_COMPONENTS
+from ..pipelines.directory import DEFAULT_NUM_INFERENCE_STEPS, UPSAMPLER_COMPONENTS, inspect_pipeline_directory
 from ..pipelines.text_to_video import VideoLDMPipeline, encode_prompts
 from ..pipelines.upsample import VideoUpsamplerPipeline, latent_decoder_scale
 from .decoder_losses import DecoderFinetuneObjective
@@ -296,8 +296,10 @@ class VideoStage(_LatentStage):
             self.unet = VideoUNet.from_image_unet(unet, **(temporal or {})).freeze_spatial()
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        # Sampling keeps the pipeline's own scheduler; an image model gets the multistep solver.
+        # Sampling keeps the pipeline's own scheduler and step count; an image model gets the multistep solver.
         self.sampling_scheduler = parts["scheduler"] if model is not None else DPMSolverMultistepScheduler.from_config(parts["scheduler"].config)
+        self.default_num_inference_steps = (inspect_pipeline_directory(directory).default_steps if model is not None
+                                            else DEFAULT_NUM_INFERENCE_STEPS)
         self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
@@ -362,6 +364,7 @@ class VideoStage(_LatentStage):
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             label_encoder=self.label_encoder,
+            default_num_inference_steps=self.default_num_inference_steps,
         ).save_pretrained(output_dir)
 
 
