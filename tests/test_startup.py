@@ -1,4 +1,5 @@
-"""The command line's start-up and exit shortcuts (videoldm/_startup.py) leave the caller's collector as it was."""
+"""The command line's start-up and exit shortcuts (videoldm/_startup.py): the caller's collector is left as it
+was, ``import videoldm`` is light, and the program imports (and freezes) the network code only for commands."""
 
 from __future__ import annotations
 
@@ -25,7 +26,25 @@ def test_garbage_collection_paused_restores_the_callers_setting(enabled):
         gc.enable()
 
 
-def test_importing_videoldm_leaves_the_collector_on_and_nothing_frozen():
-    code = "import gc, videoldm; print(gc.isenabled(), gc.get_freeze_count())"
+def _python(code: str) -> list[str]:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.split() == ["True", "0"]
+    return result.stdout.split()
+
+
+def test_importing_videoldm_leaves_the_collector_on_and_nothing_frozen():
+    code = "import gc, sys, videoldm; print('torch' in sys.modules, gc.isenabled(), gc.get_freeze_count())"
+    assert _python(code) == ["False", "True", "0"]  # the public classes come on first use
+    code = "import gc, videoldm; videoldm.VideoLDMPipeline; print(gc.isenabled(), gc.get_freeze_count())"
+    assert _python(code) == ["True", "0"]
+
+
+def test_the_program_freezes_its_imports_but_help_imports_no_network_code():
+    run = "import gc, sys; from videoldm import cli; sys.argv = ['videoldm', {!r}]\n" \
+          "try:\n    cli.run()\nexcept SystemExit:\n    pass\n" \
+          "print('torch' in sys.modules, 'diffusers' in sys.modules, gc.isenabled())"
+    assert _python(run.format("--help"))[-3:] == ["False", "False", "True"]
+    assert _python(run.format("--version"))[-3:] == ["False", "False", "True"]
+    # a command: the network code is imported up front (and frozen: no collection walks it)
+    code = "import gc; from videoldm import cli, _startup; _startup.import_frozen(cli.PROGRAM_MODULES); " \
+           "print(gc.isenabled(), gc.get_freeze_count() > 100_000)"
+    assert _python(code) == ["True", "True"]
