@@ -5,6 +5,7 @@ captioned clips from a CSV list or webdataset shards, and latent caching with `v
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -73,6 +74,8 @@ def test_video_finetune_on_a_folder_from_the_command_line(video_folder, tmp_path
     warned = {line.split(": ")[1].removeprefix("skipping ") for line in err.splitlines() if line.startswith("warning: skipping")}
     assert {Path(path).name for path in warned} == set(BAD_VIDEOS)
     assert "data: skipped 4 bad file(s): 1 empty file, 1 too short, 2 unreadable" in out
+    # the fine-tuned pipeline keeps the embedded model's own step count
+    assert json.loads((tmp_path / "run" / "final" / "model_index.json").read_text())["default_num_inference_steps"] == 10
     code, out, err = run_cli(["generate", "--model", tmp_path / "run" / "final", "--out", tmp_path / "sample.gif",
                               "--frames", 4, "--steps", 2], capsys)
     assert code == 0, err

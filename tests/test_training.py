@@ -58,6 +58,7 @@ def test_every_recipe_runs_and_exports(trained_stages):
     assert (trained_stages / "autoencoder" / "final" / "config.json").is_file()
     pipe = VideoLDMPipeline.from_pretrained(trained_stages / "video" / "final")
     assert isinstance(pipe.unet, VideoUNet)
+    assert pipe.config.default_num_inference_steps == 25  # inflated from an image model: the usual number
     pipe.set_progress_bar_config(disable=True)
     frames = pipe(labels=[[1, -1]], num_frames=3, num_inference_steps=2, output_type="pt").frames
     assert frames.shape == (1, 3, 1, 32, 32)
