@@ -146,6 +146,37 @@ def seam_ratio(videos: torch.Tensor, row: Row) -> float:
     return (boundary.mean() / inside.mean()).item() if len(boundary) and len(inside) else float("nan")
 
 
+def seam_breakdown(videos: torch.Tensor, row: Row) -> dict[str, float]:
+    """Where a seam's acceleration lies, each over the same quantity inside windows (1 = none).
+
+    ``entry``: the triples (given, given, first new) (centre frame ``start - 1``); ``exit``: (given,
+    first new, second new). At the entry step, the velocity change split into its part along the
+    previous velocity (``speed``: the motion speeds up or slows down) and across it (``turn``: the
+    motion changes direction); bounces are excluded as in :func:`accelerations`.
+    """
+    num_frames = videos.shape[1]
+    starts = list(range(WINDOW, num_frames, WINDOW - row.context_frames))
+    norm, valid = accelerations(videos)
+    c = centroid_of_mass(videos, threshold=CENTROID_THRESHOLD)
+    velocity = c[:, 1:] - c[:, :-1]
+    previous, change = velocity[:, :-1], velocity[:, 1:] - velocity[:, :-1]  # at centre frames 1..T-2
+    direction = previous / previous.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    along = (change * direction).sum(-1)
+    across = (change - along[..., None] * direction).norm(dim=-1)
+    entry = torch.zeros(num_frames - 2, dtype=torch.bool)
+    exit_ = torch.zeros_like(entry)
+    entry[[start - 2 for start in starts if start - 2 < num_frames - 2]] = True
+    exit_[[start - 1 for start in starts if start - 1 < num_frames - 2]] = True
+    inside = ~(entry | exit_)
+
+    def mean(values: torch.Tensor, where: torch.Tensor) -> float:
+        return values[:, where][valid[:, where]].mean().item()
+
+    return {"entry": mean(norm, entry) / mean(norm, inside), "exit": mean(norm, exit_) / mean(norm, inside),
+            "speed": mean(along.abs(), entry) / mean(along.abs(), inside),
+            "turn": mean(across, entry) / mean(across, inside)}
+
+
 def per_window(values: torch.Tensor) -> list[float]:
     """``(N, T)`` -> mean per 16-frame window."""
     return [values[:, start : start + WINDOW].float().mean().item() for start in range(0, values.shape[1], WINDOW)]
@@ -214,6 +245,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context-guidance", type=float, default=2.0)
+    parser.add_argument("--context-frames", type=int, default=2,
+                        help="context frames S of the rollout rows s2 and s2-guided (the model was trained on S <= 2)")
     parser.add_argument("--cost-frames", type=int, nargs="*", default=[64, 256, 512])
     parser.add_argument("--cost-repeats", type=int, default=1, help="interleaved runs per cost cell (medians)")
     parser.add_argument("--threads", type=int, default=2)
@@ -236,8 +269,9 @@ def main() -> None:
     labels = torch.arange(args.seeds) % 10
     pipe = VideoLDMPipeline.from_pretrained(args.model or embedded_model_dir(), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    rows = {"s2": Row("rollout S=2, context guidance 1", WINDOW, 2),
-            "s2-guided": Row(f"rollout S=2, context guidance {args.context_guidance:g}", WINDOW, 2,
+    context = args.context_frames
+    rows = {"s2": Row(f"rollout S={context}, context guidance 1", WINDOW, context),
+            "s2-guided": Row(f"rollout S={context}, context guidance {args.context_guidance:g}", WINDOW, context,
                              args.context_guidance),
             "s1": Row("rollout S=1 (last frame only)", WINDOW, 1),
             "s0": Row("independent windows (S=0)", WINDOW, 0),
@@ -248,7 +282,8 @@ def main() -> None:
 
     results, curves, samples = [], {}, {}
     real = real_videos(labels, args.frames)
-    for row, (videos, seconds) in [(Row("real held-out", WINDOW, 2), (real, None))] + [
+    real_row = Row("real held-out", WINDOW, 2)
+    for row, (videos, seconds) in [(real_row, (real, None))] + [
             (row, sample_row(pipe, row, labels, args)) for row in rows]:
         frames = videos.shape[0] * videos.shape[1]
         predicted = classify_frames(classifier, videos.flatten(0, 1)).argmax(-1).view(videos.shape[:2])
@@ -264,6 +299,7 @@ def main() -> None:
             "appearance_last": curves[row.name]["appearance"][-1],
             "smoothness": smoothness(videos)[0],
             "seam": seam_ratio(videos, row) if row.name != "real held-out" else float("nan"),
+            "seam_breakdown": seam_breakdown(videos, row) if row.context_frames and row is not real_row else None,
             "s_per_frame": None if seconds is None else seconds / frames,
         })
 
@@ -282,8 +318,20 @@ def main() -> None:
         print(f"| {r['row']} | {r['identity_last']:.3f} | {r['identity']:.3f} | {r['appearance_last']:.3f} "
               f"| {r['smoothness']:.3f} ({r['smoothness'] / real_smooth:.2f}x) | {seam} | {speed} |")
 
+    breakdowns = [r for r in results if r["seam_breakdown"] is not None]
+    if breakdowns:
+        print("\nWhere the seams lie, each over the same measure inside windows (1 = no seam): acceleration of the "
+              "(given, given, first new) and (given, first new, second new) triples; at the first new frame, the "
+              "velocity change along the motion (speed) and across it (turn).\n")
+        print("| row | entry acceleration | exit acceleration | speed change | turn |")
+        print("|---|---:|---:|---:|---:|")
+        for r in breakdowns:
+            b = r["seam_breakdown"]
+            print(f"| {r['row']} | {b['entry']:.2f} | {b['exit']:.2f} | {b['speed']:.2f} | {b['turn']:.2f} |")
+
     plot_drift(curves, args.out_dir / "long_video_drift.png")
-    gif_rows = [name for name in samples if name.startswith(("real", "rollout S=2, context guidance 1", "one window"))]
+    gif_rows = [name for name in samples if name.startswith(("real", "one window"))
+                or (name.startswith("rollout S=") and name.endswith("context guidance 1"))]
     gif = torch.cat([tile(samples[name][:, : min(args.frames, 256)], scale=2) for name in gif_rows], dim=-2)
     write_video(gif, args.out_dir / "long_video.gif", fps=16)
     print(f"\ndrift curve: {args.out_dir / 'long_video_drift.png'}; GIF (rows: {', '.join(gif_rows)}; first 4 videos, "
