@@ -213,8 +213,9 @@ def load_pipeline(info, *, interpolation: bool = True, upsampling: bool = True):
 class GenerateOptions:
     """The options of ``videoldm generate`` but ``--out``; the web UI (:mod:`videoldm.app`) fills one from its form.
 
-    ``steps`` None is the model's own number (:func:`resolve_steps`). ``labels`` as given: empty is the default (for a label model, class SEED mod its number of
-    classes), ``(-1,)`` is no label. The defaults here are the command line's.
+    ``steps`` None is the model's own number (:func:`resolve_steps`). ``labels`` as given: empty is
+    the default (for a label model, class SEED mod its number of classes), ``(-1,)`` is no label.
+    The defaults here are the command line's.
     """
 
     model: Optional[Path] = None
@@ -327,9 +328,9 @@ def read_given_frames(path: Path, option: str, frame_shape: tuple[int, Optional[
 
 @dataclass(frozen=True)
 class GenerationPlan:
-    """A checked ``generate`` request: its options (labels resolved: ``(-1,)`` for none; steps resolved), the model's
-    :class:`~videoldm.pipelines.directory.PipelineInfo`, and the given frames ``(K, C, H, W)`` read from
-    ``--init-image`` or ``--continue``."""
+    """A checked ``generate`` request: its options (labels resolved: ``(-1,)`` for none; steps resolved),
+    the model's :class:`~videoldm.pipelines.directory.PipelineInfo`, and the given frames ``(K, C, H, W)``
+    read from ``--init-image`` or ``--continue``."""
 
     options: GenerateOptions
     info: PipelineInfo
@@ -1172,7 +1173,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 # What every command but --help / --version imports: torch, diffusers, PyAV and our networks.
 PROGRAM_MODULES = ("videoldm.models", "videoldm.pipelines", "videoldm.data.io")
-NO_NETWORK_ARGUMENTS = ("--help", "-h", "--version")
+NO_NETWORK_ARGUMENTS = ("--help", "--version")
 
 
 def run() -> None:

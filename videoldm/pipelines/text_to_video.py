@@ -449,8 +449,9 @@ class VideoLDMPipeline(DiffusionPipeline):
         paper's baseline. ``latents`` (optional) is the initial unit-variance noise ``(B, T, c, h, w)``
         of a single window (the scheduler's ``init_noise_sigma`` is applied after its timesteps are
         set). ``num_inference_steps`` None is the pipeline's ``default_num_inference_steps`` (25 unless
-        its directory says otherwise; the embedded model's 10 measure equal to 25). ``frames`` follows diffusers' ``output_type`` conventions. ``callback_on_step_end`` runs
-        after every scheduler step (``len(scheduler.timesteps)`` times: more than
+        its directory says otherwise; the embedded model's 10 measure equal to 25). ``frames``
+        follows diffusers' ``output_type`` conventions. ``callback_on_step_end`` runs after every
+        scheduler step (``len(scheduler.timesteps)`` times: more than
         ``num_inference_steps`` for Heun, KDPM2 and PNDM). Non-finite sampled latents are a
         ``ValueError``. :meth:`generate_frames` yields the frames as they are made instead.
         """
