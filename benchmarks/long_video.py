@@ -123,25 +123,34 @@ def appearance_persistence(videos: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-8)
 
 
-def accelerations(videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centroid acceleration ``(N, T-2)`` at centre frames ``1..T-2`` and which of them are valid (no bounce)."""
+def centroid_motion(videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centroid velocity ``(N, T-1, 2)``, acceleration ``(N, T-2)`` at centre frames ``1..T-2``, and which
+    accelerations are valid (no bounce)."""
     c = centroid_of_mass(videos, threshold=CENTROID_THRESHOLD)
-    d = c[:, 1:] - c[:, :-1]
-    norm = (d[:, 1:] - d[:, :-1]).norm(dim=-1)
-    valid = torch.isfinite(norm) & ~((d[:, 1:] * d[:, :-1]) < 0).any(dim=-1)
-    return norm, valid
+    velocity = c[:, 1:] - c[:, :-1]
+    norm = (velocity[:, 1:] - velocity[:, :-1]).norm(dim=-1)
+    valid = torch.isfinite(norm) & ~((velocity[:, 1:] * velocity[:, :-1]) < 0).any(dim=-1)
+    return velocity, norm, valid
+
+
+def boundary_triples(num_frames: int, row: Row) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks over the centre frames ``1..T-2`` of the frame triples that straddle a rollout window boundary:
+    (last old, last old, first new) and (last old, first new, second new), ``start`` being the first new
+    frame of windows 2, 3, ..."""
+    entry = torch.zeros(num_frames - 2, dtype=torch.bool)
+    exit_ = torch.zeros_like(entry)
+    for start in range(WINDOW, num_frames, WINDOW - row.context_frames):
+        entry[start - 2] = True  # centre frame start - 1
+        if start < num_frames - 1:  # centre frame start, when the video goes on past it
+            exit_[start - 1] = True
+    return entry, exit_
 
 
 def seam_ratio(videos: torch.Tensor, row: Row) -> float:
     """Boundary over in-window acceleration; boundaries where a rollout window's first new frame lies."""
-    num_frames = videos.shape[1]
-    step = WINDOW - row.context_frames
-    starts = list(range(WINDOW, num_frames, step))  # the first new frame of windows 2, 3, ...
-    norm, valid = accelerations(videos)
-    straddles = torch.zeros(num_frames - 2, dtype=torch.bool)
-    for start in starts:
-        # triples (start-2, start-1, start) and (start-1, start, start+1): centre frames start-1 and start
-        straddles[[c - 1 for c in (start - 1, start) if 1 <= c <= num_frames - 2]] = True
+    _, norm, valid = centroid_motion(videos)
+    entry, exit_ = boundary_triples(videos.shape[1], row)
+    straddles = entry | exit_
     boundary, inside = norm[:, straddles][valid[:, straddles]], norm[:, ~straddles][valid[:, ~straddles]]
     return (boundary.mean() / inside.mean()).item() if len(boundary) and len(inside) else float("nan")
 
@@ -152,21 +161,14 @@ def seam_breakdown(videos: torch.Tensor, row: Row) -> dict[str, float]:
     ``entry``: the triples (given, given, first new) (centre frame ``start - 1``); ``exit``: (given,
     first new, second new). At the entry step, the velocity change split into its part along the
     previous velocity (``speed``: the motion speeds up or slows down) and across it (``turn``: the
-    motion changes direction); bounces are excluded as in :func:`accelerations`.
+    motion changes direction); bounces are excluded as in :func:`centroid_motion`.
     """
-    num_frames = videos.shape[1]
-    starts = list(range(WINDOW, num_frames, WINDOW - row.context_frames))
-    norm, valid = accelerations(videos)
-    c = centroid_of_mass(videos, threshold=CENTROID_THRESHOLD)
-    velocity = c[:, 1:] - c[:, :-1]
+    velocity, norm, valid = centroid_motion(videos)
     previous, change = velocity[:, :-1], velocity[:, 1:] - velocity[:, :-1]  # at centre frames 1..T-2
     direction = previous / previous.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     along = (change * direction).sum(-1)
     across = (change - along[..., None] * direction).norm(dim=-1)
-    entry = torch.zeros(num_frames - 2, dtype=torch.bool)
-    exit_ = torch.zeros_like(entry)
-    entry[[start - 2 for start in starts if start - 2 < num_frames - 2]] = True
-    exit_[[start - 1 for start in starts if start - 1 < num_frames - 2]] = True
+    entry, exit_ = boundary_triples(videos.shape[1], row)
     inside = ~(entry | exit_)
 
     def mean(values: torch.Tensor, where: torch.Tensor) -> float:

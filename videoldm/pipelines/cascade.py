@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import torch
 from diffusers.utils import BaseOutput
 
+from .directory import DEFAULT_NUM_INFERENCE_STEPS
 from .interpolation import DEFAULT_WINDOW_KEY_FRAMES, INTERPOLATION_FACTOR, PASSES_PER_FACTOR, plan_interpolation
 from .prediction import plan_rollout
 from .text_to_video import OUTPUT_TYPES, VideoLDMPipeline
@@ -47,7 +48,7 @@ def count_cascade_steps(
     *,
     fps_multiplier: int = 1,
     upscale: int = 1,
-    num_inference_steps: int = 25,
+    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     upsampler_steps: int = DEFAULT_UPSAMPLER_STEPS,
     window_frames: int | None = None,
     context_frames: int = 2,

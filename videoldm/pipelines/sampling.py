@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from .directory import DEFAULT_NUM_INFERENCE_STEPS
+
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], Any]
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -83,7 +85,7 @@ def denoise(
     conditional: dict[str, Any],
     guidance: Sequence[Guidance] = (),
     *,
-    num_inference_steps: int = 25,
+    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     generator: Generator = None,
     progress_bar: Callable[..., Any] | None = None,
     callback_on_step_end: StepCallback | None = None,
