@@ -13,6 +13,11 @@ of heads; heads are ``channels // head_dim`` at every level, for every model):
   same image UNet: each one's seconds per step over the image UNet's.
 * Achieved FLOP/s of the SVD-like VideoUNet as a fraction of this machine's fp32 matmul rate
   (the fastest of ten 2048^3 products, measured before each size, same run, same threads).
+* The machine's limits for the two ratios: ``svd_ratio_floor``, ours if all its FLOPs ran at the
+  matmul peak, over SVD as measured; ``temporal_overhead_floor``, the image UNet as measured plus
+  the temporal layers' FLOPs at the peak, over the image UNet. No kernel work goes below them.
+* ``--profile``: per size, where one forward's time goes (``torch.profiler`` self times by
+  operator group, and the wall time outside any operator: Python and dispatch).
 
 Models that share an image UNet share its weight tensors (memory only; the math is unchanged).
 Timings are medians of interleaved rounds (peers in turn) after a warm-up call that also counts
@@ -20,18 +25,20 @@ the FLOPs. SVD's blocks fix 32 norm groups, so the embedded-size row uses the em
 layout with channels (64, 128) instead of its (48, 96).
 
     python benchmarks/unet_speed.py [--sizes embedded mid sd15] [--repeats 5] [--sd15-repeats 2]
-                                    [--threads 2] [--json PATH]
+                                    [--threads 2] [--json PATH] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel, UNetSpatioTemporalConditionModel
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from timing import interleaved_medians, machine_note, matmul_peak_flops
 
@@ -111,7 +118,40 @@ def counted_flops(function: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-def measure(name: str, size: Size, repeats: int, peak: float) -> dict[str, Any]:
+# torch.profiler operator names by what they do; every other operator counts as "other operators"
+OPERATOR_GROUPS: dict[str, tuple[str, ...]] = {
+    "matmul": ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm"),
+    "convolution": ("aten::mkldnn_convolution", "aten::slow_conv3d_forward", "aten::_slow_conv2d_forward",
+                    "aten::convolution_overrideable"),
+    "attention kernel": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                         "aten::_scaled_dot_product_attention_math"),
+    "normalisation": ("aten::native_group_norm", "aten::native_layer_norm"),
+    "layout copies": ("aten::copy_", "aten::cat", "aten::clone"),
+}
+PROFILE_COLUMNS = (*OPERATOR_GROUPS, "other operators", "outside operators")
+
+
+def operator_profile(function: Callable[[], Any], rounds: int = 3) -> dict[str, float]:
+    """Seconds per call of ``function`` by :data:`PROFILE_COLUMNS`, plus ``"wall"``.
+
+    Operator groups sum the profiler's self CPU times (no double counting of nested operators);
+    "outside operators" is the profiled wall time less all of them: Python, module calls, dispatch
+    (and the profiler's own overhead, which inflates it a little).
+    """
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
+        for _ in range(rounds):
+            function()
+        wall = (time.perf_counter() - start) / rounds
+    seconds = dict.fromkeys(PROFILE_COLUMNS, 0.0)
+    for event in profiler.key_averages():
+        group = next((g for g, names in OPERATOR_GROUPS.items() if event.key in names), "other operators")
+        seconds[group] += event.self_cpu_time_total / 1e6 / rounds
+    seconds["outside operators"] = wall - sum(seconds.values())
+    return seconds | {"wall": wall}
+
+
+def measure(name: str, size: Size, repeats: int, peak: float, profiled: bool = False) -> dict[str, Any]:
     """All comparisons at one size; returns the figures for the table and the JSON."""
     torch.manual_seed(0)
     sample = torch.randn(size.batch, size.frames, 4, size.latent, size.latent)
@@ -137,7 +177,12 @@ def measure(name: str, size: Size, repeats: int, peak: float) -> dict[str, Any]:
         "svd_ratio": seconds["ours"] / seconds["svd"],
         "temporal_overhead_ratio": seconds["ours"] / seconds["image"],
         "matmul_peak_flops": peak, "peak_fraction": flops["ours"] / seconds["ours"] / peak,
+        "svd_ratio_floor": flops["ours"] / peak / seconds["svd"],
+        "temporal_overhead_floor": 1 + (flops["ours"] - flops["image"]) / peak / seconds["image"],
     }
+    if profiled:
+        with torch.no_grad():
+            result["profile"] = {key: operator_profile(call) for key, call in calls.items()}
     del svd, calls
 
     attention_only = VideoUNet.from_image_unet(image, temporal_kinds=("attention",), attention_everywhere=True,
@@ -171,22 +216,35 @@ def print_tables(results: list[dict[str, Any]], note: str) -> None:
     def shape(r: dict[str, Any]) -> str:
         return f"{r['size']} {'x'.join(map(str, r['shape']))}"
     print(f"CPU, {note}; medians of interleaved rounds\n")
-    print("| size, latents (B x T x C x H x W) | params ours / SVD | GFLOPs ours / SVD | s/step ours | s/step SVD | ours / SVD |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| size, latents (B x T x C x H x W) | params ours / SVD | GFLOPs ours / SVD | s/step ours | s/step SVD "
+          "| ours / SVD | floor at peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {shape(r)} | {r['params_ours'] / 1e6:.1f} M / {r['params_svd'] / 1e6:.1f} M "
               f"({100 * (r['params_ours'] / r['params_svd'] - 1):+.0f} %) | {r['flops_ours'] / 1e9:.1f} / "
-              f"{r['flops_svd'] / 1e9:.1f} | {r['s_ours']:.3f} | {r['s_svd']:.3f} | {r['svd_ratio']:.2f} |")
-    print("\n| size | image UNet s/step | + conv (3,1,1) + attention (ours) | + attention only (ours) | + AnimateDiff motion modules |")
-    print("|---|---:|---:|---:|---:|")
+              f"{r['flops_svd'] / 1e9:.1f} | {r['s_ours']:.3f} | {r['s_svd']:.3f} | {r['svd_ratio']:.2f} "
+              f"| {r['svd_ratio_floor']:.2f} |")
+    print("\n| size | image UNet s/step | + conv (3,1,1) + attention (ours) | floor at peak | + attention only (ours) "
+          "| + AnimateDiff motion modules |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['size']} | {r['s_image']:.3f} | {r['temporal_overhead_ratio']:.2f}x | "
-              f"{r['attention_only_overhead_ratio']:.2f}x | {r['animatediff_overhead_ratio']:.2f}x |")
+              f"{r['temporal_overhead_floor']:.2f}x | {r['attention_only_overhead_ratio']:.2f}x | "
+              f"{r['animatediff_overhead_ratio']:.2f}x |")
     print("\n| size | GFLOPs image / ours / SVD | achieved GFLOP/s (ours) | fp32 matmul peak GFLOP/s | fraction |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['size']} | {r['flops_image'] / 1e9:.1f} / {r['flops_ours'] / 1e9:.1f} / {r['flops_svd'] / 1e9:.1f} "
               f"| {r['flops_ours'] / r['s_ours'] / 1e9:.1f} | {r['matmul_peak_flops'] / 1e9:.1f} | {r['peak_fraction']:.2f} |")
+    profiled = [r for r in results if "profile" in r]
+    if profiled:
+        print("\nOne forward, ms by operator group (torch.profiler self times; profiled wall time):\n")
+        print(f"| size | model | wall | {' | '.join(PROFILE_COLUMNS)} |")
+        print("|---|---|---:|" + "---:|" * len(PROFILE_COLUMNS))
+        for r in profiled:
+            for model, seconds in r["profile"].items():
+                cells = " | ".join(f"{1000 * seconds[column]:.1f}" for column in PROFILE_COLUMNS)
+                print(f"| {r['size']} | {model} | {1000 * seconds['wall']:.1f} | {cells} |")
 
 
 def main() -> None:
@@ -197,6 +255,7 @@ def main() -> None:
     parser.add_argument("--sd15-repeats", type=int, default=2, help="timed rounds at SD-1.5 size (a round is minutes)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json", type=str, default=None, help="write the figures per size to this file")
+    parser.add_argument("--profile", action="store_true", help="also break one forward of each model down by operator")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     note = machine_note()
@@ -204,7 +263,7 @@ def main() -> None:
     for name in args.sizes:
         repeats = args.sd15_repeats if name == "sd15" else args.repeats
         # the peak again before each size: the neighbours' load drifts over minutes
-        results.append(measure(name, SIZES[name], repeats, matmul_peak_flops()))
+        results.append(measure(name, SIZES[name], repeats, matmul_peak_flops(), args.profile))
         print(f"[{name} done]", flush=True)
     print()
     print_tables(results, note)
