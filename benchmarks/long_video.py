@@ -19,7 +19,7 @@ Measures, per 16-frame window of the video (the drift curve) and summarised:
 * motion smoothness: |c[t+1] - 2c[t] + c[t-1]| of the centroid (pixels), bounce triples excluded
   as in ``quality_digits.py``;
 * seam ratio: mean acceleration of the triples that straddle a window boundary over that of the
-  triples inside windows (1 = no seam).
+  triples inside windows (1 = no seam; "-" for one window of all frames, which has no boundary).
 
 Then seconds per frame and peak RSS of the whole ``videoldm generate`` process (batch 1) at 64, 256
 and 512 frames, rollout versus one window.
@@ -136,10 +136,10 @@ def centroid_motion(videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 def boundary_triples(num_frames: int, row: Row) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks over the centre frames ``1..T-2`` of the frame triples that straddle a rollout window boundary:
     (last old, last old, first new) and (last old, first new, second new), ``start`` being the first new
-    frame of windows 2, 3, ..."""
+    frame of windows 2, 3, ... of ``row`` (none for one window of all frames)."""
     entry = torch.zeros(num_frames - 2, dtype=torch.bool)
     exit_ = torch.zeros_like(entry)
-    for start in range(WINDOW, num_frames, WINDOW - row.context_frames):
+    for start in range(row.window_frames, num_frames, row.window_frames - row.context_frames):
         entry[start - 2] = True  # centre frame start - 1
         if start < num_frames - 1:  # centre frame start, when the video goes on past it
             exit_[start - 1] = True
