@@ -8,7 +8,14 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 
 from conftest import CROSS_ATTENTION_DIM, randomize_temporal, tiny_clip_text_model, tiny_clip_tokenizer, tiny_scheduler
 from videoldm.models.upsampler import VideoUpsampler, downsample_frames, noise_augment, resize_frames
-from videoldm.pipelines.upsample import VideoUpsamplerPipeline, WindowedUpsampler, blend_ramp, plan_pieces
+from videoldm.pipelines import upsample as upsample_module
+from videoldm.pipelines.upsample import (
+    VideoUpsamplerPipeline,
+    WindowedUpsampler,
+    auto_tile_size,
+    blend_ramp,
+    plan_pieces,
+)
 
 # Stable Diffusion's x4 upscaler UNet, exactly as published (stabilityai/stable-diffusion-x4-upscaler,
 # unet/config.json); built here with random weights.
@@ -148,6 +155,37 @@ def test_window_covering_the_video_equals_one_pass():
     assert one.shape == (1, 5, 1, 16, 16)
     torch.testing.assert_close(covering, one, rtol=0, atol=0)
     assert torch.isfinite(windowed).all() and windowed.shape == one.shape
+
+
+def test_auto_tiles_only_frames_too_large_for_the_memory_budget():
+    # the embedded upsampler (16 channels) at the cascade's 128x128: whole frames, outputs as before
+    assert auto_tile_size(16, 1, 16, (128, 128)) is None
+    # 704x576 (4x a 176x144 video) in 16-frame windows: about 13 GB whole, so tiles of 8k cells
+    side = auto_tile_size(16, 1, 16, (576, 704))
+    assert side is not None and side % 8 == 0 and 16 * side * side * 128 * 16 <= upsample_module.DEFAULT_MAX_PIECE_BYTES
+    assert auto_tile_size(16, 2, 16, (576, 704)) < side  # two guidance branches in the piece: smaller tiles
+    assert auto_tile_size(256, 1, 64, (4096, 4096)) == upsample_module.MIN_AUTO_TILE
+
+
+def test_auto_tile_size_runs_the_tiles_it_picks(monkeypatch):
+    upsampler = tiny_upsampler()
+    video = torch.rand(1, 3, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    pipe = VideoUpsamplerPipeline(upsampler=upsampler, scheduler=tiny_scheduler(), low_res_scheduler=low_res_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(tile_size):
+        return pipe(video, noise_level=5, num_inference_steps=2, tile_size=tile_size, generator=torch.Generator().manual_seed(0))
+
+    whole = run(None)
+    torch.testing.assert_close(run("auto"), whole, rtol=0, atol=0)  # a small video: no tiles
+    budget = 3 * 32 * 32 * 128 * 8  # 3 frames of 32x32 cells, first level of 8 channels: 32-cell tiles
+    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_PIECE_BYTES", budget)
+    assert auto_tile_size(8, 1, 3, (64, 64)) == 32
+    tiled = run("auto")
+    torch.testing.assert_close(tiled, run(32), rtol=0, atol=0)
+    assert not torch.equal(tiled, whole)
+    with pytest.raises(ValueError, match="tile_size"):
+        run("big")
 
 
 def tiny_latent_upscaler_parts() -> tuple[UNet2DConditionModel, AutoencoderKL]:
@@ -309,12 +347,29 @@ def test_upsample_command_keeps_frames_and_rate(tmp_path):
     assert clip.frames.shape == (5, 3, 48, 80) and clip.fps == pytest.approx(5)
 
 
+def test_upsample_command_says_when_it_tiles_on_its_own(tmp_path, capsys, monkeypatch):
+    from videoldm.data.io import read_video, write_video
+
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    source = tmp_path / "in.mp4"
+    write_video(torch.rand(3, 3, 12, 20) * 2 - 1, source, fps=5)
+    base = ["upsample", "--model", str(tmp_path / "model"), "--video", str(source), "--steps", "1"]
+    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_PIECE_BYTES", 3 * 32 * 32 * 128 * 8)  # 32-pixel tiles
+    assert run_cli(base + ["--out", str(tmp_path / "auto.mp4")]) == 0
+    assert "denoised in tiles of 32 (--tile auto" in capsys.readouterr().err
+    assert run_cli(base + ["--tile", "none", "--out", str(tmp_path / "whole.mp4")]) == 0
+    assert "tiles" not in capsys.readouterr().err
+    assert read_video(tmp_path / "auto.mp4").frames.shape == read_video(tmp_path / "whole.mp4").frames.shape == (3, 3, 48, 80)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--noise-level", "21"], "--noise-level 21: expected 0..20"),
     (["--window", "3"], "--window 3"),
     (["--video", "missing.mp4"], "missing.mp4"),
     (["--prompt", "a digit"], "--prompt: the upsampler of"),
     (["--guidance", "3"], "--guidance: the upsampler of"),
+    (["--tile", "8"], "--tile '8': expected a tile size of at least 16"),
+    (["--tile", "huge"], "--tile 'huge'"),
 ])
 def test_upsample_command_refuses_bad_input(tmp_path, capsys, args, message):
     from videoldm.data.io import write_video

@@ -674,15 +674,16 @@ def upsample(
     seed: int = SeedOption,
     image_only: bool = typer.Option(False, "--image-only", help="Switch the temporal layers off: the per-frame image upsampler (a baseline)."),
     window: int = typer.Option(16, "--window", min=2, max=MAX_FRAMES, help="Frames per denoised window (windows overlap by 4)."),
-    tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Also cut frames into overlapping square tiles of this many output pixels (bounds memory on large frames)."),
+    tile: str = typer.Option("auto", "--tile", help="Cut frames into overlapping square tiles of this many output pixels (at least 16), bounding memory on large frames; 'auto': only where a whole frame would take more than 2 GB; 'none': never."),
     fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the input (default: the file's own; 8 for a frame folder); the output keeps it."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the video shows, for an upsampler with a text encoder (Stable Diffusion's x4 upscaler, inflated); default: the empty caption."),
     guidance: float = typer.Option(1.0, "--guidance", "-g", min=0.0, callback=_finite, help="Classifier-free guidance scale of the prompt, for an upsampler with a text encoder (1: none)."),
 ) -> None:
     """Upsample a video x4 (same frame count) with the video upsampler; any input size the upsampler's UNet can divide."""
     from .data.io import check_video_output, video_writer
-    from .pipelines.upsample import DEFAULT_UPSAMPLER_WINDOW_OVERLAP
+    from .pipelines.upsample import DEFAULT_UPSAMPLER_WINDOW_OVERLAP, auto_tile_size
 
+    tile_size = parse_tile(tile)
     with reported_as("--out"):
         check_video_output(out)
     info = inspect_upsampler(model)
@@ -702,17 +703,34 @@ def upsample(
         raise UserError(f"--video {video}: frames are {width}x{height}; this upsampler needs sides that are multiples of {multiple}")
     if window <= DEFAULT_UPSAMPLER_WINDOW_OVERLAP:
         raise UserError(f"--window {window}: must be more than the windows' overlap ({DEFAULT_UPSAMPLER_WINDOW_OVERLAP})")
+    if tile_size == "auto":
+        branches = 2 if "text_encoder" in info.components and guidance != 1.0 else 1
+        sample_size = (height * scale // latent_cell, width * scale // latent_cell)
+        tile_size = auto_tile_size(upsampler["unet_config"]["block_out_channels"][0], branches, min(window, len(frames)),
+                                   sample_size)
+        if tile_size is not None:
+            typer.echo(f"frames of {width * scale}x{height * scale}: denoised in tiles of {tile_size} (--tile auto: "
+                       "a whole frame would take more than 2 GB; --tile none to turn off)", err=True)
 
     import torch
 
     pipe = load_upsampler(info)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
     upsampled = pipe(frames[None], noise_level=noise_level, num_inference_steps=steps, image_only=image_only,
-                     window_frames=window, tile_size=tile, generator=torch.Generator().manual_seed(seed),
+                     window_frames=window, tile_size=tile_size, generator=torch.Generator().manual_seed(seed),
                      prompt=prompt, guidance_scale=guidance)
     with video_writer(out, fps=input_fps) as write:
         write(upsampled[0])
     typer.echo(f"wrote {out} ({len(frames)} frames, {width * scale}x{height * scale}, {input_fps:g} fps)")
+
+
+def parse_tile(text: str) -> int | str | None:
+    """``--tile``: ``"auto"``, ``"none"`` (None) or a tile side of at least 16."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    if text.isdigit() and int(text) >= 16:
+        return int(text)
+    raise UserError(f"--tile {text!r}: expected a tile size of at least 16 pixels, 'auto' or 'none'")
 
 
 def parse_temporal_kinds(text: str) -> list[str]:

@@ -578,7 +578,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         num_inference_steps: int = DEFAULT_UPSAMPLER_STEPS,
         image_only: bool = False,
         window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
-        tile_size: int | None = None,
+        tile_size: int | str | None = "auto",
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
@@ -590,8 +590,8 @@ class VideoLDMPipeline(DiffusionPipeline):
         noise-augmented to ``noise_level`` (0..``max_noise_level``), the level the upsampler is told;
         ``image_only=True`` switches its temporal layers off (the per-frame upsampler, a baseline).
         Long videos run in overlapping windows of ``window_frames``; ``tile_size`` (pixels of the
-        output) also cuts frames into overlapping tiles, bounding memory
-        (:mod:`videoldm.pipelines.upsample`). ``output_type`` as in :meth:`__call__` but ``"latent"``.
+        output) also cuts frames into overlapping tiles, bounding memory; ``"auto"`` cuts them only
+        where a whole frame would take more than 2 GB, None never (:mod:`videoldm.pipelines.upsample`). ``output_type`` as in :meth:`__call__` but ``"latent"``.
         """
         if output_type not in OUTPUT_TYPES or output_type == "latent":
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES[:-1]}, got {output_type!r}")

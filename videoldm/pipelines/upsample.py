@@ -5,15 +5,19 @@ video is denoised in overlapping pieces, frame windows of ``window_frames`` (ove
 ``window_overlap``) times, optionally, spatial tiles of ``tile_size`` (overlap ``tile_overlap``),
 all sharing one noise tensor. At every denoising step each piece's prediction is computed and the
 pieces are blended with weights that ramp linearly across their overlaps (MultiDiffusion-style),
-so the result has no seams and memory is bounded by the piece size, not by the video.
+so the result has no seams. The UNet's activations, most of the memory, are bounded by the piece;
+the sampler's own state (the sample, its noise and the scheduler's history) holds the whole video.
+By default (``tile_size="auto"``) frames are cut into tiles only when a whole-frame piece would
+take more than ``DEFAULT_MAX_PIECE_BYTES`` (:func:`auto_tile_size`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
@@ -29,6 +33,34 @@ DEFAULT_NOISE_LEVEL = 20  # Stable Diffusion's x4 upscaler default; small: the i
 DEFAULT_UPSAMPLER_WINDOW_FRAMES = 16
 DEFAULT_UPSAMPLER_WINDOW_OVERLAP = 4
 DEFAULT_UPSAMPLER_STEPS = 10  # on 8 held-out digit videos the image upsampler scored 33.18 dB at 10 steps, 33.14 at 20
+# A piece's peak memory (the UNet's activations) grows with its cells (videos x frames x height x
+# width) times the width of the UNet's first level. Measured for the embedded upsampler (16
+# channels; `videoldm upsample`, peak RSS less the 0.7 GB of a small run): 4 frames of 704x576 in
+# one piece 2.4 GB, 95 bytes a cell and channel; 8 frames in 256-pixel tiles 1.0 GB, 120 bytes.
+PIECE_BYTES_PER_CELL_AND_CHANNEL = 128
+DEFAULT_MAX_PIECE_BYTES = 2 * 1024**3
+MIN_AUTO_TILE = 32
+TileSize = int | Literal["auto"] | None
+
+
+def auto_tile_size(
+    first_level_channels: int, piece_videos: int, piece_frames: int, sample_size: tuple[int, int],
+    max_piece_bytes: int | None = None,
+) -> int | None:
+    """The square tile side (sample cells, a multiple of 8) that keeps a piece of ``piece_videos x
+    piece_frames`` frames under ``max_piece_bytes`` (default :data:`DEFAULT_MAX_PIECE_BYTES`); None
+    when whole frames of ``sample_size`` fit.
+
+    Memory is estimated at :data:`PIECE_BYTES_PER_CELL_AND_CHANNEL` times ``first_level_channels``
+    per cell; tiles are never smaller than :data:`MIN_AUTO_TILE`.
+    """
+    max_piece_bytes = DEFAULT_MAX_PIECE_BYTES if max_piece_bytes is None else max_piece_bytes
+    bytes_per_cell = PIECE_BYTES_PER_CELL_AND_CHANNEL * first_level_channels * piece_videos * piece_frames
+    height, width = sample_size
+    if height * width * bytes_per_cell <= max_piece_bytes:
+        return None
+    side = int(math.sqrt(max_piece_bytes / bytes_per_cell)) // 8 * 8
+    return max(side, MIN_AUTO_TILE)
 
 
 def plan_pieces(length: int, size: int | None, overlap: int) -> list[slice]:
@@ -120,7 +152,7 @@ def upsample_video(
     image_only: bool = False,
     window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
     window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
-    tile_size: int | None = None,
+    tile_size: TileSize = "auto",
     tile_overlap: int = 8,
     generator: Generator = None,
     progress_bar: Callable[..., Any] | None = None,
@@ -134,11 +166,19 @@ def upsample_video(
     ``generator``), resized to ``sample_size`` once, and every denoising step runs the upsampler
     piecewise (:class:`WindowedUpsampler`). ``image_only`` switches the temporal layers off: the
     per-frame image upsampler. ``encoder_hidden_states`` (and ``negative_...`` with ``guidance_scale``)
-    condition a text-conditional upsampler.
+    condition a text-conditional upsampler. ``tile_size`` in sample cells, ``"auto"``
+    (:func:`auto_tile_size` of a window) or None (whole frames).
     """
     if not 0 <= noise_level <= upsampler.config.max_noise_level:
         raise ValueError(f"noise_level must be in 0..{upsampler.config.max_noise_level}, got {noise_level}")
     batch, num_frames = low_res_video.shape[:2]
+    if tile_size == "auto":
+        branches = 2 if negative_encoder_hidden_states is not None and guidance_scale != 1.0 else 1
+        window = num_frames if window_frames is None else min(window_frames, num_frames)
+        tile_size = auto_tile_size(upsampler.config.unet_config["block_out_channels"][0], batch * branches, window,
+                                   sample_size)
+    elif tile_size is not None and (isinstance(tile_size, str) or tile_size < 1):
+        raise ValueError(f"tile_size must be a positive number of cells, 'auto' or None, got {tile_size!r}")
     device, dtype = low_res_video.device, upsampler.dtype
     levels = torch.full((batch,), noise_level, dtype=torch.long, device=device)
     noise = randn_tensor(low_res_video.shape, generator=generator, device=device, dtype=dtype)
@@ -235,7 +275,7 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         image_only: bool = False,
         window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
         window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
-        tile_size: int | None = None,
+        tile_size: TileSize = "auto",
         tile_overlap: int = 8,
         generator: Generator = None,
         decode_chunk_size: int = 8,
