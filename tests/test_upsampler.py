@@ -382,6 +382,23 @@ def test_upsample_command_refuses_bad_input(tmp_path, capsys, args, message):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_upsample_command_refuses_a_video_whose_state_would_not_fit_in_memory(tmp_path, capsys, monkeypatch):
+    from videoldm import cli
+    from videoldm.data.io import write_video
+    from videoldm.pipelines.upsample import DEFAULT_MAX_PIECE_BYTES, sampler_state_bytes
+
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    write_video(torch.zeros(4, 3, 8, 8), tmp_path / "in.mp4", fps=5)
+    assert cli.available_memory_bytes() > 0
+    needed = sampler_state_bytes(1, 4, 3, (32, 32), (32, 32))
+    assert needed == 4 * 4 * (12 + 4) * 3 * 32 * 32  # 16 float32 copies of a 32x32 RGB frame, 4 frames
+    monkeypatch.setattr(cli, "available_memory_bytes", lambda: DEFAULT_MAX_PIECE_BYTES + needed - 1)
+    args = ["upsample", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "in.mp4"), "--out", str(tmp_path / "o.mp4")]
+    assert run_cli(args) == 2
+    assert "4 frames of 32x32 need about" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
+
+
 def test_generate_refuses_upscale_without_an_upsampler(tmp_path, capsys):
     from test_interpolation import interpolation_pipeline
 

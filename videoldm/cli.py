@@ -681,7 +681,12 @@ def upsample(
 ) -> None:
     """Upsample a video x4 (same frame count) with the video upsampler; any input size the upsampler's UNet can divide."""
     from .data.io import check_video_output, video_writer
-    from .pipelines.upsample import DEFAULT_UPSAMPLER_WINDOW_OVERLAP, auto_tile_size
+    from .pipelines.upsample import (
+        DEFAULT_MAX_PIECE_BYTES,
+        DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
+        auto_tile_size,
+        sampler_state_bytes,
+    )
 
     tile_size = parse_tile(tile)
     with reported_as("--out"):
@@ -703,14 +708,21 @@ def upsample(
         raise UserError(f"--video {video}: frames are {width}x{height}; this upsampler needs sides that are multiples of {multiple}")
     if window <= DEFAULT_UPSAMPLER_WINDOW_OVERLAP:
         raise UserError(f"--window {window}: must be more than the windows' overlap ({DEFAULT_UPSAMPLER_WINDOW_OVERLAP})")
+    sample_size = (height * scale // latent_cell, width * scale // latent_cell)
     if tile_size == "auto":
         branches = 2 if "text_encoder" in info.components and guidance != 1.0 else 1
-        sample_size = (height * scale // latent_cell, width * scale // latent_cell)
         tile_size = auto_tile_size(upsampler["unet_config"]["block_out_channels"][0], branches, min(window, len(frames)),
                                    sample_size)
         if tile_size is not None:
             typer.echo(f"frames of {width * scale}x{height * scale}: denoised in tiles of {tile_size} (--tile auto: "
                        "a whole frame would take more than 2 GB; --tile none to turn off)", err=True)
+    sample_channels = upsampler["unet_config"]["in_channels"] - upsampler["low_res_channels"]
+    needed = sampler_state_bytes(1, len(frames), sample_channels, sample_size, (height * scale, width * scale))
+    available = available_memory_bytes()
+    if available is not None and needed + DEFAULT_MAX_PIECE_BYTES > available:
+        raise UserError(f"--video {video}: {len(frames)} frames of {width * scale}x{height * scale} need about "
+                        f"{needed / 1e9:.1f} GB for the whole video's sampler state, and this machine has "
+                        f"{available / 1e9:.1f} GB available; upsample fewer frames at a time")
 
     import torch
 
@@ -722,6 +734,17 @@ def upsample(
     with video_writer(out, fps=input_fps) as write:
         write(upsampled[0])
     typer.echo(f"wrote {out} ({len(frames)} frames, {width * scale}x{height * scale}, {input_fps:g} fps)")
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the kernel can still give this process (``MemAvailable`` of /proc/meminfo); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def parse_tile(text: str) -> int | str | None:
