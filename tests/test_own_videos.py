@@ -284,5 +284,7 @@ def test_files_skipped_inside_data_loader_workers_are_counted_once(tiny_text_pip
         assert not trainer.source.skipped  # the header is fine: nothing is skipped before decoding
         trainer.train()
     assert not trainer.source.skipped  # this process decoded nothing: the workers did
-    assert trainer.skipped == Counter({"truncated": 1})
+    # how the cut stream fails (no frames in range, or invalid data) depends on how x264 laid out the
+    # file, which depends on its thread count: one core writes a different file than two
+    assert sum(trainer.skipped.values()) == 1 and set(trainer.skipped) <= {"truncated", "unreadable"}
     assert list(trainer.skipped_files) == [str(folder / "cut.mp4")]
