@@ -684,7 +684,7 @@ def upsample(
     from .pipelines.upsample import (
         DEFAULT_MAX_PIECE_BYTES,
         DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
-        auto_tile_size,
+        resolve_tile_size,
         sampler_state_bytes,
     )
 
@@ -711,11 +711,12 @@ def upsample(
     sample_size = (height * scale // latent_cell, width * scale // latent_cell)
     if tile_size == "auto":
         branches = 2 if "text_encoder" in info.components and guidance != 1.0 else 1
-        tile_size = auto_tile_size(upsampler["unet_config"]["block_out_channels"][0], branches, min(window, len(frames)),
-                                   sample_size)
+        tile_size = resolve_tile_size("auto", upsampler["unet_config"]["block_out_channels"][0], branches, len(frames),
+                                      window, sample_size)
         if tile_size is not None:
-            typer.echo(f"frames of {width * scale}x{height * scale}: denoised in tiles of {tile_size} (--tile auto: "
-                       "a whole frame would take more than 2 GB; --tile none to turn off)", err=True)
+            typer.echo(f"frames of {width * scale}x{height * scale}: denoised in tiles of {tile_size} (--tile auto: a "
+                       f"whole frame would take more than {DEFAULT_MAX_PIECE_BYTES / 2**30:g} GB; --tile none to turn off)",
+                       err=True)
     sample_channels = upsampler["unet_config"]["in_channels"] - upsampler["low_res_channels"]
     needed = sampler_state_bytes(1, len(frames), sample_channels, sample_size, (height * scale, width * scale))
     available = available_memory_bytes()

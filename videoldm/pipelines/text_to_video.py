@@ -591,7 +591,8 @@ class VideoLDMPipeline(DiffusionPipeline):
         ``image_only=True`` switches its temporal layers off (the per-frame upsampler, a baseline).
         Long videos run in overlapping windows of ``window_frames``; ``tile_size`` (pixels of the
         output) also cuts frames into overlapping tiles, bounding memory; ``"auto"`` cuts them only
-        where a whole frame would take more than 2 GB, None never (:mod:`videoldm.pipelines.upsample`). ``output_type`` as in :meth:`__call__` but ``"latent"``.
+        where a whole frame would take more than 2 GB, None never (:mod:`videoldm.pipelines.upsample`).
+        ``output_type`` as in :meth:`__call__` but ``"latent"``.
         """
         if output_type not in OUTPUT_TYPES or output_type == "latent":
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES[:-1]}, got {output_type!r}")

@@ -79,6 +79,20 @@ def auto_tile_size(
     return max(side, MIN_AUTO_TILE)
 
 
+def resolve_tile_size(
+    tile_size: TileSize, first_level_channels: int, piece_videos: int, num_frames: int, window_frames: int | None,
+    sample_size: tuple[int, int],
+) -> int | None:
+    """``tile_size`` as given (cells, or None for whole frames), or for ``"auto"`` the :func:`auto_tile_size`
+    of one window of ``window_frames`` (all ``num_frames`` for None) of ``piece_videos`` videos."""
+    if tile_size == "auto":
+        window = num_frames if window_frames is None else min(window_frames, num_frames)
+        return auto_tile_size(first_level_channels, piece_videos, window, sample_size)
+    if tile_size is not None and (isinstance(tile_size, str) or tile_size < 1):
+        raise ValueError(f"tile_size must be a positive number of cells, 'auto' or None, got {tile_size!r}")
+    return tile_size
+
+
 def plan_pieces(length: int, size: int | None, overlap: int) -> list[slice]:
     """Overlapping slices of ``size`` covering ``0..length`` (one slice when ``size`` is None or >= ``length``).
 
@@ -188,13 +202,9 @@ def upsample_video(
     if not 0 <= noise_level <= upsampler.config.max_noise_level:
         raise ValueError(f"noise_level must be in 0..{upsampler.config.max_noise_level}, got {noise_level}")
     batch, num_frames = low_res_video.shape[:2]
-    if tile_size == "auto":
-        branches = 2 if negative_encoder_hidden_states is not None and guidance_scale != 1.0 else 1
-        window = num_frames if window_frames is None else min(window_frames, num_frames)
-        tile_size = auto_tile_size(upsampler.config.unet_config["block_out_channels"][0], batch * branches, window,
-                                   sample_size)
-    elif tile_size is not None and (isinstance(tile_size, str) or tile_size < 1):
-        raise ValueError(f"tile_size must be a positive number of cells, 'auto' or None, got {tile_size!r}")
+    branches = 2 if negative_encoder_hidden_states is not None and guidance_scale != 1.0 else 1
+    tile_size = resolve_tile_size(tile_size, upsampler.config.unet_config["block_out_channels"][0], batch * branches,
+                                  num_frames, window_frames, sample_size)
     device, dtype = low_res_video.device, upsampler.dtype
     levels = torch.full((batch,), noise_level, dtype=torch.long, device=device)
     noise = randn_tensor(low_res_video.shape, generator=generator, device=device, dtype=dtype)
