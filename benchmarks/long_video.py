@@ -300,7 +300,7 @@ def main() -> None:
             "identity": identity.float().mean().item(),
             "appearance_last": curves[row.name]["appearance"][-1],
             "smoothness": smoothness(videos)[0],
-            "seam": seam_ratio(videos, row) if row.name != "real held-out" else float("nan"),
+            "seam": seam_ratio(videos, row) if row is not real_row else float("nan"),
             "seam_breakdown": seam_breakdown(videos, row) if row.context_frames and row is not real_row else None,
             "s_per_frame": None if seconds is None else seconds / frames,
         })

@@ -223,7 +223,7 @@ def with_peak_figures(result: dict[str, Any], peak: float) -> dict[str, Any]:
 
 
 def print_tables(results: list[dict[str, Any]], note: str) -> None:
-    """The three markdown tables."""
+    """The three markdown tables, and the operator profile's when it was measured."""
     def shape(r: dict[str, Any]) -> str:
         return f"{r['size']} {'x'.join(map(str, r['shape']))}"
     print(f"CPU, {note}; medians of interleaved rounds\n")

@@ -688,7 +688,7 @@ def upsample(
         sampler_state_bytes,
     )
 
-    tile_size = parse_tile(tile)
+    requested_tile = parse_tile(tile)
     with reported_as("--out"):
         check_video_output(out)
     info = inspect_upsampler(model)
@@ -709,14 +709,13 @@ def upsample(
     if window <= DEFAULT_UPSAMPLER_WINDOW_OVERLAP:
         raise UserError(f"--window {window}: must be more than the windows' overlap ({DEFAULT_UPSAMPLER_WINDOW_OVERLAP})")
     sample_size = (height * scale // latent_cell, width * scale // latent_cell)
-    if tile_size == "auto":
-        branches = 2 if "text_encoder" in info.components and guidance != 1.0 else 1
-        tile_size = resolve_tile_size("auto", upsampler["unet_config"]["block_out_channels"][0], branches, len(frames),
-                                      window, sample_size)
-        if tile_size is not None:
-            typer.echo(f"frames of {width * scale}x{height * scale}: denoised in tiles of {tile_size} (--tile auto: a "
-                       f"whole frame would take more than {DEFAULT_MAX_PIECE_BYTES / 2**30:g} GB; --tile none to turn off)",
-                       err=True)
+    branches = 2 if "text_encoder" in info.components and guidance != 1.0 else 1
+    tile_size = resolve_tile_size(requested_tile, upsampler["unet_config"]["block_out_channels"][0], branches, len(frames),
+                                  window, sample_size)
+    if requested_tile == "auto" and tile_size is not None:
+        typer.echo(f"frames of {width * scale}x{height * scale}: denoised in tiles of {tile_size} (--tile auto: a "
+                   f"whole frame would take more than {DEFAULT_MAX_PIECE_BYTES / 2**30:g} GB; --tile none to turn off)",
+                   err=True)
     sample_channels = upsampler["unet_config"]["in_channels"] - upsampler["low_res_channels"]
     needed = sampler_state_bytes(1, len(frames), sample_channels, sample_size, (height * scale, width * scale))
     available = available_memory_bytes()

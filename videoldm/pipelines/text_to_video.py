@@ -33,6 +33,7 @@ from .upsample import (
     DEFAULT_NOISE_LEVEL,
     DEFAULT_UPSAMPLER_STEPS,
     DEFAULT_UPSAMPLER_WINDOW_FRAMES,
+    TileSize,
     VideoUpsamplerPipeline,
 )
 
@@ -578,7 +579,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         num_inference_steps: int = DEFAULT_UPSAMPLER_STEPS,
         image_only: bool = False,
         window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
-        tile_size: int | str | None = "auto",
+        tile_size: TileSize = "auto",
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
