@@ -15,6 +15,9 @@ from videoldm.pipelines.upsample import (
     auto_tile_size,
     blend_ramp,
     plan_pieces,
+    plan_segments,
+    resolve_segment_frames,
+    sampler_state_bytes,
 )
 
 # Stable Diffusion's x4 upscaler UNet, exactly as published (stabilityai/stable-diffusion-x4-upscaler,
@@ -188,6 +191,97 @@ def test_auto_tile_size_runs_the_tiles_it_picks(monkeypatch):
         run("big")
 
 
+def test_segments_cover_the_video_each_adding_new_frames():
+    assert plan_segments(10, None, 2) == plan_segments(10, 10, 2) == [slice(0, 10)]
+    assert plan_segments(10, 6, 2) == [slice(0, 6), slice(4, 10)]
+    assert plan_segments(11, 6, 2) == [slice(0, 6), slice(4, 10), slice(8, 11)]  # the last one is shorter
+    for frames in range(3, 30):
+        segments = plan_segments(frames, 5, 2)
+        assert segments[0].start == 0 and segments[-1].stop == frames
+        for before, segment in zip(segments, segments[1:]):
+            assert segment.start == before.stop - 2 and segment.stop > before.stop
+    with pytest.raises(ValueError, match="overlap"):
+        plan_segments(10, 2, 2)
+
+
+def test_auto_segments_only_a_video_whose_state_passes_the_budget():
+    per_frame = sampler_state_bytes(1, 1, 1, (128, 128), (128, 128))
+    # the embedded model's cascade at 128x128: 49 frames in one run, so outputs are as before
+    assert resolve_segment_frames("auto", 1, 49, 1, (128, 128), (128, 128), 16) is None
+    assert resolve_segment_frames("auto", 1, 100, 1, (128, 128), (128, 128), 16, max_state_bytes=40 * per_frame) == 40
+    # never fewer frames than one window, whatever the budget
+    assert resolve_segment_frames("auto", 1, 100, 1, (128, 128), (128, 128), 16, max_state_bytes=per_frame) == 16
+    assert resolve_segment_frames(None, 1, 100, 1, (8, 8), (8, 8), 16) is None
+    assert resolve_segment_frames(7, 1, 100, 1, (8, 8), (8, 8), 16) == 7
+    for bad in (4, "some"):
+        with pytest.raises(ValueError, match="segment_frames"):
+            resolve_segment_frames(bad, 1, 100, 1, (8, 8), (8, 8), 16)
+
+
+def test_each_segment_continues_the_frames_it_shares_with_the_one_before(monkeypatch):
+    upsampler = tiny_upsampler()
+    video = torch.rand(1, 9, 1, 4, 4, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    runs, denoise = [], upsample_module.denoise
+
+    def recorded(*args, **kwargs):
+        runs.append((kwargs.get("given_mask"), denoise(*args, **kwargs)))
+        return runs[-1][1]
+
+    monkeypatch.setattr(upsample_module, "denoise", recorded)
+
+    def segments(segment_frames, frames=9):
+        return list(upsample_module.upsample_video_segments(
+            upsampler, tiny_scheduler(), low_res_scheduler(), video[:, :frames], sample_size=(16, 16), noise_level=5,
+            num_inference_steps=2, window_frames=4, window_overlap=2, segment_frames=segment_frames,
+            generator=torch.Generator().manual_seed(0)))
+
+    pieces = segments(5)  # runs on frames 0-4, 3-7 and 6-8
+    assert [piece.shape[1] for piece in pieces] == [5, 3, 1]
+    masks, samples = zip(*runs)
+    assert masks[0] is None and [mask[0].tolist() for mask in masks[1:]] == [[True] * 2 + [False] * 3,
+                                                                           [True] * 2 + [False]]
+    for before, after in zip(samples, samples[1:]):  # the shared frames come out exactly as already made
+        torch.testing.assert_close(after[:, :2], before[:, -2:], rtol=0, atol=0)
+    runs.clear()
+    torch.testing.assert_close(pieces[0], segments(None, frames=5)[0], rtol=0, atol=0)  # the first run: a video of its own
+    whole = torch.cat(segments(None), dim=1)
+    assert whole.shape == torch.cat(pieces, dim=1).shape and not torch.equal(whole, torch.cat(pieces, dim=1))
+
+
+def test_the_pipeline_streams_segments_when_the_state_would_pass_the_budget(monkeypatch):
+    pipe = VideoUpsamplerPipeline(upsampler=tiny_upsampler(), scheduler=tiny_scheduler(), low_res_scheduler=low_res_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    video = torch.rand(1, 20, 1, 4, 4, generator=torch.Generator().manual_seed(5)) * 2 - 1
+
+    def run(**options):
+        return list(pipe.upsample_frames(video, noise_level=5, num_inference_steps=1,
+                                         generator=torch.Generator().manual_seed(0), **options))
+
+    assert len(run()) == 1 and pipe.plan_segments(1, 20, (4, 4)) == [slice(0, 20)]
+    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_STATE_BYTES", 16 * sampler_state_bytes(1, 1, 1, (16, 16), (16, 16)))
+    assert pipe.plan_segments(1, 20, (4, 4)) == [slice(0, 16), slice(12, 20)]
+    pieces = run()
+    assert [tuple(piece.shape[1:]) for piece in pieces] == [(16, 1, 16, 16), (4, 1, 16, 16)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), torch.cat(run(segment_frames=16), dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(pipe(video, noise_level=5, num_inference_steps=1, generator=torch.Generator().manual_seed(0)),
+                               torch.cat(pieces, dim=1), rtol=0, atol=0)
+
+def test_a_segmented_cascade_counts_every_upsampling_step(monkeypatch):
+    from videoldm.pipelines.cascade import count_cascade_steps
+
+    pipe = cascade_pipeline()
+    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_STATE_BYTES", 16 * sampler_state_bytes(1, 1, 3, (64, 64), (64, 64)))
+    segments = pipe.upsampler_pipeline().plan_segments(1, 25, (16, 16))
+    assert segments == [slice(0, 16), slice(12, 25)]
+    steps: list[int] = []
+    output = pipe(num_frames=7, fps_multiplier=4, upscale=4, num_inference_steps=1, upsampler_steps=2, output_type="pt",
+                  generator=torch.Generator().manual_seed(0),
+                  callback_on_step_end=lambda index, timestep, latents: steps.append(index))
+    assert output.frames.shape == (1, 25, 3, 64, 64)
+    planned = count_cascade_steps(7, fps_multiplier=4, upscale=4, num_inference_steps=1, upsampler_steps=2,
+                                  upsampling_segments=len(segments))
+    assert planned.upsampling == 4 and len(steps) == planned.total
+
 def tiny_latent_upscaler_parts() -> tuple[UNet2DConditionModel, AutoencoderKL]:
     """An SD-x4-upscaler-shaped UNet and autoencoder in miniature: latents of a 4x autoencoder concatenated
     with RGB pixels at the latent size, text cross-attention, noise-level embedding."""
@@ -292,13 +386,13 @@ def test_generate_passes_the_upscale_steps_and_noise_level(tmp_path, monkeypatch
     from videoldm.pipelines import VideoUpsamplerPipeline
 
     cascade_pipeline().save_pretrained(tmp_path / "model")
-    calls, upsample = [], VideoUpsamplerPipeline.__call__
+    calls, upsample = [], VideoUpsamplerPipeline.upsample_frames
 
     def recorded(self, *args, **kwargs):
         calls.append((kwargs["noise_level"], kwargs["num_inference_steps"]))
         return upsample(self, *args, **kwargs)
 
-    monkeypatch.setattr(VideoUpsamplerPipeline, "__call__", recorded)
+    monkeypatch.setattr(VideoUpsamplerPipeline, "upsample_frames", recorded)
     assert run_cli(["generate", "--model", str(tmp_path / "model"), "--frames", "2", "--steps", "1", "--upscale", "4",
                     "--upscale-steps", "2", "--upscale-noise-level", "5", "--out", str(tmp_path / "up.mp4")]) == 0
     assert calls == [(5, 2)]
@@ -385,18 +479,48 @@ def test_upsample_command_refuses_bad_input(tmp_path, capsys, args, message):
 def test_upsample_command_refuses_a_video_whose_state_would_not_fit_in_memory(tmp_path, capsys, monkeypatch):
     from videoldm import cli
     from videoldm.data.io import write_video
-    from videoldm.pipelines.upsample import DEFAULT_MAX_PIECE_BYTES, sampler_state_bytes
+    from videoldm.pipelines.upsample import piece_bytes
 
     cascade_pipeline().save_pretrained(tmp_path / "model")
     write_video(torch.zeros(4, 3, 8, 8), tmp_path / "in.mp4", fps=5)
     assert cli.available_memory_bytes() > 0
-    needed = sampler_state_bytes(1, 4, 3, (32, 32), (32, 32))
-    assert needed == 4 * 4 * (12 + 4) * 3 * 32 * 32  # 16 float32 copies of a 32x32 RGB frame, 4 frames
-    monkeypatch.setattr(cli, "available_memory_bytes", lambda: DEFAULT_MAX_PIECE_BYTES + needed - 1)
-    args = ["upsample", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "in.mp4"), "--out", str(tmp_path / "o.mp4")]
-    assert run_cli(args) == 2
+    state = sampler_state_bytes(1, 4, 3, (32, 32), (32, 32))
+    assert state == 4 * 4 * (12 + 4) * 3 * 32 * 32  # 16 float32 copies of a 32x32 RGB frame, 4 frames
+    whole_frame = piece_bytes(8, 1, 4, (32, 32))  # the tiny upsampler's first level: 8 channels
+    assert whole_frame == 128 * 8 * 4 * 32 * 32
+    args = ["upsample", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "in.mp4"), "--steps", "1"]
+    monkeypatch.setattr(cli, "available_memory_bytes", lambda: state + whole_frame - 1)
+    assert run_cli(args + ["--out", str(tmp_path / "o.mp4")]) == 2
     assert "4 frames of 32x32 need about" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
+    # the piece counted is the one that runs: 16-pixel tiles need less than whole frames, and then fit
+    assert run_cli(args + ["--tile", "16", "--out", str(tmp_path / "tiled.mp4")]) == 0
+    monkeypatch.setattr(cli, "available_memory_bytes", lambda: state + whole_frame)
+    assert run_cli(args + ["--tile", "none", "--out", str(tmp_path / "whole.mp4")]) == 0
+
+
+def test_upsample_command_streams_a_long_video_in_segments(tmp_path, capsys, monkeypatch):
+    from videoldm.data.io import read_video, write_video
+
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    write_video(torch.rand(20, 3, 8, 8) * 2 - 1, tmp_path / "in.mp4", fps=5)
+    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_STATE_BYTES", 16 * sampler_state_bytes(1, 1, 3, (32, 32), (32, 32)))
+    assert run_cli(["upsample", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "in.mp4"), "--steps", "1",
+                    "--out", str(tmp_path / "o.mp4")]) == 0
+    assert "20 frames: upsampled in 2 segments of up to 16 frames" in capsys.readouterr().err
+    assert read_video(tmp_path / "o.mp4").frames.shape == (20, 3, 32, 32)
+
+
+def test_generate_upscale_refuses_what_would_not_fit_in_memory(tmp_path, capsys, monkeypatch):
+    from videoldm import cli
+
+    cascade_pipeline().save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(cli, "available_memory_bytes", lambda: 1000)
+    out = tmp_path / "o.mp4"
+    assert run_cli(["generate", "--model", str(tmp_path / "model"), "--frames", "2", "--upscale", "4",
+                    "--out", str(out)]) == 2
+    assert "--upscale 4: 2 frames of 64x64 need about" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_generate_refuses_upscale_without_an_upsampler(tmp_path, capsys):

@@ -189,7 +189,7 @@ class VideoService:
             calls += 1
             steps = len(pipe.scheduler.timesteps)
             if calls > windows * steps:  # the upsampler's steps come last
-                text = f"upsampling, step {step_index + 1}/{upsampling}"
+                text = f"upsampling, step {calls - windows * steps}/{upsampling}"  # across its segments
             else:
                 window = min((calls - 1) // steps + 1, windows)
                 text = f"window {window}/{windows}, step {step_index + 1}/{steps}" if windows > 1 else f"step {step_index + 1}/{steps}"

@@ -353,16 +353,23 @@ class GenerationPlan:
         """The rollout window of a prediction model; None (one window of every frame) otherwise."""
         return self.options.window if self.info.has_context_conditioning else None
 
+    def upsampling_plan(self) -> Optional["UpsamplingPlan"]:
+        """How ``--upscale 4`` upsamples the decoded video (None without it)."""
+        if self.options.upscale == 1:
+            return None
+        return plan_upsampling(self.info, self.total_frames, tuple(self.info.frame_shape[1:]))
+
     def cascade_steps(self) -> CascadeSteps:
         """The denoising steps each stage of this request runs (with schedulers taking one step per requested step)."""
         from .pipelines.cascade import count_cascade_steps
 
         options = self.options
         num_given = 0 if self.given is None else len(self.given)
+        upsampling = self.upsampling_plan()
         return count_cascade_steps(
             options.frames - (1 if options.init_image is not None else 0), fps_multiplier=options.fps_multiplier,
             upscale=options.upscale, num_inference_steps=options.steps, upsampler_steps=options.upscale_steps,
-            window_frames=self.window_frames,
+            upsampling_segments=1 if upsampling is None else len(upsampling.segments), window_frames=self.window_frames,
             context_frames=options.context_frames, num_given=num_given)
 
     def pipeline_arguments(self) -> dict[str, Any]:
@@ -486,7 +493,12 @@ def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
         given = read_given_frames(init_image, "--init-image", info.frame_shape)[0][:1]
     if continue_video is not None:
         given = read_given_frames(continue_video, "--continue", info.frame_shape)[0]
-    return GenerationPlan(replace(options, labels=labels, steps=steps), info, given)
+    plan = GenerationPlan(replace(options, labels=labels, steps=steps), info, given)
+    upsampling = plan.upsampling_plan()
+    if upsampling is not None:
+        check_upsampling_memory(upsampling, f"{GENERATE_OPTION_NAMES['upscale']} {options.upscale}: {plan.total_frames} "
+                                f"frames of {upsampling.output_size[1]}x{upsampling.output_size[0]}")
+    return plan
 
 
 def write_generation(
@@ -683,9 +695,9 @@ def upsample(
     from .data.io import check_video_output, video_writer
     from .pipelines.upsample import (
         DEFAULT_MAX_PIECE_BYTES,
+        DEFAULT_MAX_STATE_BYTES,
         DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
-        resolve_tile_size,
-        sampler_state_bytes,
+        guidance_branches,
     )
 
     requested_tile = parse_tile(tile)
@@ -698,9 +710,7 @@ def upsample(
         for option, value, default in (("--prompt", prompt, None), ("--guidance", guidance, 1.0)):
             if value != default:
                 raise UserError(f"{option}: the upsampler of {info.path} has no text encoder; it takes no prompt")
-    scale = int(upsampler["scale_factor"])
-    latent_cell = 2 ** (len(info.configs["vae"]["block_out_channels"]) - 1) if "vae" in info.components and not info.has_upsampler else 1
-    multiple = max(1, 2 ** (len(upsampler["unet_config"]["block_out_channels"]) - 1) * latent_cell // scale)
+    multiple = upsampler_side_multiple(info)
     frames, input_fps = read_given_frames(video, "--video", (int(upsampler["low_res_channels"]), None, None), fps=fps,
                                           max_frames=MAX_FRAMES)
     height, width = frames.shape[-2:]
@@ -708,32 +718,102 @@ def upsample(
         raise UserError(f"--video {video}: frames are {width}x{height}; this upsampler needs sides that are multiples of {multiple}")
     if window <= DEFAULT_UPSAMPLER_WINDOW_OVERLAP:
         raise UserError(f"--window {window}: must be more than the windows' overlap ({DEFAULT_UPSAMPLER_WINDOW_OVERLAP})")
-    sample_size = (height * scale // latent_cell, width * scale // latent_cell)
-    branches = 2 if "text_encoder" in info.components and guidance != 1.0 else 1
-    tile_size = resolve_tile_size(requested_tile, upsampler["unet_config"]["block_out_channels"][0], branches, len(frames),
-                                  window, sample_size)
-    if requested_tile == "auto" and tile_size is not None:
-        typer.echo(f"frames of {width * scale}x{height * scale}: denoised in tiles of {tile_size} (--tile auto: a "
-                   f"whole frame would take more than {DEFAULT_MAX_PIECE_BYTES / 2**30:g} GB; --tile none to turn off)",
-                   err=True)
-    sample_channels = upsampler["unet_config"]["in_channels"] - upsampler["low_res_channels"]
-    needed = sampler_state_bytes(1, len(frames), sample_channels, sample_size, (height * scale, width * scale))
-    available = available_memory_bytes()
-    if available is not None and needed + DEFAULT_MAX_PIECE_BYTES > available:
-        raise UserError(f"--video {video}: {len(frames)} frames of {width * scale}x{height * scale} need about "
-                        f"{needed / 1e9:.1f} GB for the whole video's sampler state, and this machine has "
-                        f"{available / 1e9:.1f} GB available; upsample fewer frames at a time")
+    plan = plan_upsampling(info, len(frames), (height, width), window=window, tile=requested_tile,
+                           branches=guidance_branches("text_encoder" in info.components, guidance))
+    if requested_tile == "auto" and plan.tile_size is not None:
+        typer.echo(f"frames of {plan.output_size[1]}x{plan.output_size[0]}: denoised in tiles of {plan.tile_size} "
+                   f"(--tile auto: a whole frame would take more than {DEFAULT_MAX_PIECE_BYTES / 2**30:g} GB; --tile none "
+                   "to turn off)", err=True)
+    if len(plan.segments) > 1:
+        typer.echo(f"{len(frames)} frames: upsampled in {len(plan.segments)} segments of up to "
+                   f"{plan.segment_frames} frames (the whole video's sampler state would pass "
+                   f"{DEFAULT_MAX_STATE_BYTES / 2**30:g} GB)", err=True)
+    check_upsampling_memory(plan, f"--video {video}: {len(frames)} frames of {plan.output_size[1]}x{plan.output_size[0]}")
 
     import torch
 
     pipe = load_upsampler(info)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
-    upsampled = pipe(frames[None], noise_level=noise_level, num_inference_steps=steps, image_only=image_only,
-                     window_frames=window, tile_size=tile_size, generator=torch.Generator().manual_seed(seed),
-                     prompt=prompt, guidance_scale=guidance)
+    pieces = pipe.upsample_frames(frames[None], noise_level=noise_level, num_inference_steps=steps,
+                                  image_only=image_only, window_frames=window, tile_size=plan.tile_size,
+                                  segment_frames=plan.segment_frames, generator=torch.Generator().manual_seed(seed),
+                                  prompt=prompt, guidance_scale=guidance)
     with video_writer(out, fps=input_fps) as write:
-        write(upsampled[0])
-    typer.echo(f"wrote {out} ({len(frames)} frames, {width * scale}x{height * scale}, {input_fps:g} fps)")
+        for piece in pieces:
+            write(piece[0])
+    typer.echo(f"wrote {out} ({len(frames)} frames, {plan.output_size[1]}x{plan.output_size[0]}, {input_fps:g} fps)")
+
+
+def upsampler_side_multiple(info: PipelineInfo) -> int:
+    """What the low-resolution frames' sides must be multiples of for the upsampler of ``info`` (its UNet's downsamplings)."""
+    upsampler = info.configs["upsampler"]
+    levels = 2 ** (len(upsampler["unet_config"]["block_out_channels"]) - 1)
+    return max(1, levels * upsampler_latent_cell(info) // int(upsampler["scale_factor"]))
+
+
+def upsampler_latent_cell(info: PipelineInfo) -> int:
+    """Pixels per sample cell of the upsampler of ``info``: a Video LDM pipeline's upsampler works on pixels, a
+    stand-alone latent upsampler (the x4 upscaler inflated) on its autoencoder's latents."""
+    if "vae" not in info.components or info.has_upsampler:
+        return 1
+    return 2 ** (len(info.configs["vae"]["block_out_channels"]) - 1)
+
+
+@dataclass(frozen=True)
+class UpsamplingPlan:
+    """How one video is upsampled: its output and sample sizes, the tile (sample cells; None: whole frames),
+    the sampler runs (frame slices) and the memory they need at most (bytes)."""
+
+    output_size: tuple[int, int]
+    sample_size: tuple[int, int]
+    tile_size: Optional[int]
+    segments: list[slice]
+    needed_bytes: int
+
+    @property
+    def segment_frames(self) -> Optional[int]:
+        """Frames per sampler run, as the pipeline takes them (None: the whole video in one run)."""
+        return None if len(self.segments) == 1 else self.segments[0].stop
+
+
+def plan_upsampling(info: PipelineInfo, num_frames: int, low_res_size: tuple[int, int], *,
+                    window: int = 16, tile: Any = "auto", branches: int = 1) -> UpsamplingPlan:
+    """The :class:`UpsamplingPlan` of ``num_frames`` frames of ``low_res_size`` (height, width) for the upsampler
+    of ``info`` (read from its configuration, nothing loaded): segments and tiles as the pipeline picks them, and
+    the memory of one segment's sampler state plus one piece (``branches`` guidance branches)."""
+    from .pipelines.upsample import (
+        DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
+        piece_bytes,
+        plan_segments,
+        resolve_segment_frames,
+        resolve_tile_size,
+        sampler_state_bytes,
+    )
+
+    upsampler = info.configs["upsampler"]
+    scale, cell = int(upsampler["scale_factor"]), upsampler_latent_cell(info)
+    output_size = (low_res_size[0] * scale, low_res_size[1] * scale)
+    sample_size = (output_size[0] // cell, output_size[1] // cell)
+    sample_channels = upsampler["unet_config"]["in_channels"] - upsampler["low_res_channels"]
+    first_level = upsampler["unet_config"]["block_out_channels"][0]
+    segment_frames = resolve_segment_frames("auto", 1, num_frames, sample_channels, sample_size, output_size, window)
+    segments = plan_segments(num_frames, segment_frames, DEFAULT_UPSAMPLER_WINDOW_OVERLAP)
+    longest = segments[0].stop - segments[0].start
+    tile_size = resolve_tile_size(tile, first_level, branches, longest, window, sample_size)
+    piece = sample_size if tile_size is None else (min(tile_size, sample_size[0]), min(tile_size, sample_size[1]))
+    needed = (sampler_state_bytes(1, longest, sample_channels, sample_size, output_size)
+              + piece_bytes(first_level, branches, min(window, longest), piece))
+    return UpsamplingPlan(output_size, sample_size, tile_size, segments, needed)
+
+
+def check_upsampling_memory(plan: UpsamplingPlan, what: str) -> None:
+    """A :class:`UserError` naming ``what`` when ``plan`` needs more memory than this machine has available."""
+    available = available_memory_bytes()
+    if available is not None and plan.needed_bytes > available:
+        longest = plan.segments[0].stop - plan.segments[0].start
+        raise UserError(f"{what} need about {plan.needed_bytes / 1e9:.1f} GB to upsample (the sampler state of "
+                        f"{longest} frames and one piece), and this machine has {available / 1e9:.1f} GB available; "
+                        "upsample smaller frames")
 
 
 def available_memory_bytes() -> int | None:

@@ -50,12 +50,15 @@ def count_cascade_steps(
     upscale: int = 1,
     num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     upsampler_steps: int = DEFAULT_UPSAMPLER_STEPS,
+    upsampling_segments: int = 1,
     window_frames: int | None = None,
     context_frames: int = 2,
     num_given: int = 0,
 ) -> CascadeSteps:
     """The :class:`CascadeSteps` of one cascade run: ``num_frames`` new key frames in windows of ``window_frames``
-    (None: one window) after ``num_given`` given frames, then the interpolation windows and the upsampler's steps.
+    (None: one window) after ``num_given`` given frames, then the interpolation windows and the upsampler's steps
+    in each of its ``upsampling_segments`` sampler runs
+    (:meth:`~videoldm.pipelines.VideoUpsamplerPipeline.plan_segments`).
 
     Counts one scheduler step per requested step (multistep and DDIM schedulers; Heun-type ones take more).
     """
@@ -67,7 +70,7 @@ def count_cascade_steps(
     return CascadeSteps(
         key_frames=key_windows * num_inference_steps,
         interpolation=interpolation_windows * num_inference_steps,
-        upsampling=upsampler_steps if upscale > 1 else 0,
+        upsampling=upsampler_steps * upsampling_segments if upscale > 1 else 0,
     )
 
 
@@ -143,7 +146,8 @@ class CascadePipeline(VideoLDMPipeline):
         pixels = torch.cat(list(pieces), dim=1)
         if on_stage is not None and fps_multiplier > 1:
             on_stage(INTERPOLATED, pixels)
-        yield self.upsampler_pipeline()(
+        # a video whose sampler state would not fit is upsampled in segments, yielded as they are made
+        yield from self.upsampler_pipeline().upsample_frames(
             pixels, noise_level=noise_level, num_inference_steps=upsampler_steps,
             generator=key_frame_options.get("generator"),
             callback_on_step_end=key_frame_options.get("callback_on_step_end"),

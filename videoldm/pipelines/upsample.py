@@ -6,9 +6,16 @@ video is denoised in overlapping pieces, frame windows of ``window_frames`` (ove
 all sharing one noise tensor. At every denoising step each piece's prediction is computed and the
 pieces are blended with weights that ramp linearly across their overlaps (MultiDiffusion-style),
 so the result has no seams. The UNet's activations, most of the memory, are bounded by the piece;
-the sampler's own state (the sample, its noise and the scheduler's history) holds the whole video.
-By default (``tile_size="auto"``) frames are cut into tiles only when a whole-frame piece would
+by default (``tile_size="auto"``) frames are cut into tiles only when a whole-frame piece would
 take more than ``DEFAULT_MAX_PIECE_BYTES`` (:func:`auto_tile_size`).
+
+The sampler's own state (the sample, its noise, the scheduler's history, the output) grows with
+the frames it denoises together. A video whose state would pass ``DEFAULT_MAX_STATE_BYTES`` is
+upsampled in *segments* (``segment_frames="auto"``, :func:`resolve_segment_frames`), one sampler
+run each, yielded as they are made: each segment after the first starts with the last
+``window_overlap`` frames of the one before, given as a prediction model's context frames are
+(the noisy input holds them noised to each step's level, ``denoise(given_latents=...)``), so its
+temporal layers continue that detail and the shared frames come out exactly as already yielded.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
@@ -27,6 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..models.autoencoder import TemporalDecoder
 from ..models.unet import VideoUNetOutput
 from ..models.upsampler import DEFAULT_MAX_NOISE_LEVEL, VideoUpsampler, noise_augment, resize_frames
+from .prediction import StreamingDecoder
 from .sampling import Generator, Guidance, StepCallback, denoise
 
 DEFAULT_NOISE_LEVEL = 20  # Stable Diffusion's x4 upscaler default; small: the input is already a clean video
@@ -41,6 +49,10 @@ PIECE_BYTES_PER_CELL_AND_CHANNEL = 128
 DEFAULT_MAX_PIECE_BYTES = 2 * 1024**3
 MIN_AUTO_TILE = 32
 TileSize = int | Literal["auto"] | None
+# The whole-video sampler state above which "auto" cuts a video into segments. Deliberately not the
+# machine's free memory: the same command gives the same video everywhere.
+DEFAULT_MAX_STATE_BYTES = 4 * 1024**3
+SegmentFrames = int | Literal["auto"] | None
 # The whole video's share, beside the piece: the sample, its noise, the scheduler's history, the
 # blended prediction and the low-resolution video at the sample's size, then the RGB output frames.
 # Measured with the embedded (one-channel) upsampler: 20 more frames of 704x576 (24 against 4, in
@@ -59,6 +71,19 @@ def sampler_state_bytes(
     return 4 * num_videos * num_frames * (SAMPLER_STATE_COPIES * sample + OUTPUT_COPIES * output)
 
 
+def piece_bytes(first_level_channels: int, piece_videos: int, piece_frames: int, piece_cells: tuple[int, int]) -> int:
+    """Estimated peak bytes of one upsampler call on a piece of ``piece_videos x piece_frames`` frames of
+    ``piece_cells`` (height, width) sample cells: :data:`PIECE_BYTES_PER_CELL_AND_CHANNEL` a cell and
+    channel of the UNet's first level (``first_level_channels``)."""
+    cells = piece_videos * piece_frames * piece_cells[0] * piece_cells[1]
+    return PIECE_BYTES_PER_CELL_AND_CHANNEL * first_level_channels * cells
+
+
+def guidance_branches(has_negative_prompt: bool, guidance_scale: float) -> int:
+    """Upsampler calls batched in one piece: 2 with prompt guidance (a negative prompt and a scale other than 1), else 1."""
+    return 2 if has_negative_prompt and guidance_scale != 1.0 else 1
+
+
 def auto_tile_size(
     first_level_channels: int, piece_videos: int, piece_frames: int, sample_size: tuple[int, int],
     max_piece_bytes: int | None = None,
@@ -71,10 +96,9 @@ def auto_tile_size(
     per cell; tiles are never smaller than :data:`MIN_AUTO_TILE`.
     """
     max_piece_bytes = DEFAULT_MAX_PIECE_BYTES if max_piece_bytes is None else max_piece_bytes
-    bytes_per_cell = PIECE_BYTES_PER_CELL_AND_CHANNEL * first_level_channels * piece_videos * piece_frames
-    height, width = sample_size
-    if height * width * bytes_per_cell <= max_piece_bytes:
+    if piece_bytes(first_level_channels, piece_videos, piece_frames, sample_size) <= max_piece_bytes:
         return None
+    bytes_per_cell = piece_bytes(first_level_channels, piece_videos, piece_frames, (1, 1))
     side = int(math.sqrt(max_piece_bytes / bytes_per_cell)) // 8 * 8
     return max(side, MIN_AUTO_TILE)
 
@@ -91,6 +115,38 @@ def resolve_tile_size(
     if tile_size is not None and (isinstance(tile_size, str) or tile_size < 1):
         raise ValueError(f"tile_size must be a positive number of cells, 'auto' or None, got {tile_size!r}")
     return tile_size
+
+
+def resolve_segment_frames(
+    segment_frames: SegmentFrames, num_videos: int, num_frames: int, sample_channels: int, sample_size: tuple[int, int],
+    output_size: tuple[int, int], window_frames: int | None, window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
+    max_state_bytes: int | None = None,
+) -> int | None:
+    """Frames per sampler run: None for the whole video in one run; ``segment_frames`` as given (more than
+    ``window_overlap``); for ``"auto"``, None when :func:`sampler_state_bytes` of the whole video is at most
+    ``max_state_bytes`` (default :data:`DEFAULT_MAX_STATE_BYTES`), else as many frames as fit, never
+    fewer than one window of ``window_frames``."""
+    if segment_frames == "auto":
+        budget = DEFAULT_MAX_STATE_BYTES if max_state_bytes is None else max_state_bytes
+        per_frame = sampler_state_bytes(num_videos, 1, sample_channels, sample_size, output_size)
+        if per_frame * num_frames <= budget:
+            return None
+        return max(budget // per_frame, window_frames or 1, window_overlap + 1)
+    if segment_frames is not None and (isinstance(segment_frames, str) or segment_frames <= window_overlap):
+        raise ValueError(f"segment_frames must be more than the windows' overlap ({window_overlap}), 'auto' or None, "
+                         f"got {segment_frames!r}")
+    return segment_frames
+
+
+def plan_segments(num_frames: int, segment_frames: int | None, overlap: int) -> list[slice]:
+    """The sampler runs of a video of ``num_frames``: slices of ``segment_frames`` (the last one may be shorter),
+    each after the first starting ``overlap`` frames before the previous one ends; one slice for None."""
+    if segment_frames is None or segment_frames >= num_frames:
+        return [slice(0, num_frames)]
+    if not 0 <= overlap < segment_frames:
+        raise ValueError(f"overlap ({overlap}) must be in 0..{segment_frames - 1} for segments of {segment_frames}")
+    return [slice(start, min(start + segment_frames, num_frames))
+            for start in range(0, num_frames - overlap, segment_frames - overlap)]
 
 
 def plan_pieces(length: int, size: int | None, overlap: int) -> list[slice]:
@@ -167,7 +223,7 @@ def _piece(value: Any, window: slice, row: slice, column: slice) -> Any:
     return value
 
 
-def upsample_video(
+def upsample_video_segments(
     upsampler: VideoUpsampler,
     scheduler: SchedulerMixin,
     low_res_scheduler: DDPMScheduler,
@@ -184,46 +240,72 @@ def upsample_video(
     window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
     tile_size: TileSize = "auto",
     tile_overlap: int = 8,
+    segment_frames: int | None = None,
     generator: Generator = None,
     progress_bar: Callable[..., Any] | None = None,
     callback_on_step_end: StepCallback | None = None,
-) -> torch.Tensor:
-    """Sample the high-resolution video ``(B, T, C, *sample_size)`` (pixels, or latents of a latent upsampler)
-    for ``low_res_video`` ``(B, T, c, h, w)`` in [-1, 1] (an upsampler of bicubic residuals adds them to
-    the bicubic upsampling of ``low_res_video``, :meth:`~videoldm.models.upsampler.VideoUpsampler.video_from_sample`).
+) -> Iterator[torch.Tensor]:
+    """Yield the high-resolution video ``(B, k, C, *sample_size)`` (pixels, or latents of a latent upsampler)
+    of ``low_res_video`` ``(B, T, c, h, w)`` in [-1, 1], one segment's new frames at a time (an upsampler
+    of bicubic residuals adds them to the bicubic upsampling of ``low_res_video``,
+    :meth:`~videoldm.models.upsampler.VideoUpsampler.video_from_sample`).
 
-    The low-resolution video is noise-augmented to ``noise_level`` (one noise draw from
-    ``generator``), resized to ``sample_size`` once, and every denoising step runs the upsampler
-    piecewise (:class:`WindowedUpsampler`). ``image_only`` switches the temporal layers off: the
-    per-frame image upsampler. ``encoder_hidden_states`` (and ``negative_...`` with ``guidance_scale``)
-    condition a text-conditional upsampler. ``tile_size`` in sample cells, ``"auto"``
-    (:func:`auto_tile_size` of a window) or None (whole frames).
+    Each segment of ``segment_frames`` (None: the whole video; :func:`resolve_segment_frames`) is one sampler run: its
+    low-resolution frames are noise-augmented to ``noise_level`` (one noise draw from ``generator``),
+    resized to ``sample_size`` once, and every denoising step runs the upsampler piecewise
+    (:class:`WindowedUpsampler`); the frames it shares with the segment before are given (the module
+    docstring). ``image_only`` switches the temporal layers off: the per-frame image upsampler.
+    ``encoder_hidden_states`` (and ``negative_...`` with ``guidance_scale``) condition a
+    text-conditional upsampler. ``tile_size`` in sample cells, ``"auto"`` (:func:`auto_tile_size` of a
+    window) or None (whole frames).
     """
     if not 0 <= noise_level <= upsampler.config.max_noise_level:
         raise ValueError(f"noise_level must be in 0..{upsampler.config.max_noise_level}, got {noise_level}")
     batch, num_frames = low_res_video.shape[:2]
-    branches = 2 if negative_encoder_hidden_states is not None and guidance_scale != 1.0 else 1
+    branches = guidance_branches(negative_encoder_hidden_states is not None, guidance_scale)
+    segments = plan_segments(num_frames, segment_frames, window_overlap)
     tile_size = resolve_tile_size(tile_size, upsampler.config.unet_config["block_out_channels"][0], batch * branches,
-                                  num_frames, window_frames, sample_size)
+                                  segments[0].stop - segments[0].start, window_frames, sample_size)
     device, dtype = low_res_video.device, upsampler.dtype
     levels = torch.full((batch,), noise_level, dtype=torch.long, device=device)
-    noise = randn_tensor(low_res_video.shape, generator=generator, device=device, dtype=dtype)
-    augmented = noise_augment(low_res_scheduler, low_res_video.to(dtype), levels, noise)
-    inputs: dict[str, Any] = {
-        "encoder_hidden_states": encoder_hidden_states,
-        "low_res_video": resize_frames(augmented, sample_size),
-        "noise_level": levels,
-        "image_only_indicator": torch.full((batch, num_frames), image_only, dtype=torch.bool, device=device),
-    }
-    guidance = []
-    if negative_encoder_hidden_states is not None:
-        guidance.append(Guidance(inputs | {"encoder_hidden_states": negative_encoder_hidden_states}, guidance_scale))
     model = WindowedUpsampler(upsampler, window_frames, window_overlap, tile_size, tile_overlap)
-    shape = (batch, num_frames, upsampler.sample_channels, *sample_size)
-    start = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    sample = denoise(model, scheduler, start, inputs, guidance, num_inference_steps=num_inference_steps,
-                     generator=generator, progress_bar=progress_bar, callback_on_step_end=callback_on_step_end)
-    return upsampler.video_from_sample(sample, low_res_video.to(dtype))
+    previous: tuple[slice, torch.Tensor] | None = None  # the last segment and its sample
+    for segment in segments:
+        low_res = low_res_video[:, segment].to(dtype)
+        frames = segment.stop - segment.start
+        noise = randn_tensor(low_res.shape, generator=generator, device=device, dtype=dtype)
+        augmented = noise_augment(low_res_scheduler, low_res, levels, noise)
+        inputs: dict[str, Any] = {
+            "encoder_hidden_states": encoder_hidden_states,
+            "low_res_video": resize_frames(augmented, sample_size),
+            "noise_level": levels,
+            "image_only_indicator": torch.full((batch, frames), image_only, dtype=torch.bool, device=device),
+        }
+        guidance = []
+        if negative_encoder_hidden_states is not None:
+            guidance.append(Guidance(inputs | {"encoder_hidden_states": negative_encoder_hidden_states}, guidance_scale))
+        start = randn_tensor((batch, frames, upsampler.sample_channels, *sample_size), generator=generator,
+                             device=device, dtype=dtype)
+        shared = 0 if previous is None else previous[0].stop - segment.start
+        given = {}
+        if shared:
+            given_sample = torch.zeros_like(start)
+            given_sample[:, :shared] = previous[1][:, -shared:]
+            given = {"given_latents": given_sample,
+                     "given_mask": (torch.arange(frames, device=device) < shared)[None].expand(batch, frames)}
+        sample = denoise(model, scheduler, start, inputs, guidance, num_inference_steps=num_inference_steps,
+                         generator=generator, progress_bar=progress_bar, callback_on_step_end=callback_on_step_end,
+                         **given)
+        yield upsampler.video_from_sample(sample[:, shared:], low_res[:, shared:])
+        previous = (segment, sample)
+
+
+def upsample_video(upsampler: VideoUpsampler, scheduler: SchedulerMixin, low_res_scheduler: DDPMScheduler,
+                   low_res_video: torch.Tensor, **options: Any) -> torch.Tensor:
+    """The whole high-resolution video ``(B, T, C, *sample_size)`` of :func:`upsample_video_segments`
+    (same arguments), its segments concatenated."""
+    return torch.cat(list(upsample_video_segments(upsampler, scheduler, low_res_scheduler, low_res_video, **options)),
+                     dim=1)
 
 
 def latent_decoder_scale(vae: torch.nn.Module | None) -> int:
@@ -288,8 +370,21 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         factor = self.upsampler.config.scale_factor
         return height * factor, width * factor
 
+    def plan_segments(self, num_videos: int, num_frames: int, low_res_size: tuple[int, int],
+                      segment_frames: SegmentFrames = "auto",
+                      window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
+                      window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP) -> list[slice]:
+        """The sampler runs (frame slices) that upsampling ``num_videos`` videos of ``num_frames`` frames of
+        ``low_res_size`` (height, width) takes (:func:`resolve_segment_frames`, :func:`plan_segments`)."""
+        output_size = self.output_size(*low_res_size)
+        cell = latent_decoder_scale(self.vae)
+        frames = resolve_segment_frames(segment_frames, num_videos, num_frames, self.upsampler.sample_channels,
+                                        (output_size[0] // cell, output_size[1] // cell), output_size, window_frames,
+                                        window_overlap)
+        return plan_segments(num_frames, frames, window_overlap)
+
     @torch.no_grad()
-    def __call__(
+    def upsample_frames(
         self,
         video: torch.Tensor,
         *,
@@ -303,16 +398,20 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
         tile_size: TileSize = "auto",
         tile_overlap: int = 8,
+        segment_frames: SegmentFrames = "auto",
         generator: Generator = None,
         decode_chunk_size: int = 8,
         output_type: str = "pt",
         callback_on_step_end: StepCallback | None = None,
-    ) -> torch.Tensor:
-        """Upsample ``video`` ``(B, T, C, h, w)`` in [-1, 1] by the upsampler's ``scale_factor``.
+    ) -> Iterator[torch.Tensor]:
+        """Upsample ``video`` ``(B, T, C, h, w)`` in [-1, 1] by the upsampler's ``scale_factor``, yielding the
+        frames ``(B, k, C, s*h, s*w)`` as each segment is made (pixels in [-1, 1], or for a latent
+        upsampler its latents with ``output_type="latent"``).
 
-        Returns pixels ``(B, T, C, s*h, s*w)`` in [-1, 1] (``output_type="pt"``) or, for a latent
-        upsampler, its latents with ``output_type="latent"``. ``tile_size`` / ``tile_overlap`` are in
-        sample cells (pixels, or latent cells); see :func:`upsample_video` for the rest.
+        ``segment_frames`` (``"auto"``: one sampler run unless the whole video's state would pass
+        ``DEFAULT_MAX_STATE_BYTES``; an int; None: one run) bounds the sampler's memory by the segment.
+        ``tile_size`` / ``tile_overlap`` are in sample cells (pixels, or latent cells); see
+        :func:`upsample_video_segments` for the rest.
         """
         if output_type not in ("pt", "latent"):
             raise ValueError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
@@ -326,6 +425,8 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         cell = latent_decoder_scale(self.vae)
         if height % cell or width % cell:
             raise ValueError(f"upsampled frames of {height}x{width} are not multiples of the autoencoder's {cell}")
+        segments = self.plan_segments(video.shape[0], video.shape[1], tuple(video.shape[-2:]), segment_frames,
+                                      window_frames, window_overlap)
         states = negative = None
         if prompt is not None or self.text_encoder is not None:
             from .text_to_video import encode_prompts
@@ -338,19 +439,34 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
             device = self._execution_device
             states = encode_prompts(self.text_encoder, self.tokenizer, prompts, device)
             negative = None if guidance_scale == 1.0 else encode_prompts(self.text_encoder, self.tokenizer, negatives, device)
-        sample = upsample_video(
+        pieces = upsample_video_segments(
             self.upsampler, self.scheduler, self.low_res_scheduler, video.to(self._execution_device).float(),
             sample_size=(height // cell, width // cell), noise_level=noise_level,
             num_inference_steps=num_inference_steps, encoder_hidden_states=states,
             negative_encoder_hidden_states=negative, guidance_scale=guidance_scale, image_only=image_only,
             window_frames=window_frames, window_overlap=window_overlap, tile_size=tile_size, tile_overlap=tile_overlap,
-            generator=generator, progress_bar=self.progress_bar, callback_on_step_end=callback_on_step_end,
+            segment_frames=None if len(segments) == 1 else segments[0].stop, generator=generator,
+            progress_bar=self.progress_bar, callback_on_step_end=callback_on_step_end,
         )
-        self.maybe_free_model_hooks()
         if self.vae is None:
-            return sample.clamp(-1, 1)
-        if output_type == "latent":
-            return sample
-        from .text_to_video import decode_latents
+            for piece in pieces:
+                yield piece.clamp(-1, 1)
+        elif output_type == "latent":
+            yield from pieces
+        else:
+            from .text_to_video import decode_latents
 
-        return decode_latents(self.vae, sample, decode_chunk_size)
+            stream = StreamingDecoder(self.vae, lambda z: decode_latents(self.vae, z, decode_chunk_size), decode_chunk_size)
+            for piece in pieces:
+                pixels = stream.push(piece)
+                if pixels is not None:
+                    yield pixels
+            rest = stream.flush()
+            if rest is not None:
+                yield rest
+        self.maybe_free_model_hooks()
+
+    @torch.no_grad()
+    def __call__(self, video: torch.Tensor, **options: Any) -> torch.Tensor:
+        """The whole upsampled video ``(B, T, C, s*h, s*w)`` of :meth:`upsample_frames` (same arguments)."""
+        return torch.cat(list(self.upsample_frames(video, **options)), dim=1)
