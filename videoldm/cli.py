@@ -777,11 +777,13 @@ class UpsamplingPlan:
 
 
 def plan_upsampling(info: PipelineInfo, num_frames: int, low_res_size: tuple[int, int], *,
-                    window: int = 16, tile: Any = "auto", branches: int = 1) -> UpsamplingPlan:
+                    window: Optional[int] = None, tile: Any = "auto", branches: int = 1) -> UpsamplingPlan:
     """The :class:`UpsamplingPlan` of ``num_frames`` frames of ``low_res_size`` (height, width) for the upsampler
-    of ``info`` (read from its configuration, nothing loaded): segments and tiles as the pipeline picks them, and
-    the memory of one segment's sampler state plus one piece (``branches`` guidance branches)."""
+    of ``info`` (read from its configuration, nothing loaded) in windows of ``window`` frames (None: the
+    pipeline's default): segments and tiles as the pipeline picks them, and the memory of one segment's
+    sampler state plus one piece (``branches`` guidance branches)."""
     from .pipelines.upsample import (
+        DEFAULT_UPSAMPLER_WINDOW_FRAMES,
         DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
         piece_bytes,
         plan_segments,
@@ -790,6 +792,7 @@ def plan_upsampling(info: PipelineInfo, num_frames: int, low_res_size: tuple[int
         sampler_state_bytes,
     )
 
+    window = DEFAULT_UPSAMPLER_WINDOW_FRAMES if window is None else window
     upsampler = info.configs["upsampler"]
     scale, cell = int(upsampler["scale_factor"]), upsampler_latent_cell(info)
     output_size = (low_res_size[0] * scale, low_res_size[1] * scale)

@@ -300,14 +300,6 @@ def upsample_video_segments(
         previous = (segment, sample)
 
 
-def upsample_video(upsampler: VideoUpsampler, scheduler: SchedulerMixin, low_res_scheduler: DDPMScheduler,
-                   low_res_video: torch.Tensor, **options: Any) -> torch.Tensor:
-    """The whole high-resolution video ``(B, T, C, *sample_size)`` of :func:`upsample_video_segments`
-    (same arguments), its segments concatenated."""
-    return torch.cat(list(upsample_video_segments(upsampler, scheduler, low_res_scheduler, low_res_video, **options)),
-                     dim=1)
-
-
 def latent_decoder_scale(vae: torch.nn.Module | None) -> int:
     """Pixels per sample cell of an upsampler's output: 1 in pixel space, the autoencoder's downsampling otherwise."""
     if vae is None:
@@ -370,17 +362,24 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         factor = self.upsampler.config.scale_factor
         return height * factor, width * factor
 
+    def segment_frames(self, num_videos: int, num_frames: int, low_res_size: tuple[int, int],
+                       segment_frames: SegmentFrames = "auto",
+                       window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
+                       window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP) -> int | None:
+        """Frames per sampler run (None: one run) for ``num_videos`` videos of ``num_frames`` frames of
+        ``low_res_size`` (height, width): :func:`resolve_segment_frames` at this upsampler's sizes."""
+        output_size = self.output_size(*low_res_size)
+        cell = latent_decoder_scale(self.vae)
+        return resolve_segment_frames(segment_frames, num_videos, num_frames, self.upsampler.sample_channels,
+                                      (output_size[0] // cell, output_size[1] // cell), output_size, window_frames,
+                                      window_overlap)
+
     def plan_segments(self, num_videos: int, num_frames: int, low_res_size: tuple[int, int],
                       segment_frames: SegmentFrames = "auto",
                       window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
                       window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP) -> list[slice]:
-        """The sampler runs (frame slices) that upsampling ``num_videos`` videos of ``num_frames`` frames of
-        ``low_res_size`` (height, width) takes (:func:`resolve_segment_frames`, :func:`plan_segments`)."""
-        output_size = self.output_size(*low_res_size)
-        cell = latent_decoder_scale(self.vae)
-        frames = resolve_segment_frames(segment_frames, num_videos, num_frames, self.upsampler.sample_channels,
-                                        (output_size[0] // cell, output_size[1] // cell), output_size, window_frames,
-                                        window_overlap)
+        """The sampler runs (frame slices) of :meth:`segment_frames` (:func:`plan_segments`)."""
+        frames = self.segment_frames(num_videos, num_frames, low_res_size, segment_frames, window_frames, window_overlap)
         return plan_segments(num_frames, frames, window_overlap)
 
     @torch.no_grad()
@@ -425,8 +424,8 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         cell = latent_decoder_scale(self.vae)
         if height % cell or width % cell:
             raise ValueError(f"upsampled frames of {height}x{width} are not multiples of the autoencoder's {cell}")
-        segments = self.plan_segments(video.shape[0], video.shape[1], tuple(video.shape[-2:]), segment_frames,
-                                      window_frames, window_overlap)
+        segment_frames = self.segment_frames(video.shape[0], video.shape[1], tuple(video.shape[-2:]), segment_frames,
+                                             window_frames, window_overlap)
         states = negative = None
         if prompt is not None or self.text_encoder is not None:
             from .text_to_video import encode_prompts
@@ -445,7 +444,7 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
             num_inference_steps=num_inference_steps, encoder_hidden_states=states,
             negative_encoder_hidden_states=negative, guidance_scale=guidance_scale, image_only=image_only,
             window_frames=window_frames, window_overlap=window_overlap, tile_size=tile_size, tile_overlap=tile_overlap,
-            segment_frames=None if len(segments) == 1 else segments[0].stop, generator=generator,
+            segment_frames=segment_frames, generator=generator,
             progress_bar=self.progress_bar, callback_on_step_end=callback_on_step_end,
         )
         if self.vae is None:
