@@ -25,6 +25,7 @@ Then seconds per frame and peak RSS of the whole ``videoldm generate`` process (
 and 512 frames, rollout versus one window.
 
     python benchmarks/long_video.py [--seeds 32] [--frames 512] [--steps 25] [--context-guidance 2]
+        [--workers 2 --threads 1]
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,22 +86,59 @@ def real_videos(labels: torch.Tensor, num_frames: int) -> torch.Tensor:
     return torch.stack(videos)
 
 
+_SAMPLER: dict = {}
+
+
+def start_sampler(model: Path | None, threads: int) -> None:
+    """Load the pipeline once per process (each worker of ``--workers``, or the main process)."""
+    torch.set_num_threads(threads)
+    pipe = VideoLDMPipeline.from_pretrained(model or embedded_model_dir(), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    _SAMPLER["pipe"] = pipe
+
+
 @torch.no_grad()
-def sample_row(pipe: VideoLDMPipeline, row: Row, labels: torch.Tensor, args: argparse.Namespace) -> tuple[torch.Tensor, float]:
-    """Videos ``(N, T, 1, H, W)`` in [-1, 1] of ``row`` and the seconds they took."""
-    videos, start = [], time.perf_counter()
-    for first in range(0, len(labels), args.batch):
-        chunk = labels[first : first + args.batch]
-        conditioning = torch.stack([chunk, torch.full_like(chunk, -1)], dim=1)
-        generators = [torch.Generator().manual_seed(args.seed + first + i) for i in range(len(chunk))]
-        pieces = pipe.generate_frames(
-            labels=conditioning, num_videos=len(chunk), num_frames=args.frames, num_inference_steps=args.steps,
-            guidance_scale=GUIDANCE, context_guidance_scale=row.context_guidance, window_frames=row.window_frames,
-            context_frames=row.context_frames, generator=generators,
-        )
-        videos.append(torch.cat(list(pieces), dim=1).float())
-        print(f"  {row.name}: {first + len(chunk)}/{len(labels)} videos, {time.perf_counter() - start:.0f} s", flush=True)
-    return torch.cat(videos), time.perf_counter() - start
+def sample_batch(task: tuple[Row, torch.Tensor, int, argparse.Namespace]) -> tuple[torch.Tensor, float]:
+    """Videos ``(n, T, 1, H, W)`` in [-1, 1] of one batch of a row and the seconds they took.
+
+    Video ``first + i`` has its own generator (``seed + first + i``), so a video is the same whichever
+    process samples its batch.
+    """
+    row, chunk, first, args = task
+    start = time.perf_counter()
+    conditioning = torch.stack([chunk, torch.full_like(chunk, -1)], dim=1)
+    generators = [torch.Generator().manual_seed(args.seed + first + i) for i in range(len(chunk))]
+    pieces = _SAMPLER["pipe"].generate_frames(
+        labels=conditioning, num_videos=len(chunk), num_frames=args.frames, num_inference_steps=args.steps,
+        guidance_scale=GUIDANCE, context_guidance_scale=row.context_guidance, window_frames=row.window_frames,
+        context_frames=row.context_frames, generator=generators,
+    )
+    videos = torch.cat(list(pieces), dim=1).float()
+    seconds = time.perf_counter() - start
+    print(f"  {row.name}: videos {first}..{first + len(chunk) - 1}, {seconds:.0f} s", flush=True)
+    return videos, seconds
+
+
+def sample_rows(rows: list[Row], labels: torch.Tensor, args: argparse.Namespace) -> list[tuple[torch.Tensor, float]]:
+    """Every row's videos ``(N, T, 1, H, W)`` and the seconds its batches took (summed over processes).
+
+    With ``--workers`` > 1 the batches of all rows are shared among that many processes of ``--threads``
+    threads each: on a few cores, separate processes keep them busier than intra-op threads do on the
+    small 8x8 latents.
+    """
+    tasks = [(row, labels[first : first + args.batch], first, args)
+             for row in rows for first in range(0, len(labels), args.batch)]
+    if args.workers == 1:
+        start_sampler(args.model, args.threads)
+        done = [sample_batch(task) for task in tasks]
+    else:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=start_sampler,
+                                 initargs=(args.model, args.threads)) as pool:
+            done = list(pool.map(sample_batch, tasks))
+    batches = len(range(0, len(labels), args.batch))
+    return [(torch.cat([videos for videos, _ in done[i : i + batches]]),
+             sum(seconds for _, seconds in done[i : i + batches])) for i in range(0, len(done), batches)]
 
 
 def digit_crops(videos: torch.Tensor) -> torch.Tensor:
@@ -251,7 +291,9 @@ def main() -> None:
                         help="context frames S of the rollout rows s2 and s2-guided (the model was trained on S <= 2)")
     parser.add_argument("--cost-frames", type=int, nargs="*", default=[64, 256, 512])
     parser.add_argument("--cost-repeats", type=int, default=1, help="interleaved runs per cost cell (medians)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per sampling process")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="sampling processes sharing the rows' batches (s/frame sums their batches' times)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
     parser.add_argument("--cost-only", action="store_true", help="only the s/frame and peak RSS table")
     parser.add_argument("--rows", nargs="*", choices=ROW_KEYS, default=list(ROW_KEYS),
@@ -269,8 +311,8 @@ def main() -> None:
     classifier, accuracy = train_digit_classifier(steps=600, seed=0)
     print(f"digit classifier: held-out accuracy {accuracy:.4f}", flush=True)
     labels = torch.arange(args.seeds) % 10
-    pipe = VideoLDMPipeline.from_pretrained(args.model or embedded_model_dir(), dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    has_context = VideoLDMPipeline.from_pretrained(args.model or embedded_model_dir(),
+                                                   dtype=torch.float32).unet.has_context_conditioning
     context = args.context_frames
     rows = {"s2": Row(f"rollout S={context}, context guidance 1", WINDOW, context),
             "s2-guided": Row(f"rollout S={context}, context guidance {args.context_guidance:g}", WINDOW, context,
@@ -279,14 +321,13 @@ def main() -> None:
             "s0": Row("independent windows (S=0)", WINDOW, 0),
             "one": Row("one window of all frames", args.frames, 0)}
     rows = [rows[key] for key in ROW_KEYS if key in args.rows]
-    if not pipe.unet.has_context_conditioning:
+    if not has_context:
         rows = [row for row in rows if row.context_frames == 0]
 
     results, curves, samples = [], {}, {}
     real = real_videos(labels, args.frames)
     real_row = Row("real held-out", WINDOW, 2)
-    for row, (videos, seconds) in [(real_row, (real, None))] + [
-            (row, sample_row(pipe, row, labels, args)) for row in rows]:
+    for row, (videos, seconds) in zip([real_row, *rows], [(real, None), *sample_rows(rows, labels, args)]):
         frames = videos.shape[0] * videos.shape[1]
         predicted = classify_frames(classifier, videos.flatten(0, 1)).argmax(-1).view(videos.shape[:2])
         identity = predicted == labels[:, None]
@@ -309,7 +350,7 @@ def main() -> None:
     print()
     print(f"{args.seeds} single-digit videos x {args.frames} frames per row (32x32), labels cycling 0..9, label "
           f"guidance {GUIDANCE}, {args.steps} steps, seeds {args.seed}..{args.seed + args.seeds - 1}, "
-          f"{torch.get_num_threads()} CPU threads; digit classifier held-out accuracy {accuracy:.4f}.")
+          f"{args.workers} sampling process(es) of {args.threads} CPU thread(s); digit classifier held-out accuracy {accuracy:.4f}.")
     print()
     print("| row | identity, last window | identity, all | appearance, last window | smoothness px (x real) "
           "| seam ratio | s/frame (batch) |")
@@ -332,11 +373,13 @@ def main() -> None:
             print(f"| {r['row']} | {b['entry']:.2f} | {b['exit']:.2f} | {b['speed']:.2f} | {b['turn']:.2f} |")
 
     plot_drift(curves, args.out_dir / "long_video_drift.png")
+    (args.out_dir / "long_video.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                               "rows": results, "curves": curves}, indent=1))
     gif_rows = [name for name in samples if name.startswith(("real", "one window"))
                 or (name.startswith("rollout S=") and name.endswith("context guidance 1"))]
     gif = torch.cat([tile(samples[name][:, : min(args.frames, 256)], scale=2) for name in gif_rows], dim=-2)
     write_video(gif, args.out_dir / "long_video.gif", fps=16)
-    print(f"\ndrift curve: {args.out_dir / 'long_video_drift.png'}; GIF (rows: {', '.join(gif_rows)}; first 4 videos, "
+    print(f"\ndrift curve: {args.out_dir / 'long_video_drift.png'} (numbers: long_video.json); GIF (rows: {', '.join(gif_rows)}; first 4 videos, "
           f"first 256 frames): {args.out_dir / 'long_video.gif'}")
 
     print_cost_table(args)
