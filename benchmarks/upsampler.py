@@ -7,7 +7,11 @@ each, and area-downsampled to 32x32. Each low-resolution video is upsampled back
 * the video upsampler: ``pipe.upsample(video, noise_level=L)``, ``--steps`` steps;
 * the per-frame upsampler: the same model with its temporal layers off (``image_only=True``),
   the same noise level, steps and seeds;
-* bicubic interpolation.
+* bicubic interpolation;
+* with ``--segment-frames N``, also the video upsampler in segments of N frames (``segment_frames=N``:
+  one sampler run each, continuing the last frames of the one before as given frames), against the
+  same upsampler in one run (``segment_frames=None``): the flicker error at the segment boundaries
+  (the frame pair from the last given frame to the first new one) and elsewhere.
 
 Measured against the real 128x128 frames (pixels in [0, 1]): PSNR and SSIM per frame; the flicker
 error (:func:`videoldm.metrics.consistency.flicker_error`: how far the frame-to-frame changes are
@@ -17,6 +21,7 @@ here on 128x128 digits gives the same class as on the real frame (sharpness that
 recognisable). Writes a side-by-side GIF (low resolution / bicubic / per-frame / video / real).
 
     python benchmarks/upsampler.py [--videos 64] [--frames 8] [--steps 10] [--noise-level 20] [--gif docs/upsampler.gif]
+    python benchmarks/upsampler.py --frames 28 --segment-frames 16   # + the segment boundary
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from videoldm.data.moving_digits import MovingDigitsConfig, classify_frames, gen
 from videoldm.embedded import embedded_model_dir
 from videoldm.metrics.consistency import flicker_error, psnr, ssim
 from videoldm.models.upsampler import downsample_frames, resize_frames
+from videoldm.pipelines.upsample import DEFAULT_UPSAMPLER_WINDOW_OVERLAP, SegmentFrames, plan_segments
 
 HIGH_RES = MovingDigitsConfig(split="test", canvas_size=128, digit_size=48, min_speed=4.0, max_speed=10.0)
 SCALE = 4
@@ -47,16 +53,17 @@ def real_videos(count: int, num_frames: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def upsampled(pipe: VideoLDMPipeline, low_res: torch.Tensor, args: argparse.Namespace, image_only: bool) -> tuple[torch.Tensor, float]:
+def upsampled(pipe: VideoLDMPipeline, low_res: torch.Tensor, args: argparse.Namespace, name: str, image_only: bool,
+              segment_frames: SegmentFrames = "auto") -> tuple[torch.Tensor, float]:
     """The upsampler's videos ``(N, T, 1, 128, 128)`` in [-1, 1] and the seconds they took."""
     videos, start = [], time.perf_counter()
     for first in range(0, len(low_res), args.batch):
         chunk = low_res[first : first + args.batch]
         generator = torch.Generator().manual_seed(args.seed + first)
         videos.append(pipe.upsample(chunk, noise_level=args.noise_level, num_inference_steps=args.steps,
-                                    image_only=image_only, generator=generator, output_type="pt").frames * 2 - 1)
-        print(f"  {'per-frame' if image_only else 'video'} upsampler: {first + len(chunk)}/{len(low_res)} videos, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+                                    image_only=image_only, segment_frames=segment_frames, generator=generator,
+                                    output_type="pt").frames * 2 - 1)
+        print(f"  {name}: {first + len(chunk)}/{len(low_res)} videos, {time.perf_counter() - start:.0f} s", flush=True)
     return torch.cat(videos), time.perf_counter() - start
 
 
@@ -71,6 +78,20 @@ def measures(made: torch.Tensor, real: torch.Tensor, classifier: torch.nn.Module
     made01, real01 = (made.clamp(-1, 1) + 1) / 2, (real + 1) / 2
     return {"psnr": psnr(made01, real01).mean().item(), "ssim": ssim(made01, real01).mean().item(),
             "flicker": flicker_error(made01, real01).mean().item(), "identity": identity(classifier, made, real)}
+
+
+def segment_boundary_pairs(num_frames: int, segment_frames: int) -> torch.Tensor:
+    """``(T-1,)`` mask of the frame pairs (t, t+1) from a segment's last given frame to its first new one."""
+    pairs = torch.zeros(num_frames - 1, dtype=torch.bool)
+    for segment in plan_segments(num_frames, segment_frames, DEFAULT_UPSAMPLER_WINDOW_OVERLAP)[1:]:
+        pairs[segment.start + DEFAULT_UPSAMPLER_WINDOW_OVERLAP - 1] = True
+    return pairs
+
+
+def flicker_at(made: torch.Tensor, real: torch.Tensor, pairs: torch.Tensor) -> tuple[float, float]:
+    """Flicker error (pixels in [0, 1]) of ``made`` ``(N, T, 1, H, W)`` over the frame ``pairs`` ``(T-1,)`` and the others."""
+    per_pair = ((made.clamp(-1, 1).diff(dim=1) - real.diff(dim=1)).abs() / 2).mean(dim=(2, 3, 4))
+    return per_pair[:, pairs].mean().item(), per_pair[:, ~pairs].mean().item()
 
 
 def side_by_side(videos: list[torch.Tensor]) -> torch.Tensor:
@@ -91,7 +112,12 @@ def main() -> None:
     parser.add_argument("--classifier-steps", type=int, default=400)
     parser.add_argument("--gif", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--segment-frames", type=int, default=None,
+                        help="also run the video upsampler in segments of this many frames (needs --frames beyond it)")
     args = parser.parse_args()
+    if args.segment_frames is not None and not DEFAULT_UPSAMPLER_WINDOW_OVERLAP < args.segment_frames < args.frames:
+        parser.error(f"--segment-frames must lie between {DEFAULT_UPSAMPLER_WINDOW_OVERLAP + 1} and --frames - 1 "
+                     f"({args.frames - 1}), got {args.segment_frames}")
     torch.set_num_threads(args.threads)
     pipe = VideoLDMPipeline.from_pretrained(args.model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -102,8 +128,11 @@ def main() -> None:
     real = real_videos(args.videos, args.frames)
     low_res = downsample_frames(real, SCALE)
     made, seconds = {}, {}
-    made["video upsampler"], seconds["video upsampler"] = upsampled(pipe, low_res, args, image_only=False)
-    made["per-frame upsampler"], seconds["per-frame upsampler"] = upsampled(pipe, low_res, args, image_only=True)
+    made["video upsampler"], seconds["video upsampler"] = upsampled(pipe, low_res, args, "video upsampler", False, None)
+    if args.segment_frames is not None:
+        segmented = f"video upsampler, segments of {args.segment_frames}"
+        made[segmented], seconds[segmented] = upsampled(pipe, low_res, args, segmented, False, args.segment_frames)
+    made["per-frame upsampler"], seconds["per-frame upsampler"] = upsampled(pipe, low_res, args, "per-frame upsampler", True)
     made["bicubic"] = resize_frames(low_res, tuple(real.shape[-2:])).clamp(-1, 1)
     results = {name: measures(video, real, classifier) for name, video in made.items()}
     for name, total in seconds.items():
@@ -126,6 +155,16 @@ def main() -> None:
     video, frame = results["video upsampler"], results["per-frame upsampler"]
     print(f"flicker: video upsampler {100 * (1 - video['flicker'] / frame['flicker']):.1f}% lower than per-frame; "
           f"PSNR: video upsampler {video['psnr'] - results['bicubic']['psnr']:+.2f} dB over bicubic")
+    if args.segment_frames is not None:
+        pairs = segment_boundary_pairs(args.frames, args.segment_frames)
+        print(f"\nflicker error at the {int(pairs.sum())} segment boundary pair(s) of each video (segments of "
+              f"{args.segment_frames}: the last given frame to the first new one) and at the other pairs:\n")
+        print("| method | flicker at segment boundaries | flicker elsewhere |")
+        print("|---|---:|---:|")
+        for name, video in made.items():
+            at, elsewhere = flicker_at(video, real, pairs)
+            results[name]["flicker_at_segment_boundaries"], results[name]["flicker_elsewhere"] = at, elsewhere
+            print(f"| {name} | {at:.4f} | {elsewhere:.4f} |")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -621,6 +621,24 @@ def test_the_shipped_upsampler_beats_bicubic_on_held_out_digits():
     assert psnr(made, (real + 1) / 2).mean() > psnr(bicubic, (real + 1) / 2).mean() + 0.5
 
 
+def test_pipe_upsample_passes_segment_frames_to_the_upsampler():
+    from videoldm import VideoLDMPipeline
+    from videoldm.embedded import embedded_model_dir
+
+    pipe = VideoLDMPipeline.from_pretrained(embedded_model_dir(), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    low_res = torch.rand(1, 7, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def upsample(segment_frames):
+        return pipe.upsample(low_res, num_inference_steps=1, segment_frames=segment_frames,
+                             generator=torch.Generator().manual_seed(1), output_type="pt").frames * 2 - 1
+
+    segmented = pipe.upsampler_pipeline()(low_res, num_inference_steps=1, segment_frames=5,
+                                          generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(upsample(5), segmented, rtol=0, atol=1e-6)
+    assert not torch.allclose(upsample(None), segmented, atol=1e-4)  # one run: the frames after 5 come out otherwise
+
+
 def test_upsampler_recipe_needs_the_high_resolution_size_of_video_data(tmp_path):
     from videoldm.training.recipes import RecipeError
     from videoldm.training.stages import UpsamplerStage

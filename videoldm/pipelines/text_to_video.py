@@ -33,6 +33,7 @@ from .upsample import (
     DEFAULT_NOISE_LEVEL,
     DEFAULT_UPSAMPLER_STEPS,
     DEFAULT_UPSAMPLER_WINDOW_FRAMES,
+    SegmentFrames,
     TileSize,
     VideoUpsamplerPipeline,
 )
@@ -580,6 +581,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         image_only: bool = False,
         window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
         tile_size: TileSize = "auto",
+        segment_frames: SegmentFrames = "auto",
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
@@ -593,6 +595,8 @@ class VideoLDMPipeline(DiffusionPipeline):
         Long videos run in overlapping windows of ``window_frames``; ``tile_size`` (pixels of the
         output) also cuts frames into overlapping tiles, bounding memory; ``"auto"`` cuts them only
         where a whole frame would take more than 2 GB, None never (:mod:`videoldm.pipelines.upsample`).
+        ``segment_frames`` bounds the sampler's state: ``"auto"`` runs the video in segments only past
+        ``DEFAULT_MAX_STATE_BYTES``, an int in segments of that many frames, None in one run.
         ``output_type`` as in :meth:`__call__` but ``"latent"``.
         """
         if output_type not in OUTPUT_TYPES or output_type == "latent":
@@ -601,8 +605,8 @@ class VideoLDMPipeline(DiffusionPipeline):
         video = torch.as_tensor(self._as_pixel_frames(video))
         video = video[None] if video.ndim == 4 else video
         frames = upsampler(video, noise_level=noise_level, num_inference_steps=num_inference_steps, image_only=image_only,
-                           window_frames=window_frames, tile_size=tile_size, generator=generator,
-                           callback_on_step_end=callback_on_step_end)
+                           window_frames=window_frames, tile_size=tile_size, segment_frames=segment_frames,
+                           generator=generator, callback_on_step_end=callback_on_step_end)
         return self._output(frames, output_type, return_dict)
 
     def decode_frames(self, latents: torch.Tensor, chunk_size: int = 8, decoder: str = "video") -> Iterator[torch.Tensor]:
