@@ -90,7 +90,8 @@ def segment_boundary_pairs(num_frames: int, segment_frames: int) -> torch.Tensor
 
 def flicker_at(made: torch.Tensor, real: torch.Tensor, pairs: torch.Tensor) -> tuple[float, float]:
     """Flicker error (pixels in [0, 1]) of ``made`` ``(N, T, 1, H, W)`` over the frame ``pairs`` ``(T-1,)`` and the others."""
-    per_pair = ((made.clamp(-1, 1).diff(dim=1) - real.diff(dim=1)).abs() / 2).mean(dim=(2, 3, 4))
+    made01, real01 = (made.clamp(-1, 1) + 1) / 2, (real + 1) / 2
+    per_pair = torch.stack([flicker_error(made01[:, t : t + 2], real01[:, t : t + 2]) for t in range(len(pairs))], dim=1)
     return per_pair[:, pairs].mean().item(), per_pair[:, ~pairs].mean().item()
 
 
