@@ -123,8 +123,7 @@ def sample_rows(rows: list[Row], labels: torch.Tensor, args: argparse.Namespace)
     """Every row's videos ``(N, T, 1, H, W)`` and the seconds its batches took (summed over processes).
 
     With ``--workers`` > 1 the batches of all rows are shared among that many processes of ``--threads``
-    threads each: on a few cores, separate processes keep them busier than intra-op threads do on the
-    small 8x8 latents.
+    threads each (stopping the main process mid-run leaves them running: stop its process group).
     """
     tasks = [(row, labels[first : first + args.batch], first, args)
              for row in rows for first in range(0, len(labels), args.batch)]
