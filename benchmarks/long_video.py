@@ -127,8 +127,7 @@ def sample_rows(rows: list[Row], labels: torch.Tensor, args: argparse.Namespace)
     """
     tasks = [(row, labels[first : first + args.batch], first, args)
              for row in rows for first in range(0, len(labels), args.batch)]
-    if args.workers == 1:
-        start_sampler(args.model, args.threads)
+    if args.workers == 1:  # the main process's pipeline (main() started it)
         done = [sample_batch(task) for task in tasks]
     else:
         spawn = multiprocessing.get_context("spawn")
@@ -310,8 +309,8 @@ def main() -> None:
     classifier, accuracy = train_digit_classifier(steps=600, seed=0)
     print(f"digit classifier: held-out accuracy {accuracy:.4f}", flush=True)
     labels = torch.arange(args.seeds) % 10
-    has_context = VideoLDMPipeline.from_pretrained(args.model or embedded_model_dir(),
-                                                   dtype=torch.float32).unet.has_context_conditioning
+    start_sampler(args.model, args.threads)
+    has_context = _SAMPLER["pipe"].unet.has_context_conditioning
     context = args.context_frames
     rows = {"s2": Row(f"rollout S={context}, context guidance 1", WINDOW, context),
             "s2-guided": Row(f"rollout S={context}, context guidance {args.context_guidance:g}", WINDOW, context,
