@@ -19,7 +19,9 @@ Measures, per 16-frame window of the video (the drift curve) and summarised:
 * motion smoothness: |c[t+1] - 2c[t] + c[t-1]| of the centroid (pixels), bounce triples excluded
   as in ``quality_digits.py``;
 * seam ratio: mean acceleration of the triples that straddle a window boundary over that of the
-  triples inside windows (1 = no seam; "-" for one window of all frames, which has no boundary).
+  triples inside windows (1 = no seam; "-" for one window of all frames, which has no boundary);
+  for the context rows, where it lies (:func:`seam_breakdown`: the entry and exit triples, speed
+  change and turn, the triples the bounce filter leaves out, the acceleration by window position).
 
 Then seconds per frame and peak RSS of the whole ``videoldm generate`` process (batch 1) at 64, 256
 and 512 frames, rollout versus one window.
@@ -193,13 +195,19 @@ def seam_ratio(videos: torch.Tensor, row: Row) -> float:
     return (boundary.mean() / inside.mean()).item() if len(boundary) and len(inside) else float("nan")
 
 
-def seam_breakdown(videos: torch.Tensor, row: Row) -> dict[str, float]:
+def seam_breakdown(videos: torch.Tensor, row: Row) -> dict[str, float | list[float]]:
     """Where a seam's acceleration lies, each over the same quantity inside windows (1 = none).
 
     ``entry``: the triples (given, given, first new) (centre frame ``start - 1``); ``exit``: (given,
     first new, second new). At the entry step, the velocity change split into its part along the
     previous velocity (``speed``: the motion speeds up or slows down) and across it (``turn``: the
     motion changes direction); bounces are excluded as in :func:`centroid_motion`.
+    ``reversed_entry`` / ``reversed_inside``: the share of entry / in-window triples that exclusion
+    drops (a velocity component changing sign), and ``entry_every_triple``, the entry ratio without it,
+    so that a seam hidden as "bounces" would show.
+    ``by_position``: mean acceleration (px) by the centre frame's position in windows 2, 3, ...
+    (position 0 is the first context frame, so position ``S - 1`` is the entry triple's centre and
+    position 0 with S = 2 the centre of the window before's last triple).
     """
     velocity, norm, valid = centroid_motion(videos)
     previous, change = velocity[:, :-1], velocity[:, 1:] - velocity[:, :-1]  # at centre frames 1..T-2
@@ -212,9 +220,21 @@ def seam_breakdown(videos: torch.Tensor, row: Row) -> dict[str, float]:
     def mean(values: torch.Tensor, where: torch.Tensor) -> float:
         return values[:, where][valid[:, where]].mean().item()
 
+    def reversed_share(where: torch.Tensor) -> float:
+        return (finite[:, where] & ~valid[:, where]).sum().item() / max(finite[:, where].sum().item(), 1)
+
+    finite = torch.isfinite(norm)
+    every = norm[:, entry][finite[:, entry]].mean() / norm[:, inside][finite[:, inside]].mean()
+    stride = row.window_frames - row.context_frames
+    centres = torch.arange(1, videos.shape[1] - 1)
+    later = centres >= stride  # window 2 starts at frame ``stride`` (its first context frame)
+    position = centres % stride
     return {"entry": mean(norm, entry) / mean(norm, inside), "exit": mean(norm, exit_) / mean(norm, inside),
             "speed": mean(along.abs(), entry) / mean(along.abs(), inside),
-            "turn": mean(across, entry) / mean(across, inside)}
+            "turn": mean(across, entry) / mean(across, inside),
+            "reversed_entry": reversed_share(entry), "reversed_inside": reversed_share(inside),
+            "entry_every_triple": every.item(),
+            "by_position": [mean(norm, later & (position == p)) for p in range(stride)]}
 
 
 def per_window(values: torch.Tensor) -> list[float]:
@@ -364,11 +384,18 @@ def main() -> None:
         print("\nWhere the seams lie, each over the same measure inside windows (1 = no seam): acceleration of the "
               "(given, given, first new) and (given, first new, second new) triples; at the first new frame, the "
               "velocity change along the motion (speed) and across it (turn).\n")
-        print("| row | entry acceleration | exit acceleration | speed change | turn |")
-        print("|---|---:|---:|---:|---:|")
+        print("| row | entry acceleration | exit acceleration | speed change | turn | reversed, entry / inside "
+              "| entry, every triple |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for r in breakdowns:
             b = r["seam_breakdown"]
-            print(f"| {r['row']} | {b['entry']:.2f} | {b['exit']:.2f} | {b['speed']:.2f} | {b['turn']:.2f} |")
+            print(f"| {r['row']} | {b['entry']:.2f} | {b['exit']:.2f} | {b['speed']:.2f} | {b['turn']:.2f} "
+                  f"| {b['reversed_entry']:.2f} / {b['reversed_inside']:.2f} | {b['entry_every_triple']:.2f} |")
+        print("\nReversed: the share of triples left out as bounces (a velocity component changes sign); "
+              "entry, every triple: the entry ratio with none left out. "
+              "Acceleration (px) by the centre frame's position in windows 2, 3, ... (0: the first context frame):")
+        for r in breakdowns:
+            print(f"  {r['row']}: " + " ".join(f"{value:.2f}" for value in r["seam_breakdown"]["by_position"]))
 
     plot_drift(curves, args.out_dir / "long_video_drift.png")
     (args.out_dir / "long_video.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
