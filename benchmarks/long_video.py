@@ -220,10 +220,11 @@ def seam_breakdown(videos: torch.Tensor, row: Row) -> dict[str, float | list[flo
     def mean(values: torch.Tensor, where: torch.Tensor) -> float:
         return values[:, where][valid[:, where]].mean().item()
 
+    finite = torch.isfinite(norm)
+
     def reversed_share(where: torch.Tensor) -> float:
         return (finite[:, where] & ~valid[:, where]).sum().item() / max(finite[:, where].sum().item(), 1)
 
-    finite = torch.isfinite(norm)
     every = norm[:, entry][finite[:, entry]].mean() / norm[:, inside][finite[:, inside]].mean()
     stride = row.window_frames - row.context_frames
     centres = torch.arange(1, videos.shape[1] - 1)
