@@ -217,15 +217,14 @@ def seam_breakdown(videos: torch.Tensor, row: Row) -> dict[str, float | list[flo
     entry, exit_ = boundary_triples(videos.shape[1], row)
     inside = ~(entry | exit_)
 
-    def mean(values: torch.Tensor, where: torch.Tensor) -> float:
-        return values[:, where][valid[:, where]].mean().item()
-
     finite = torch.isfinite(norm)
+
+    def mean(values: torch.Tensor, where: torch.Tensor, keep: torch.Tensor = valid) -> float:
+        return values[:, where][keep[:, where]].mean().item()
 
     def reversed_share(where: torch.Tensor) -> float:
         return (finite[:, where] & ~valid[:, where]).sum().item() / max(finite[:, where].sum().item(), 1)
 
-    every = norm[:, entry][finite[:, entry]].mean() / norm[:, inside][finite[:, inside]].mean()
     stride = row.window_frames - row.context_frames
     centres = torch.arange(1, videos.shape[1] - 1)
     later = centres >= stride  # window 2 starts at frame ``stride`` (its first context frame)
@@ -234,7 +233,7 @@ def seam_breakdown(videos: torch.Tensor, row: Row) -> dict[str, float | list[flo
             "speed": mean(along.abs(), entry) / mean(along.abs(), inside),
             "turn": mean(across, entry) / mean(across, inside),
             "reversed_entry": reversed_share(entry), "reversed_inside": reversed_share(inside),
-            "entry_every_triple": every.item(),
+            "entry_every_triple": mean(norm, entry, finite) / mean(norm, inside, finite),
             "by_position": [mean(norm, later & (position == p)) for p in range(stride)]}
 
 
