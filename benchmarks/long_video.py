@@ -27,7 +27,7 @@ Then seconds per frame and peak RSS of the whole ``videoldm generate`` process (
 and 512 frames, rollout versus one window.
 
     python benchmarks/long_video.py [--seeds 32] [--frames 512] [--steps 25] [--context-guidance 2]
-        [--workers 2 --threads 1]
+        [--workers 2 --threads 1] [--device cuda]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from quality_digits import CENTROID_THRESHOLD, GUIDANCE, smoothness, tile
+from timing import add_device_option, checked_device
 from videoldm import VideoLDMPipeline
 from videoldm.data.io import write_video
 from videoldm.data.moving_digits import (
@@ -91,10 +92,10 @@ def real_videos(labels: torch.Tensor, num_frames: int) -> torch.Tensor:
 _SAMPLER: dict = {}
 
 
-def start_sampler(model: Path | None, threads: int) -> None:
-    """Load the pipeline once per process (each worker of ``--workers``, or the main process)."""
+def start_sampler(model: Path | None, threads: int, device: str) -> None:
+    """Load the pipeline onto ``device`` once per process (each worker of ``--workers``, or the main process)."""
     torch.set_num_threads(threads)
-    pipe = VideoLDMPipeline.from_pretrained(model or embedded_model_dir(), dtype=torch.float32)
+    pipe = VideoLDMPipeline.from_pretrained(model or embedded_model_dir(), dtype=torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
     _SAMPLER["pipe"] = pipe
 
@@ -115,7 +116,7 @@ def sample_batch(task: tuple[Row, torch.Tensor, int, argparse.Namespace]) -> tup
         guidance_scale=GUIDANCE, context_guidance_scale=row.context_guidance, window_frames=row.window_frames,
         context_frames=row.context_frames, generator=generators,
     )
-    videos = torch.cat(list(pieces), dim=1).float()
+    videos = torch.cat(list(pieces), dim=1).float().cpu()
     seconds = time.perf_counter() - start
     print(f"  {row.name}: videos {first}..{first + len(chunk) - 1}, {seconds:.0f} s", flush=True)
     return videos, seconds
@@ -134,7 +135,7 @@ def sample_rows(rows: list[Row], labels: torch.Tensor, args: argparse.Namespace)
     else:
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=start_sampler,
-                                 initargs=(args.model, args.threads)) as pool:
+                                 initargs=(args.model, args.threads, args.device)) as pool:
             done = list(pool.map(sample_batch, tasks))
     batches = len(range(0, len(labels), args.batch))
     return [(torch.cat([videos for videos, _ in done[i : i + batches]]),
@@ -310,6 +311,7 @@ def main() -> None:
     parser.add_argument("--cost-frames", type=int, nargs="*", default=[64, 256, 512])
     parser.add_argument("--cost-repeats", type=int, default=1, help="interleaved runs per cost cell (medians)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per sampling process")
+    add_device_option(parser, "the rows' sampling (the classifier, the measures and --cost-frames' processes stay on the CPU)")
     parser.add_argument("--workers", type=int, default=1,
                         help="sampling processes sharing the rows' batches (s/frame sums their batches' times)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
@@ -318,6 +320,7 @@ def main() -> None:
                         help="generated rows to run (default: all); the real row is always measured")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    checked_device(parser, args.device)
     if args.worker:
         worker(json.loads(args.worker))
         return
@@ -329,7 +332,7 @@ def main() -> None:
     classifier, accuracy = train_digit_classifier(steps=600, seed=0)
     print(f"digit classifier: held-out accuracy {accuracy:.4f}", flush=True)
     labels = torch.arange(args.seeds) % 10
-    start_sampler(args.model, args.threads)
+    start_sampler(args.model, args.threads, args.device)
     has_context = _SAMPLER["pipe"].unet.has_context_conditioning
     context = args.context_frames
     rows = {"s2": Row(f"rollout S={context}, context guidance 1", WINDOW, context),

@@ -6,6 +6,7 @@ round, exposes each to the same drift, so their ratio is fairer than their absol
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -52,3 +53,19 @@ def peak_rss_mb() -> float:
 def machine_note() -> str:
     """One line for table headers: torch threads and the 1-minute load average when the run started."""
     return f"{torch.get_num_threads()} torch thread(s), load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
+def add_device_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--device`` (default cpu) for ``what``, checked by :func:`checked_device` after parsing."""
+    parser.add_argument("--device", default="cpu", help=f"torch device of {what} (cpu, cuda, cuda:1)")
+
+
+def checked_device(parser: argparse.ArgumentParser, device: str) -> str:
+    """``device`` if this machine has it, else the parser's one-line error (exit 2) before any work."""
+    from videoldm.cli import UserError, check_device
+
+    try:
+        check_device(device)
+    except UserError as error:
+        parser.error(str(error))
+    return device

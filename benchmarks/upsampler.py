@@ -20,7 +20,7 @@ the per-frame one is not); and identity, the share of frames on which a digit cl
 here on 128x128 digits gives the same class as on the real frame (sharpness that keeps the digit
 recognisable). Writes a side-by-side GIF (low resolution / bicubic / per-frame / video / real).
 
-    python benchmarks/upsampler.py [--videos 64] [--frames 8] [--steps 10] [--noise-level 20] [--gif docs/upsampler.gif]
+    python benchmarks/upsampler.py [--videos 64] [--frames 8] [--steps 10] [--noise-level 20] [--gif docs/upsampler.gif] [--device cuda]
     python benchmarks/upsampler.py --frames 28 --segment-frames 16   # + the segment boundary
 """
 
@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from timing import add_device_option, checked_device
 from videoldm import VideoLDMPipeline
 from videoldm.data.io import write_video
 from videoldm.data.moving_digits import MovingDigitsConfig, classify_frames, generate_video, train_digit_classifier
@@ -62,7 +63,7 @@ def upsampled(pipe: VideoLDMPipeline, low_res: torch.Tensor, args: argparse.Name
         generator = torch.Generator().manual_seed(args.seed + first)
         videos.append(pipe.upsample(chunk, noise_level=args.noise_level, num_inference_steps=args.steps,
                                     image_only=image_only, segment_frames=segment_frames, generator=generator,
-                                    output_type="pt").frames * 2 - 1)
+                                    output_type="pt").frames.cpu() * 2 - 1)
         print(f"  {name}: {first + len(chunk)}/{len(low_res)} videos, {time.perf_counter() - start:.0f} s", flush=True)
     return torch.cat(videos), time.perf_counter() - start
 
@@ -110,17 +111,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    add_device_option(parser, "the upsamplers (the classifier and the measures stay on the CPU)")
     parser.add_argument("--classifier-steps", type=int, default=400)
     parser.add_argument("--gif", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--segment-frames", type=int, default=None,
                         help="also run the video upsampler in segments of this many frames (needs --frames beyond it)")
     args = parser.parse_args()
+    checked_device(parser, args.device)
     if args.segment_frames is not None and not DEFAULT_UPSAMPLER_WINDOW_OVERLAP < args.segment_frames < args.frames:
         parser.error(f"--segment-frames must lie between {DEFAULT_UPSAMPLER_WINDOW_OVERLAP + 1} and --frames - 1 "
                      f"({args.frames - 1}), got {args.segment_frames}")
     torch.set_num_threads(args.threads)
-    pipe = VideoLDMPipeline.from_pretrained(args.model, dtype=torch.float32)
+    pipe = VideoLDMPipeline.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     pipe.set_progress_bar_config(disable=True)
 
     start = time.perf_counter()
