@@ -9,7 +9,8 @@ from conftest import randomize_temporal, tiny_image_unet, tiny_scheduler, tiny_v
 from videoldm import LabelEncoder, VideoLDMPipeline, VideoUNet
 from videoldm.models.autoencoder import TemporalDecoder
 from videoldm.models.context import masked_context
-from videoldm.pipelines.prediction import StreamingDecoder, plan_rollout, rollout_latents
+from videoldm.pipelines.cascade import count_cascade_steps
+from videoldm.pipelines.prediction import StreamingDecoder, plan_rollout, rollout_latents, select_continuation
 from videoldm.pipelines.sampling import Guidance, guided_prediction
 from videoldm.training.stages import context_frame_mask
 
@@ -163,6 +164,36 @@ def test_rollout_makes_exactly_the_requested_frames(num_frames):
     video = pipe(labels=[[3, -1]], num_frames=num_frames, window_frames=6, num_inference_steps=2,
                  generator=torch.Generator().manual_seed(0), output_type="pt").frames
     assert video.shape == (1, num_frames, 3, 16, 16)
+
+
+def test_select_continuation_keeps_each_videos_steadiest_entry():
+    torch.manual_seed(0)
+    context = torch.randn(2, 2, 3, 4, 4)  # (B, S, c, h, w)
+    steady = 2 * context[:, 1] - context[:, 0]  # zero second difference into the first new frame
+    candidates = torch.randn(3, 2, 5, 3, 4, 4)
+    candidates[:, :, :2] = context
+    candidates[2, 0, 2] = steady[0] + 0.01  # video 0: candidate 2 continues the motion
+    candidates[1, 1, 2] = steady[1]  # video 1: candidate 1
+    chosen = select_continuation(candidates, num_context=2)
+    assert torch.equal(chosen[0], candidates[2, 0]) and torch.equal(chosen[1], candidates[1, 1])
+    with pytest.raises(ValueError, match="context frames"):
+        select_continuation(candidates, num_context=1)
+
+
+def test_window_candidates_sample_each_context_window_k_times_and_keep_one():
+    pipe = context_pipeline()
+    steps, kwargs = [], dict(labels=[[3, -1]] * 2, num_videos=2, num_frames=13, window_frames=6, num_inference_steps=2,
+                             output_type="latent")
+    one = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
+    best = pipe(generator=torch.Generator().manual_seed(0), window_candidates=3,
+                callback_on_step_end=lambda *_: steps.append(1), **kwargs).frames
+    assert best.shape == one.shape == (2, 13, 4, 8, 8)
+    assert torch.equal(best[:, :6], one[:, :6])  # the first window has no context to score: one sample
+    assert not torch.equal(best, one)
+    # windows 2 and 3 (context S = 2) are sampled 3 times: 1 + 3 + 3 windows of 2 steps
+    assert len(steps) == count_cascade_steps(13, num_inference_steps=2, window_frames=6, window_candidates=3).total == 14
+    with pytest.raises(ValueError, match="window_candidates"):
+        pipe(window_candidates=0, **kwargs)
 
 
 def test_generate_frames_yields_the_same_video_piece_by_piece():

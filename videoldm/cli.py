@@ -46,6 +46,7 @@ MAX_FRAMES = 1024
 # Prediction models keep only a window in memory, so length is bounded by time, not memory.
 MAX_ROLLOUT_FRAMES = 100_000
 MAX_CONTEXT_FRAMES = 8
+MAX_WINDOW_CANDIDATES = 16
 DEFAULT_WINDOW = 16
 # Inference steps are a subset of the training timesteps; 1000 is the usual DDPM count.
 MAX_STEPS = 1000
@@ -237,6 +238,7 @@ class GenerateOptions:
     image_only: bool = False
     context_guidance: float = 1.0
     context_frames: int = 2
+    window_candidates: int = 1
     window: int = DEFAULT_WINDOW
     init_image: Optional[Path] = None
     continue_video: Optional[Path] = None
@@ -274,6 +276,7 @@ GENERATE_BOUNDS = {
     "seed": (0, MAX_SEED),
     "fps": (0.1, MAX_FPS),
     "context_frames": (0, MAX_CONTEXT_FRAMES),
+    "window_candidates": (1, MAX_WINDOW_CANDIDATES),
     "window": (2, MAX_FRAMES),
     "upscale_steps": (1, MAX_STEPS),
     "upscale_noise_level": (0, MAX_STEPS),  # a DDPM level; the model's own maximum is checked once it is inspected
@@ -370,7 +373,7 @@ class GenerationPlan:
             options.frames - (1 if options.init_image is not None else 0), fps_multiplier=options.fps_multiplier,
             upscale=options.upscale, num_inference_steps=options.steps, upsampler_steps=options.upscale_steps,
             upsampling_segments=1 if upsampling is None else len(upsampling.segments), window_frames=self.window_frames,
-            context_frames=options.context_frames, num_given=num_given)
+            context_frames=options.context_frames, num_given=num_given, window_candidates=options.window_candidates)
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The keyword arguments of :meth:`~videoldm.pipelines.VideoLDMPipeline.generate_frames` for this request."""
@@ -386,6 +389,7 @@ class GenerationPlan:
             context_guidance_scale=options.context_guidance,
             window_frames=self.window_frames,
             context_frames=options.context_frames,
+            window_candidates=options.window_candidates,
             init_image=self.given if options.init_image is not None else None,
             init_video=self.given if options.continue_video is not None else None,
             generator=torch.Generator().manual_seed(options.seed),
@@ -557,6 +561,7 @@ def generate(
     image_only: bool = _generate_option("image_only", help="Sample the image model frame by frame (alpha = 1)."),
     context_guidance: float = _generate_option("context_guidance", help="Prediction models: guidance over the given frames (1 = none)."),
     context_frames: int = _generate_option("context_frames", help="Prediction models: frames each window is conditioned on (0 = independent windows)."),
+    window_candidates: int = _generate_option("window_candidates", help="Prediction models: sample each window (with >= 2 context frames) this many times and keep the one that continues the motion most steadily; costs that many times the windows' time."),
     window: int = _generate_option("window", help="Prediction models: frames per denoised window."),
     init_image: Optional[Path] = _generate_option("init_image", help="Prediction models: an image (PNG/JPG) to start from; it becomes frame 0."),
     continue_video: Optional[Path] = _generate_option("continue_video", help="Prediction models: a video to continue; OUT is its frames followed by --frames new ones."),
@@ -568,8 +573,8 @@ def generate(
         model=model, frames=frames, steps=steps, seed=seed, guidance=guidance, prompt=prompt, labels=tuple(label or ()),
         fps=fps, fps_multiplier=fps_multiplier, upscale=upscale, upscale_steps=upscale_steps,
         upscale_noise_level=upscale_noise_level, keep_stages=keep_stages, decoder=decoder,
-        image_only=image_only, context_guidance=context_guidance, context_frames=context_frames, window=window,
-        init_image=init_image, continue_video=continue_video), out)
+        image_only=image_only, context_guidance=context_guidance, context_frames=context_frames,
+        window_candidates=window_candidates, window=window, init_image=init_image, continue_video=continue_video), out)
     pipe = load_pipeline(plan.info, interpolation=plan.options.fps_multiplier > 1, upsampling=plan.options.upscale > 1)
     # One display for every stage: the denoising steps of key frames, interpolation and upsampling.
     pipe.set_progress_bar_config(disable=True)

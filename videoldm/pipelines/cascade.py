@@ -17,7 +17,7 @@ from diffusers.utils import BaseOutput
 
 from .directory import DEFAULT_NUM_INFERENCE_STEPS
 from .interpolation import DEFAULT_WINDOW_KEY_FRAMES, INTERPOLATION_FACTOR, PASSES_PER_FACTOR, plan_interpolation
-from .prediction import plan_rollout
+from .prediction import plan_rollout, window_samples
 from .text_to_video import OUTPUT_TYPES, VideoLDMPipeline
 from .upsample import DEFAULT_NOISE_LEVEL, DEFAULT_UPSAMPLER_STEPS
 
@@ -54,15 +54,18 @@ def count_cascade_steps(
     window_frames: int | None = None,
     context_frames: int = 2,
     num_given: int = 0,
+    window_candidates: int = 1,
 ) -> CascadeSteps:
     """The :class:`CascadeSteps` of one cascade run: ``num_frames`` new key frames in windows of ``window_frames``
-    (None: one window) after ``num_given`` given frames, then the interpolation windows and the upsampler's steps
+    (None: one window) after ``num_given`` given frames, each window with >= 2 context frames sampled
+    ``window_candidates`` times (:func:`~videoldm.pipelines.prediction.select_continuation`), then the interpolation windows and the upsampler's steps
     in each of its ``upsampling_segments`` sampler runs
     (:meth:`~videoldm.pipelines.VideoUpsamplerPipeline.plan_segments`).
 
     Counts one scheduler step per requested step (multistep and DDIM schedulers; Heun-type ones take more).
     """
-    key_windows = 1 if window_frames is None else len(plan_rollout(num_frames, window_frames, context_frames, num_given))
+    key_windows = 1 if window_frames is None else sum(
+        window_samples(window, window_candidates) for window in plan_rollout(num_frames, window_frames, context_frames, num_given))
     interpolation_windows, keys = 0, num_frames + num_given
     for _ in range(PASSES_PER_FACTOR.get(fps_multiplier, 0)):
         interpolation_windows += len(plan_interpolation(keys, DEFAULT_WINDOW_KEY_FRAMES))

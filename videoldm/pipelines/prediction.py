@@ -119,6 +119,32 @@ def plan_rollout(num_new_frames: int, window: int, context_frames: int, num_give
     return plan
 
 
+# the fewest context frames a window's continuity can be scored on: a second difference spans three frames
+MIN_SELECTION_CONTEXT = 2
+
+
+def window_samples(window: RolloutWindow, window_candidates: int) -> int:
+    """How many candidate samples of ``window`` a rollout with ``window_candidates`` draws: that many
+    where :func:`select_continuation` can score them (S >= 2 context frames), else one."""
+    return window_candidates if window.num_context >= MIN_SELECTION_CONTEXT else 1
+
+
+def select_continuation(candidates: torch.Tensor, num_context: int) -> torch.Tensor:
+    """Per video, the candidate window that continues its context most steadily.
+
+    ``candidates`` ``(K, B, W, c, h, w)`` are K samples of one rollout window whose first
+    ``num_context`` (>= 2) latents are the given context. Each is scored by the second difference
+    ``|z[S] - 2 z[S-1] + z[S-2]|`` (L2 over the latent) from the last two context latents into the
+    first new one: the change of velocity at the window's entry, where a rollout's seam lies.
+    Returns ``(B, W, c, h, w)``, each video's lowest-scoring candidate (the first on ties).
+    """
+    if num_context < MIN_SELECTION_CONTEXT:
+        raise ValueError(f"scoring a continuation needs >= {MIN_SELECTION_CONTEXT} context frames, got {num_context}")
+    entry = candidates[:, :, num_context] - 2 * candidates[:, :, num_context - 1] + candidates[:, :, num_context - 2]
+    best = entry.flatten(2).norm(dim=-1).argmin(dim=0)
+    return candidates[best, torch.arange(candidates.shape[1], device=candidates.device)]
+
+
 SampleWindow = Callable[[RolloutWindow, torch.Tensor | None], torch.Tensor]
 
 

@@ -27,7 +27,15 @@ from .interpolation import (
     PASSES_PER_FACTOR,
     interpolate_latents,
 )
-from .prediction import RolloutWindow, StreamingDecoder, decoder_overlap, plan_rollout, rollout_latents
+from .prediction import (
+    RolloutWindow,
+    StreamingDecoder,
+    decoder_overlap,
+    plan_rollout,
+    rollout_latents,
+    select_continuation,
+    window_samples,
+)
 from .sampling import Guidance, denoise
 from .upsample import (
     DEFAULT_NOISE_LEVEL,
@@ -327,6 +335,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         context_guidance_scale: float = 1.0,
         window_frames: int | None = None,
         context_frames: int = 2,
+        window_candidates: int = 1,
         init_image: torch.Tensor | Image.Image | None = None,
         init_video: torch.Tensor | list[Image.Image] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -350,6 +359,8 @@ class VideoLDMPipeline(DiffusionPipeline):
             raise ValueError(f"generate_frames yields 'pt' pixels or 'latent' latents, got output_type {output_type!r}")
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if window_candidates < 1:
+            raise ValueError(f"window_candidates must be >= 1, got {window_candidates}")
         batch = len(prompt) if isinstance(prompt, list) else num_videos
         channels, latent_height, latent_width = self._latent_shape(height, width)
         size = (latent_height * self.vae_scale_factor, latent_width * self.vae_scale_factor)
@@ -372,16 +383,22 @@ class VideoLDMPipeline(DiffusionPipeline):
 
         def sample_window(window: RolloutWindow, context: torch.Tensor | None) -> torch.Tensor:
             shape = (batch, window_frames, channels, latent_height, latent_width)
-            noise = latents if latents is not None else randn_tensor(shape, generator=generator, device=device,
-                                                                      dtype=self.unet.dtype)
             mask = torch.arange(window_frames, device=device) < window.num_context
-            context_latents = torch.zeros_like(noise)
+            context_latents = torch.zeros(shape, device=device, dtype=self.unet.dtype)
             if window.num_context:
                 context_latents[:, : window.num_context] = context
-            return self._sample_window(self.unet, noise.to(device), conditional_states, unconditional_states,
-                                       context_mask=mask, context_latents=context_latents, extra_inputs={},
-                                       image_only=image_only, guidance_scale=guidance_scale,
-                                       context_guidance_scale=context_guidance_scale, denoise_options=denoise_options)
+            candidates = []
+            for _ in range(window_samples(window, window_candidates)):
+                noise = latents if latents is not None else randn_tensor(shape, generator=generator, device=device,
+                                                                          dtype=self.unet.dtype)
+                candidates.append(self._sample_window(
+                    self.unet, noise.to(device), conditional_states, unconditional_states, context_mask=mask,
+                    context_latents=context_latents, extra_inputs={}, image_only=image_only,
+                    guidance_scale=guidance_scale, context_guidance_scale=context_guidance_scale,
+                    denoise_options=denoise_options))
+            if len(candidates) == 1:
+                return candidates[0]
+            return select_continuation(torch.stack(candidates), window.num_context)
 
         given_latents = None if given is None else self.encode_frames(given)
         stream = StreamingDecoder(self.vae, lambda z: decode_latents(self.vae, z, decode_chunk_size, decoder),
@@ -422,6 +439,7 @@ class VideoLDMPipeline(DiffusionPipeline):
         context_guidance_scale: float = 1.0,
         window_frames: int | None = None,
         context_frames: int = 2,
+        window_candidates: int = 1,
         init_image: torch.Tensor | Image.Image | None = None,
         init_video: torch.Tensor | list[Image.Image] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -441,6 +459,9 @@ class VideoLDMPipeline(DiffusionPipeline):
         windows). ``context_guidance_scale`` ``s`` guides over the context,
         ``f(no context) + s * (f(context) - f(no context))``; combined with label/text guidance a
         step costs up to three UNet evaluations (see :mod:`videoldm.pipelines.sampling`).
+        ``window_candidates`` K > 1 samples every window with >= 2 context frames K times and keeps, per
+        video, the one whose first new latent continues the context most steadily
+        (:func:`~videoldm.pipelines.prediction.select_continuation`): K times those windows' cost.
         ``init_image`` ``(C, H, W)`` or ``(B, C, H, W)`` in [-1, 1] (or a PIL image) becomes frame 0
         (encoded and decoded); ``init_video`` ``(T, C, H, W)`` or ``(B, T, C, H, W)`` in [-1, 1] (or
         a list of PIL images) is continued: the output is its frames, exactly as given, followed by
@@ -463,7 +484,7 @@ class VideoLDMPipeline(DiffusionPipeline):
             prompt, labels=labels, negative_prompt=negative_prompt, num_videos=num_videos, num_frames=num_frames,
             height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             context_guidance_scale=context_guidance_scale, window_frames=window_frames, context_frames=context_frames,
-            init_image=init_image, init_video=init_video, generator=generator, latents=latents, image_only=image_only,
+            window_candidates=window_candidates, init_image=init_image, init_video=init_video, generator=generator, latents=latents, image_only=image_only,
             decode_chunk_size=decode_chunk_size, decoder=decoder,
             output_type="latent" if output_type == "latent" else "pt", callback_on_step_end=callback_on_step_end,
         ))
