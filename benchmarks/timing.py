@@ -60,12 +60,11 @@ def add_device_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--device", default="cpu", help=f"torch device of {what} (cpu, cuda, cuda:1)")
 
 
-def checked_device(parser: argparse.ArgumentParser, device: str) -> str:
-    """``device`` if this machine has it, else the parser's one-line error (exit 2) before any work."""
+def checked_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Return if this machine has ``device``, else exit with the parser's one-line error (exit 2) before any work."""
     from videoldm.cli import UserError, check_device
 
     try:
         check_device(device)
     except UserError as error:
         parser.error(str(error))
-    return device

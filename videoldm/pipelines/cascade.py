@@ -58,14 +58,17 @@ def count_cascade_steps(
 ) -> CascadeSteps:
     """The :class:`CascadeSteps` of one cascade run: ``num_frames`` new key frames in windows of ``window_frames``
     (None: one window) after ``num_given`` given frames, each window with >= 2 context frames sampled
-    ``window_candidates`` times (:func:`~videoldm.pipelines.prediction.select_continuation`), then the interpolation windows and the upsampler's steps
-    in each of its ``upsampling_segments`` sampler runs
+    ``window_candidates`` times (:func:`~videoldm.pipelines.prediction.select_continuation`), then the
+    interpolation windows and the upsampler's steps in each of its ``upsampling_segments`` sampler runs
     (:meth:`~videoldm.pipelines.VideoUpsamplerPipeline.plan_segments`).
 
     Counts one scheduler step per requested step (multistep and DDIM schedulers; Heun-type ones take more).
     """
-    key_windows = 1 if window_frames is None else sum(
-        window_samples(window, window_candidates) for window in plan_rollout(num_frames, window_frames, context_frames, num_given))
+    if window_frames is None:
+        key_windows = 1
+    else:
+        plan = plan_rollout(num_frames, window_frames, context_frames, num_given)
+        key_windows = sum(window_samples(window, window_candidates) for window in plan)
     interpolation_windows, keys = 0, num_frames + num_given
     for _ in range(PASSES_PER_FACTOR.get(fps_multiplier, 0)):
         interpolation_windows += len(plan_interpolation(keys, DEFAULT_WINDOW_KEY_FRAMES))

@@ -484,8 +484,8 @@ class VideoLDMPipeline(DiffusionPipeline):
             prompt, labels=labels, negative_prompt=negative_prompt, num_videos=num_videos, num_frames=num_frames,
             height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             context_guidance_scale=context_guidance_scale, window_frames=window_frames, context_frames=context_frames,
-            window_candidates=window_candidates, init_image=init_image, init_video=init_video, generator=generator, latents=latents, image_only=image_only,
-            decode_chunk_size=decode_chunk_size, decoder=decoder,
+            window_candidates=window_candidates, init_image=init_image, init_video=init_video, generator=generator,
+            latents=latents, image_only=image_only, decode_chunk_size=decode_chunk_size, decoder=decoder,
             output_type="latent" if output_type == "latent" else "pt", callback_on_step_end=callback_on_step_end,
         ))
         return self._output(torch.cat(pieces, dim=1), output_type, return_dict)
