@@ -1,10 +1,10 @@
-"""PSNR, SSIM and flicker error against closed forms and known properties."""
+"""PSNR, SSIM, flicker and warping error against closed forms and known properties."""
 
 import math
 
 import torch
 
-from videoldm.metrics.consistency import flicker_error, psnr, ssim
+from videoldm.metrics.consistency import backward_warp, flicker_error, psnr, ssim, warping_error
 
 
 def test_psnr_closed_form():
@@ -37,3 +37,24 @@ def test_flicker_error_ignores_static_errors_and_sees_flicker():
     flickering = target.clone()
     flickering[:, 3] += 0.2
     assert abs(flicker_error(flickering, target).item() - 2 * 0.2 / 5) < 1e-5  # two of five steps off by 0.2
+
+
+def test_backward_warp_convention_and_warping_error_of_a_shifting_pattern():
+    pattern = torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(2))
+    flow = torch.zeros(1, 2, 12, 12)
+    flow[:, 0], flow[:, 1] = 2.0, -1.0  # output (i, j) reads input (i - 1, j + 2)
+    warped = backward_warp(pattern, flow)
+    assert torch.allclose(warped[..., 1:, :10], pattern[..., :11, 2:], atol=1e-6)
+    assert (warped[..., :, 10:] == 0).all()  # sources beyond the right edge
+
+    # Frame t+1 is frame t moved 1 px right, so its backward flow is dx = -1 everywhere.
+    frames = torch.stack([pattern.roll(t, dims=-1) for t in range(4)], dim=1)  # (1, 4, 1, 12, 12)
+    flow = torch.zeros(1, 3, 2, 12, 12)
+    flow[:, :, 0] = -1.0
+    valid = torch.ones(1, 3, 12, 12, dtype=torch.bool)
+    valid[..., 0] = False  # the wrapped-around column comes from outside the frame
+    assert warping_error(frames, flow, valid).item() < 1e-6
+    assert warping_error(frames, torch.zeros_like(flow), valid).item() > 0.1
+    flickering = frames.clone()
+    flickering[:, 2] += 0.3  # one frame off: the pairs into and out of it
+    assert abs(warping_error(flickering, flow, valid).item() - 2 * 0.3 / 3) < 1e-5

@@ -1,4 +1,4 @@
-"""Moving digits: determinism, held-out split, trajectories that match the rendered frames."""
+"""Moving digits: determinism, held-out split, ground truth that matches the rendered frames."""
 
 import dataclasses
 import time
@@ -17,7 +17,11 @@ from videoldm.data.moving_digits import (
     digit_images,
     generate_video,
     train_digit_classifier,
+    true_backward_flow,
+    _render,
+    _Trajectory,
 )
+from videoldm.metrics.consistency import warping_error
 
 CONFIG = MovingDigitsConfig()
 NUM_VIDEOS = 60  # enough for both digit counts and plenty of bounces, still well under a second
@@ -216,3 +220,63 @@ def test_classifier_reaches_high_held_out_accuracy() -> None:
     _, accuracy = train_digit_classifier(CONFIG)
     print(f"held-out accuracy {accuracy:.4f} in {time.perf_counter() - start:.1f} s")
     assert accuracy > 0.95
+
+
+def _rendered_sample(positions: torch.Tensor, config: MovingDigitsConfig) -> MovingDigitsSample:
+    """Random-texture digits rendered as the data set renders them, at ``positions`` (T, D, 2)."""
+    num_frames, num_digits = positions.shape[:2]
+    size = config.digit_size
+    digits = torch.rand(num_digits, size, size, generator=torch.Generator().manual_seed(0))
+    trajectory = _Trajectory(
+        digits=digits,
+        labels=torch.zeros(num_digits, dtype=torch.long),
+        centroid_offsets=torch.zeros(num_digits, 2),
+        positions=positions,
+        velocities=torch.zeros_like(positions),
+        bounced=torch.zeros(num_frames, num_digits, dtype=torch.bool),
+    )
+    return MovingDigitsSample(
+        frames=_render(trajectory, slice(None), config.canvas_size),
+        labels=trajectory.labels,
+        positions=positions,
+        centroids=positions,
+        velocities=trajectory.velocities,
+        bounced=trajectory.bounced,
+    )
+
+
+def test_true_backward_flow_warps_frames_exactly_and_masks_what_no_flow_explains() -> None:
+    config = MovingDigitsConfig(canvas_size=32, digit_size=8)
+    # Whole-pixel steps make bilinear warping exact; the digits cross at frame 2 and move both ways.
+    positions = torch.tensor(
+        [[[2.0, 3.0], [20.0, 22.0]], [[6.0, 5.0], [16.0, 18.0]],
+         [[10.0, 9.0], [12.0, 12.0]], [[14.0, 13.0], [8.0, 5.0]]]
+    )
+    sample = _rendered_sample(positions, config)
+    flow, valid = true_backward_flow(sample, config)
+    frames = (sample.frames[None] + 1) / 2
+    assert flow.shape == (3, 2, 32, 32) and valid.shape == (3, 32, 32)
+    assert warping_error(frames, flow[None], valid[None]).item() < 1e-6
+    swapped = flow.flip(1)  # (dy, dx): the wrong convention must show
+    assert warping_error(frames, swapped[None], valid[None]).item() > 0.01
+    assert warping_error(frames, torch.zeros_like(flow)[None], valid[None]).item() > 0.01
+    assert not valid[1, 13, 13]  # both digits cover it in frame 2
+    assert not valid[0, 3, 3]  # background in frame 1 where digit 0 was in frame 0: disoccluded
+    # Digit 0 moved (4, 2) in (y, x) from frame 0 to 1; the flow points back, as (dx, dy).
+    assert valid[0, 8, 8] and flow[0, :, 8, 8].tolist() == [-2.0, -4.0]
+    assert valid[0, 30, 0] and flow[0, :, 30, 0].tolist() == [0.0, 0.0]
+
+
+def test_true_backward_flow_on_generated_videos_is_near_exact() -> None:
+    # The upsampler benchmark's videos: 48 px digits (smooth at that size), 4 - 10 px per frame.
+    config = MovingDigitsConfig(
+        canvas_size=128, digit_size=48, min_speed=4.0, max_speed=10.0, num_frames=6
+    )
+    for index in range(4):
+        sample = generate_video(index, config)
+        flow, valid = true_backward_flow(sample, config)
+        frames = (sample.frames[None] + 1) / 2
+        along_motion = warping_error(frames, flow[None], valid[None]).item()
+        standing_still = warping_error(frames, torch.zeros_like(flow)[None], valid[None]).item()
+        assert valid.float().mean() > 0.5
+        assert along_motion < 0.05 * standing_still  # sub-pixel steps leave the resampling floor

@@ -258,6 +258,61 @@ def generate_video(index: int, config: MovingDigitsConfig) -> MovingDigitsSample
     )
 
 
+def digit_coverage(positions: torch.Tensor, config: MovingDigitsConfig) -> torch.Tensor:
+    """Where each digit can put ink: positions ``(T, D, 2)`` (NaN: absent) -> ``(T, D, H, W)``.
+
+    Bilinear placement reaches the pixels within one pixel of the box
+    ``[pos, pos + digit_size - 1]`` (its outer ring is a partial sample), so the coverage is that
+    open interval on each axis.
+    """
+    pixels = torch.arange(config.canvas_size, dtype=positions.dtype)
+    start = positions[..., None]
+    inside = (pixels > start - 1) & (pixels < start + config.digit_size)
+    return inside[..., 0, :, None] & inside[..., 1, None, :]
+
+
+def true_backward_flow(
+    sample: MovingDigitsSample, config: MovingDigitsConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact motion of a video: flow ``(T-1, 2, H, W)`` as (dx, dy), valid ``(T-1, H, W)`` bool.
+
+    ``flow[t]`` maps frame t+1 back to frame t (the convention of
+    :func:`videoldm.metrics.consistency.backward_warp`): minus the displacement of the digit
+    covering a pixel, 0 on the background. ``valid`` drops what one flow cannot explain: pixels two
+    digits cover, pixels whose source in frame t is near another digit (or, for the background,
+    any digit: disocclusion) and sources outside the canvas. Digits translate rigidly, bounces
+    included, so the flow is exact.
+    """
+    positions, size = sample.positions, config.canvas_size
+    num_pairs = positions.shape[0] - 1
+    coverage = digit_coverage(positions, config)  # absent digits (NaN) cover nothing
+    later, earlier = coverage[1:], coverage[:-1]  # (T-1, D, H, W)
+    # Bilinear warping reads the 2x2 pixels around a source; one pixel of margin covers them.
+    near_earlier = F.max_pool2d(earlier.float(), kernel_size=3, stride=1, padding=1).bool()
+    background = ~later.any(1)
+    valid = (later.sum(1) <= 1) & (~background | ~near_earlier.any(1))
+    flow = torch.zeros(num_pairs, 2, size, size)
+    pixels = torch.arange(size, dtype=positions.dtype)
+    pair = torch.arange(num_pairs)[:, None, None]
+    for digit in range(positions.shape[1]):
+        if positions[0, digit, 0].isnan():
+            continue
+        dy, dx = (positions[1:, digit] - positions[:-1, digit]).unbind(-1)
+        dy, dx = dy[:, None, None], dx[:, None, None]
+        mine = later[:, digit]
+        flow[:, 0] = torch.where(mine, -dx, flow[:, 0])
+        flow[:, 1] = torch.where(mine, -dy, flow[:, 1])
+        source_y = (pixels[None, :, None] - dy).expand(-1, size, size)
+        source_x = (pixels[None, None, :] - dx).expand(-1, size, size)
+        inside = (source_y >= 0) & (source_y <= size - 1)
+        inside &= (source_x >= 0) & (source_x <= size - 1)
+        others = torch.cat([near_earlier[:, :digit], near_earlier[:, digit + 1 :]], dim=1).any(1)
+        row = source_y.round().long().clamp(0, size - 1)
+        col = source_x.round().long().clamp(0, size - 1)
+        valid &= ~mine | (inside & ~others[pair, row, col])
+    return flow, valid
+
+
 class MovingDigitsVideos(Dataset):
     """``length`` videos, item i = ``generate_video(i, config)``.
 

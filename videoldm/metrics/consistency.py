@@ -61,3 +61,39 @@ def flicker_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     shift) does not count, a frame that differs from its neighbours does.
     """
     return (prediction.diff(dim=1) - target.diff(dim=1)).abs().flatten(1).mean(1)
+
+
+def backward_warp(frames: torch.Tensor, backward_flow: torch.Tensor) -> torch.Tensor:
+    """Frames ``(N, C, H, W)`` resampled along ``backward_flow`` ``(N, 2, H, W)`` -> ``(N, C, H, W)``.
+
+    ``backward_flow[:, :, i, j] = (dx, dy)`` in pixels (channel 0 horizontal, the RAFT / torchvision
+    convention): output pixel ``(i, j)`` takes the input at ``(i + dy, j + dx)``, bilinearly; sources
+    outside the frame give 0.
+    """
+    height, width = frames.shape[-2:]
+    rows = torch.arange(height, dtype=frames.dtype, device=frames.device)
+    cols = torch.arange(width, dtype=frames.dtype, device=frames.device)
+    source_x = cols[None, None, :] + backward_flow[:, 0]
+    source_y = rows[None, :, None] + backward_flow[:, 1]
+    # align_corners=True: -1 and +1 are the centres of the first and last pixels.
+    grid = torch.stack([2 * source_x / max(width - 1, 1) - 1, 2 * source_y / max(height - 1, 1) - 1], dim=-1)
+    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def warping_error(prediction: torch.Tensor, backward_flow: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Temporal consistency along the motion per video (Lai et al. 2018): ``(B, T, C, H, W)`` -> ``(B,)``.
+
+    Mean over the ``valid`` pixels ``(B, T-1, H, W)`` (bool: no occlusion, source inside the frame) of
+    ``|x^[t+1] - warp(x^[t], flow[t])|``, with ``backward_flow`` ``(B, T-1, 2, H, W)`` from frame t+1
+    to frame t (see :func:`backward_warp`). Unlike :func:`flicker_error` it needs no real frames, only
+    the true motion: a video that is wrong but moves consistently scores 0; real frames score the
+    floor of bilinear resampling.
+    """
+    batch, num_frames = prediction.shape[:2]
+    if backward_flow.shape != (batch, num_frames - 1, 2, *prediction.shape[-2:]):
+        raise ValueError(f"backward_flow must be {(batch, num_frames - 1, 2, *prediction.shape[-2:])}, "
+                         f"got {tuple(backward_flow.shape)}")
+    warped = backward_warp(prediction[:, :-1].flatten(0, 1), backward_flow.flatten(0, 1).to(prediction.dtype))
+    difference = (prediction[:, 1:] - warped.unflatten(0, (batch, num_frames - 1))).abs().mean(2)
+    weight = valid.to(difference.dtype)
+    return (difference * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1)
