@@ -4,7 +4,7 @@ Every video is generated on the fly from ``(config, index)``: one or more digits
 of ``sklearn.datasets.load_digits``, no download) move with constant velocity on a dark canvas and
 bounce off its edges. Because identities and trajectories are known exactly, the set doubles as a
 quality benchmark (digit-identity consistency, motion against the true trajectory, interpolation
-against real in-between frames).
+against real in-between frames, the warping error along the true flow: ``true_backward_flow``).
 
 Size: the default canvas is 32x32 pixels, 1 channel, with digits upscaled to 12x12. A
 4x-downsampling autoencoder turns a 32x32 frame into an 8x8x4 latent, so the whole Video LDM stack
