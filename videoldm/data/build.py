@@ -25,6 +25,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..config import check_arguments
 from .io import IMAGE_SUFFIXES
 from .latents import CACHE_FILE, CachedLatents
 from .moving_digits import MovingDigitsConfig, MovingDigitsVideos
@@ -92,8 +93,6 @@ def build_source(data: dict[str, Any], *, height: int, width: int, channels: int
 
 
 def _build_source(data: dict[str, Any], height: int, width: int, channels: int, images: bool) -> Dataset:
-    from ..training.recipes import check_arguments
-
     kind = data.pop("kind", "digits")
     if kind not in SOURCE_KINDS:
         raise ValueError(f"data: unknown kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")

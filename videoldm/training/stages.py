@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch.utils.data import Dataset
 
+from ..config import RecipeError, check_arguments
 from ..data.build import DataError, build_source
 from ..data.latents import CachedLatents
 from ..data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
@@ -39,9 +40,7 @@ from ..pipelines.upsample import VideoUpsamplerPipeline, latent_decoder_scale
 from .decoder_losses import DecoderFinetuneObjective
 from .draws import DRAW_SEED, rand_per_sample, randint_per_sample, randn_per_sample, sample_generators
 from .objective import DiffusionObjective
-from .recipes import RecipeError
 from .perceptual import PerceptualLoss
-from .recipes import check_arguments
 from .trainer import Trainer, TrainSettings, parameters_of
 
 
