@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
+from digits_measures import centroid_of_mass
 from quality_digits import CENTROID_THRESHOLD, tile
 from videoldm import VideoLDMPipeline
 from videoldm.data.io import write_video
-from videoldm.data.moving_digits import MovingDigitsConfig, centroid_of_mass, generate_video
+from videoldm.data.moving_digits import MovingDigitsConfig, generate_video
 from videoldm.embedded import embedded_model_dir
 from videoldm.metrics.consistency import psnr, ssim
 

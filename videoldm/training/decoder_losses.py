@@ -9,8 +9,10 @@ with ``w`` the decoder's last trainable layer (its output 3D conv) and ``disc_fa
 ``disc_start`` steps (discriminator warm-up). The discriminator is a :class:`VideoDiscriminator`
 trained with the hinge loss on real and decoded videos.
 
-The perceptual term is pluggable: no LPIPS weights ship with the project, so it is omitted unless
-a callable is given (e.g. ``lpips.LPIPS(net="vgg")``, frames ``(N, C, H, W)`` in [-1, 1]).
+The perceptual term is pluggable and omitted unless a callable is given (frames ``(N, C, H, W)`` in
+[-1, 1] -> per-frame distance): :class:`videoldm.training.perceptual.PerceptualLoss` provides an
+LPIPS-style one, built by ``PerceptualLoss.from_files`` from local VGG16 weights (and, optionally,
+LPIPS's channel weights); the decoder stage does that when its ``perceptual`` config names them.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ distribution changes. Both are read from the image model's diffusers scheduler c
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,22 +14,6 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-
-def load_noise_scheduler(source: str | Path | dict | Any) -> DDPMScheduler:
-    """The training (DDPM) scheduler of an image model: from a scheduler, its config, or a directory.
-
-    A directory may be a scheduler folder or a pipeline folder with a ``scheduler/`` subfolder.
-    """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if (path / "scheduler" / "scheduler_config.json").is_file():
-            path = path / "scheduler"
-        if not (path / "scheduler_config.json").is_file():
-            raise FileNotFoundError(f"no scheduler_config.json in {source} or {source}/scheduler")
-        return DDPMScheduler.from_pretrained(path)
-    config = source if isinstance(source, dict) else source.config
-    return DDPMScheduler.from_config(config)
 
 
 class DiffusionObjective:
@@ -79,24 +62,3 @@ class DiffusionObjective:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = model(noisy, timesteps, **(model_kwargs or {})).sample
         return F.mse_loss(prediction.float(), self.target(latents, noise, timesteps).float())
-
-
-def temporal_training_step(
-    video_unet: torch.nn.Module,
-    objective: DiffusionObjective,
-    optimizer: torch.optim.Optimizer,
-    latents: torch.Tensor,
-    model_kwargs: dict[str, Any] | None = None,
-    generator: torch.Generator | None = None,
-) -> float:
-    """One optimiser step of the temporal layers on latents ``(B, T, C, H, W)``; returns the loss.
-
-    Freezes the spatial layers first, so only temporal parameters can change.
-    """
-    video_unet.freeze_spatial()
-    optimizer.zero_grad(set_to_none=True)
-    loss = objective.loss(video_unet, latents, model_kwargs, generator)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
-
