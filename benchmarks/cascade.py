@@ -1,7 +1,7 @@
 """Seconds per output frame of each stage of the full cascade, and of the whole, on the embedded model; one run.
 
-The stages are run one after another with their public methods, as ``CascadePipeline`` chains them:
-``--key-frames`` key frames (``generate_frames``, label ``--label``, ``--steps`` steps), interpolation
+The stages are run one after another with their stage pipelines, as ``CascadePipeline`` chains them:
+``--key-frames`` key frames (``video_pipeline().generate_frames``, label ``--label``, ``--steps`` steps), interpolation
 x4 (regime 0) and again x4 (regime 1) for x16 (``interpolate``, ``--steps`` steps each window),
 decoding with the temporal decoder (``decode_frames``), and upsampling x4 32x32 -> 128x128
 (``upsampler_pipeline()``, ``--upsampler-steps`` steps, noise level ``--noise-level``). Each stage is
@@ -57,16 +57,17 @@ def main() -> None:
         return result
 
     with torch.no_grad():
-        keys = timed("key frames", lambda: torch.cat(list(pipe.generate_frames(
+        video, interpolation = pipe.video_pipeline(), pipe.interpolation_pipeline()
+        keys = timed("key frames", lambda: torch.cat(list(video.generate_frames(
             num_frames=args.key_frames, output_type="latent", **conditioning)), dim=1))
-        x4 = timed("interpolation x4", lambda: pipe.interpolate(latents=keys, factor=4, output_type="latent",
-                                                                **conditioning).frames)
-        x16 = timed("interpolation x16 (second x4)", lambda: pipe.interpolate(
+        x4 = timed("interpolation x4", lambda: interpolation(latents=keys, factor=4, output_type="latent",
+                                                                 **conditioning).frames)
+        x16 = timed("interpolation x16 (second x4)", lambda: interpolation(
             latents=x4, factor=4, frame_rate_regime=1, output_type="latent", **conditioning).frames)
-        pixels = timed("decoding (temporal decoder)", lambda: torch.cat(list(pipe.decode_frames(x16)), dim=1))
+        pixels = timed("decoding (temporal decoder)", lambda: torch.cat(list(video.decode_frames(x16)), dim=1))
         high_res = timed("upsampling x4", lambda: pipe.upsampler_pipeline()(
             pixels, noise_level=args.noise_level, num_inference_steps=args.upsampler_steps, generator=generator))
-        key_pixels = torch.cat(list(pipe.decode_frames(keys)), dim=1)
+        key_pixels = torch.cat(list(video.decode_frames(keys)), dim=1)
 
     final_frames = high_res.shape[1]
     total = sum(seconds for _, seconds, _ in stages)

@@ -32,7 +32,7 @@ from videoldm import TemporalDecoder, VideoLDMPipeline
 from videoldm.data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
 from videoldm.embedded import embedded_model_dir
 from videoldm.metrics.consistency import flicker_error, psnr
-from videoldm.pipelines.text_to_video import decode_latents
+from videoldm.pipelines.decoding import decode_latents
 
 NUM_FRAMES = 16
 

@@ -6,7 +6,7 @@ key frames are 1 - 2.5 px apart (as in the key-frame model's own videos: the cas
 4 - 8 px apart (large motion). Every ``factor``-th frame is kept as a key frame (``--keys`` of them
 at x4, ``--keys-x16`` at x16) and the in-between frames are made by:
 
-* the model: ``pipe.interpolate(keys, factor)`` (x4: one pass, regime 0; x16: two passes, regimes 0
+* the model: ``pipe.interpolation_pipeline()(keys, factor)`` (x4: one pass, regime 0; x16: two passes, regimes 0
   then 1), no label (the null label), ``--steps`` steps, once per context guidance scale in
   ``--context-guidance`` (guidance over the key frames);
 * linear blending of the two neighbouring key frames;
@@ -36,7 +36,7 @@ import torch
 
 from digits_measures import centroid_of_mass
 from quality_digits import CENTROID_THRESHOLD, tile
-from videoldm import VideoLDMPipeline
+from videoldm import CascadePipeline, VideoInterpolationPipeline
 from videoldm.data.io import write_video
 from videoldm.data.moving_digits import MovingDigitsConfig, generate_video
 from videoldm.embedded import embedded_model_dir
@@ -67,16 +67,16 @@ def frame_repetition(keys: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def model_row(pipe: VideoLDMPipeline, keys: torch.Tensor, factor: int, args: argparse.Namespace,
+def model_row(pipe: VideoInterpolationPipeline, keys: torch.Tensor, factor: int, args: argparse.Namespace,
               context_guidance: float = 1.0, image_only: bool = False) -> tuple[torch.Tensor, float]:
     """The interpolation model's videos (N, T, 1, H, W) in [-1, 1] and the seconds they took."""
     videos, start = [], time.perf_counter()
     for first in range(0, len(keys), args.batch):
         chunk = keys[first : first + args.batch]
         generator = torch.Generator().manual_seed(args.seed + first)
-        videos.append(pipe.interpolate(chunk, factor, num_inference_steps=args.steps, generator=generator,
-                                       context_guidance_scale=context_guidance, image_only=image_only,
-                                       output_type="pt").frames.float() * 2 - 1)
+        videos.append(pipe(chunk, factor, num_inference_steps=args.steps, generator=generator,
+                           context_guidance_scale=context_guidance, image_only=image_only,
+                           output_type="pt").frames.float() * 2 - 1)
         print(f"  x{factor} {'image-only ' if image_only else ''}model, cg {context_guidance:g}: {first + len(chunk)}/{len(keys)} videos, "
               f"{time.perf_counter() - start:.0f} s", flush=True)
     return torch.cat(videos), time.perf_counter() - start
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = VideoLDMPipeline.from_pretrained(args.model, dtype=torch.float32)
+    pipe = CascadePipeline.from_pretrained(args.model, dtype=torch.float32).interpolation_pipeline()
     pipe.set_progress_bar_config(disable=True)
 
     results: dict[str, dict[str, dict[str, float]]] = {}

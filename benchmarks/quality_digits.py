@@ -53,7 +53,7 @@ from digits_measures import centroid_of_mass, classify_frames, train_digit_class
 from videoldm import VideoLDMPipeline
 from videoldm.models.autoencoder import TemporalDecoder
 from videoldm.metrics import FeatureStatistics, FVDAccumulator, frechet_distance
-from videoldm.pipelines.text_to_video import decode_latents
+from videoldm.pipelines.decoding import decode_latents
 from videoldm.data.io import write_video
 from videoldm.data.moving_digits import MovingDigitsConfig, generate_video
 from videoldm.embedded import embedded_model_dir

@@ -4,7 +4,7 @@
 48 px, 4 - 10 px per frame: the key-frame model's videos, four times larger), ``--frames`` frames
 each, and area-downsampled to 32x32. Each low-resolution video is upsampled back by:
 
-* the video upsampler: ``pipe.upsample(video, noise_level=L)``, ``--steps`` steps;
+* the video upsampler: ``pipe.upsampler_pipeline()(video, noise_level=L)``, ``--steps`` steps;
 * the per-frame upsampler: the same model with its temporal layers off (``image_only=True``),
   the same noise level, steps and seeds;
 * bicubic interpolation;
@@ -40,13 +40,14 @@ import torch.nn.functional as F
 
 from digits_measures import classify_frames, train_digit_classifier, true_backward_flow
 from timing import add_device_option, checked_device
-from videoldm import VideoLDMPipeline
+from videoldm import CascadePipeline
 from videoldm.data.io import write_video
 from videoldm.data.moving_digits import MovingDigitsConfig, generate_video
 from videoldm.embedded import embedded_model_dir
 from videoldm.metrics.consistency import flicker_error, psnr, ssim, warping_error
 from videoldm.models.upsampler import downsample_frames, resize_frames
-from videoldm.pipelines.upsample import DEFAULT_UPSAMPLER_WINDOW_OVERLAP, SegmentFrames, plan_segments
+from videoldm.defaults import DEFAULT_UPSAMPLER_WINDOW_OVERLAP
+from videoldm.pipelines.planning import SegmentFrames, plan_segments
 
 HIGH_RES = MovingDigitsConfig(split="test", canvas_size=128, digit_size=48, min_speed=4.0, max_speed=10.0)
 SCALE = 4
@@ -62,16 +63,16 @@ def real_videos(count: int, num_frames: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def upsampled(pipe: VideoLDMPipeline, low_res: torch.Tensor, args: argparse.Namespace, name: str, image_only: bool,
+def upsampled(pipe: CascadePipeline, low_res: torch.Tensor, args: argparse.Namespace, name: str, image_only: bool,
               segment_frames: SegmentFrames = "auto") -> tuple[torch.Tensor, float]:
     """The upsampler's videos ``(N, T, 1, 128, 128)`` in [-1, 1] and the seconds they took."""
     videos, start = [], time.perf_counter()
     for first in range(0, len(low_res), args.batch):
         chunk = low_res[first : first + args.batch]
         generator = torch.Generator().manual_seed(args.seed + first)
-        videos.append(pipe.upsample(chunk, noise_level=args.noise_level, num_inference_steps=args.steps,
-                                    image_only=image_only, segment_frames=segment_frames, generator=generator,
-                                    output_type="pt").frames.cpu() * 2 - 1)
+        videos.append(pipe.upsampler_pipeline()(chunk, noise_level=args.noise_level, num_inference_steps=args.steps,
+                                                image_only=image_only, segment_frames=segment_frames,
+                                                generator=generator).cpu())
         print(f"  {name}: {first + len(chunk)}/{len(low_res)} videos, {time.perf_counter() - start:.0f} s", flush=True)
     return torch.cat(videos), time.perf_counter() - start
 
@@ -133,7 +134,7 @@ def main() -> None:
         parser.error(f"--segment-frames must lie between {DEFAULT_UPSAMPLER_WINDOW_OVERLAP + 1} and --frames - 1 "
                      f"({args.frames - 1}), got {args.segment_frames}")
     torch.set_num_threads(args.threads)
-    pipe = VideoLDMPipeline.from_pretrained(args.model, dtype=torch.float32).to(args.device)
+    pipe = CascadePipeline.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     pipe.set_progress_bar_config(disable=True)
 
     start = time.perf_counter()

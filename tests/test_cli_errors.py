@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import tiny_image_unet, tiny_scheduler, tiny_vae
 
 from videoldm import LabelEncoder, VideoUNet
-from videoldm.pipelines import VideoLDMPipeline
+from videoldm.pipelines import CascadePipeline, VideoLDMPipeline
 
 
 def _save_pipeline(directory: Path, unet: torch.nn.Module) -> Path:
@@ -55,7 +55,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     prediction_unet = VideoUNet.from_image_unet(tiny_image_unet()).with_context_conditioning(8)
     prediction = _save_pipeline(root / "prediction", prediction_unet)
     interpolation = root / "interpolation"
-    pipe = VideoLDMPipeline.from_pretrained(prediction)
+    pipe = CascadePipeline.from_pretrained(prediction)
     pipe.register_modules(interpolator=prediction_unet.with_context_conditioning(8, frame_rate_regimes=2).temporal_weights())
     pipe.save_pretrained(interpolation)
     return {"video": video, "image": image, "truncated": truncated, "bad_index": bad_index, "no_vae": no_vae, "bad_steps": bad_steps,

@@ -7,10 +7,11 @@ import torch
 from conftest import randomize_temporal, tiny_image_unet, tiny_scheduler, tiny_vae
 from diffusers import DiffusionPipeline
 
-from videoldm import LabelEncoder, VideoLDMPipeline, VideoUNet
+from videoldm import CascadePipeline, LabelEncoder, VideoUNet
 from videoldm.models.context import key_frame_mask
 from videoldm.models.unet import TemporalWeights
-from videoldm.pipelines.interpolation import interpolate_latents, plan_interpolation
+from videoldm.pipelines.interpolation import interpolate_latents
+from videoldm.pipelines.planning import plan_interpolation
 from videoldm.training.stages import InterpolationStage
 
 
@@ -25,13 +26,13 @@ def interpolation_unet(seed: int = 1) -> VideoUNet:
     return unet.eval()
 
 
-def interpolation_pipeline(decoder_vae: torch.nn.Module | None = None) -> VideoLDMPipeline:
+def interpolation_pipeline(decoder_vae: torch.nn.Module | None = None) -> CascadePipeline:
     torch.manual_seed(3)
     key_frame_model = VideoUNet.from_image_unet(tiny_image_unet())
     randomize_temporal(key_frame_model, seed=5)
-    pipe = VideoLDMPipeline(unet=key_frame_model.eval(), vae=decoder_vae or tiny_vae(), scheduler=tiny_scheduler(),
-                            label_encoder=LabelEncoder(num_classes=10, max_labels=2, embedding_dim=16),
-                            interpolator=interpolation_unet().temporal_weights())
+    pipe = CascadePipeline(unet=key_frame_model.eval(), vae=decoder_vae or tiny_vae(), scheduler=tiny_scheduler(),
+                           label_encoder=LabelEncoder(num_classes=10, max_labels=2, embedding_dim=16),
+                           interpolator=interpolation_unet().temporal_weights())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -139,7 +140,7 @@ def test_pipeline_with_interpolator_round_trips(tmp_path):
     loaded = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
     assert isinstance(loaded.interpolator, TemporalWeights) and loaded.interpolator.config.frame_rate_regimes == 2
     keys = key_video(3)
-    outputs = [p.interpolate(keys, 4, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").frames
+    outputs = [p.interpolation_pipeline()(keys, 4, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").frames
                for p in (pipe, loaded)]
     assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
 
@@ -149,17 +150,17 @@ def test_pipeline_with_interpolator_round_trips(tmp_path):
 def test_frame_counts(num_keys, factor):
     if factor == 16 and num_keys == 20:
         pytest.skip("304 frames: the count follows from the x4 passes tested here; too slow for a unit test")
-    latents = interpolation_pipeline().interpolate(key_video(num_keys), factor, num_inference_steps=1,
+    latents = interpolation_pipeline().interpolation_pipeline()(key_video(num_keys), factor, num_inference_steps=1,
                                                    output_type="latent").frames
     assert latents.shape[1] == factor * (num_keys - 1) + 1
 
 
 def test_output_frame_four_k_is_input_frame_k_after_encode_decode():
     """Invariant 11 (with the image decoder, which decodes each frame alone)."""
-    pipe = interpolation_pipeline()
+    pipe = interpolation_pipeline().interpolation_pipeline()
     keys = key_video(4)
     for factor in (4, 16):
-        made = pipe.interpolate(keys, factor, num_inference_steps=2, decoder="image", output_type="pt").frames
+        made = pipe(keys, factor, num_inference_steps=2, decoder="image", output_type="pt").frames
         round_trip = pipe.video_processor.postprocess_video(
             pipe.decode_frames(pipe.encode_frames(keys), decoder="image").__next__().permute(0, 2, 1, 3, 4), "pt")
         assert torch.allclose(made[:, ::factor], round_trip, atol=1e-6)
@@ -170,8 +171,8 @@ def test_the_flag_and_guidance_reach_the_pipeline_output():
     keys = key_video(3)
 
     def run(**kwargs):
-        return pipe.interpolate(keys, 4, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                                output_type="latent", **kwargs).frames
+        return pipe.interpolation_pipeline()(keys, 4, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                                             output_type="latent", **kwargs).frames
 
     base = run()
     assert torch.equal(base, run())  # deterministic per seed
@@ -184,13 +185,13 @@ def test_the_flag_and_guidance_reach_the_pipeline_output():
 def test_interpolate_refuses_bad_input():
     pipe = interpolation_pipeline()
     with pytest.raises(ValueError, match="factor"):
-        pipe.interpolate(key_video(3), 8)
+        pipe.interpolation_pipeline()(key_video(3), 8)
     with pytest.raises(ValueError, match="K >= 2"):
-        pipe.interpolate(key_video(1), 4)
+        pipe.interpolation_pipeline()(key_video(1), 4)
     with pytest.raises(ValueError, match="regime"):
-        pipe.interpolate(key_video(3), 16, frame_rate_regime=1)
+        pipe.interpolation_pipeline()(key_video(3), 16, frame_rate_regime=1)
     with pytest.raises(ValueError, match="no interpolation model"):
-        VideoLDMPipeline(unet=pipe.unet, vae=pipe.vae, scheduler=pipe.scheduler).interpolate(key_video(3), 4)
+        CascadePipeline(unet=pipe.unet, vae=pipe.vae, scheduler=pipe.scheduler).interpolation_pipeline()
 
 
 def test_interpolation_stage_windows_masks_and_regimes(tmp_path):
@@ -220,7 +221,7 @@ def test_interpolation_stage_windows_masks_and_regimes(tmp_path):
         InterpolationStage(data={"kind": "digits", "canvas_size": 16, "digit_size": 6, "num_frames": 16, "num_videos": 4},
                            model=str(tmp_path / "model"), key_frames=3, frame_strides=[2, 1])
     stage.export(tmp_path / "exported")
-    exported = VideoLDMPipeline.from_pretrained(tmp_path / "exported")
+    exported = CascadePipeline.from_pretrained(tmp_path / "exported")
     assert exported.interpolator is not None and exported.unet.config.context_channels is None
 
 
@@ -242,14 +243,14 @@ def test_cli_interpolate_writes_factor_times_the_frames_at_factor_times_the_rate
 
 def test_decode_frames_pieces_equal_one_decode_of_the_whole_video():
     from videoldm.models.autoencoder import TemporalDecoder
-    from videoldm.pipelines.text_to_video import decode_latents
+    from videoldm.pipelines.decoding import decode_latents
 
     decoder = TemporalDecoder.from_autoencoder(tiny_vae()).eval()
     randomize_temporal(decoder)
     pipe = interpolation_pipeline(decoder)
     latents = torch.randn(1, 21, 4, 8, 8)
     with torch.no_grad():
-        pieces = list(pipe.decode_frames(latents, chunk_size=8))
+        pieces = list(pipe.video_pipeline().decode_frames(latents, chunk_size=8))
         expected = decode_latents(decoder, latents, chunk_size=8)
     assert len(pieces) > 1 and (torch.cat(pieces, dim=1) - expected).abs().max() < 1e-5
 
@@ -265,7 +266,7 @@ def test_pil_images_are_accepted_as_frames():
     exact = torch.from_numpy(to_uint8(keys[0])).permute(0, 3, 1, 2).float() / 127.5 - 1  # what the 8-bit images hold
 
     def run(video):
-        return pipe.interpolate(video, 4, num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+        return pipe.interpolation_pipeline()(video, 4, num_inference_steps=1, generator=torch.Generator().manual_seed(0),
                                 output_type="latent").frames
 
     assert torch.equal(run(images), run(exact))

@@ -126,7 +126,7 @@ def test_sd_recipe_trains_temporal_layers_on_captioned_clips(kind, tiny_text_pip
 
 def test_caption_dropout_replaces_captions_by_the_empty_one(tiny_text_pipeline, captions_csv, tmp_path):
     stage = build_trainer(tiny_sd_recipe(tiny_text_pipeline, {"kind": "csv", "path": str(captions_csv)}, tmp_path)).stage
-    from videoldm.pipelines.text_to_video import encode_prompts
+    from videoldm.pipelines.conditioning import encode_prompts
 
     captions = ["a red car", "a blue bird"]
     encoded = encode_prompts(stage.text_encoder, stage.tokenizer, captions, "cpu")

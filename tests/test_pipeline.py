@@ -12,7 +12,7 @@ import torch
 from conftest import CROSS_ATTENTION_DIM, randomize_temporal, tiny_image_unet, tiny_scheduler, tiny_vae
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 
-import videoldm.pipelines.text_to_video as text_to_video
+import videoldm.pipelines.decoding as decoding
 from videoldm import LabelEncoder, VideoLDMPipeline, VideoUNet
 from videoldm.data.io import read_video, write_video
 from videoldm.pipelines import VideoLDMPipelineOutput, decode_latents
@@ -289,7 +289,7 @@ def test_non_finite_guidance_scale_is_refused_before_sampling(guidance_scale):
 def test_non_finite_latents_are_an_error_before_decoding(output_type, monkeypatch):
     pipe = tiny_pipeline(cross_attention=False)
     decoded = []
-    monkeypatch.setattr(text_to_video, "decode_latents", lambda *args: decoded.append(args))
+    monkeypatch.setattr(decoding, "decode_latents", lambda *args: decoded.append(args))
 
     def poison(step_index, timestep, latents):
         return torch.full_like(latents, float("nan")) if step_index == 1 else None

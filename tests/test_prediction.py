@@ -9,8 +9,9 @@ from conftest import randomize_temporal, tiny_image_unet, tiny_scheduler, tiny_v
 from videoldm import LabelEncoder, VideoLDMPipeline, VideoUNet
 from videoldm.models.autoencoder import TemporalDecoder
 from videoldm.models.context import masked_context
-from videoldm.pipelines.cascade import count_cascade_steps
-from videoldm.pipelines.prediction import StreamingDecoder, plan_rollout, rollout_latents, select_continuation
+from videoldm.pipelines.decoding import StreamingDecoder
+from videoldm.pipelines.planning import count_cascade_steps, plan_rollout
+from videoldm.pipelines.prediction import rollout_latents, select_continuation
 from videoldm.pipelines.sampling import Guidance, guided_prediction
 from videoldm.training.stages import context_frame_mask
 

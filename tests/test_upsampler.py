@@ -8,17 +8,18 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 
 from conftest import CROSS_ATTENTION_DIM, randomize_temporal, tiny_clip_text_model, tiny_clip_tokenizer, tiny_scheduler
 from videoldm.models.upsampler import VideoUpsampler, downsample_frames, noise_augment, resize_frames
+from videoldm.pipelines import planning
 from videoldm.pipelines import upsample as upsample_module
-from videoldm.pipelines.upsample import (
-    VideoUpsamplerPipeline,
-    WindowedUpsampler,
+from videoldm.pipelines.planning import (
     auto_tile_size,
-    blend_ramp,
+    count_cascade_steps,
+    piece_bytes,
     plan_pieces,
     plan_segments,
     resolve_segment_frames,
     sampler_state_bytes,
 )
+from videoldm.pipelines.upsample import VideoUpsamplerPipeline, WindowedUpsampler, blend_ramp
 
 # Stable Diffusion's x4 upscaler UNet, exactly as published (stabilityai/stable-diffusion-x4-upscaler,
 # unet/config.json); built here with random weights.
@@ -165,9 +166,9 @@ def test_auto_tiles_only_frames_too_large_for_the_memory_budget():
     assert auto_tile_size(16, 1, 16, (128, 128)) is None
     # 704x576 (4x a 176x144 video) in 16-frame windows: about 13 GB whole, so tiles of 8k cells
     side = auto_tile_size(16, 1, 16, (576, 704))
-    assert side is not None and side % 8 == 0 and 16 * side * side * 128 * 16 <= upsample_module.DEFAULT_MAX_PIECE_BYTES
+    assert side is not None and side % 8 == 0 and 16 * side * side * 128 * 16 <= planning.DEFAULT_MAX_PIECE_BYTES
     assert auto_tile_size(16, 2, 16, (576, 704)) < side  # two guidance branches in the piece: smaller tiles
-    assert auto_tile_size(256, 1, 64, (4096, 4096)) == upsample_module.MIN_AUTO_TILE
+    assert auto_tile_size(256, 1, 64, (4096, 4096)) == planning.MIN_AUTO_TILE
 
 
 def test_auto_tile_size_runs_the_tiles_it_picks(monkeypatch):
@@ -182,7 +183,7 @@ def test_auto_tile_size_runs_the_tiles_it_picks(monkeypatch):
     whole = run(None)
     torch.testing.assert_close(run("auto"), whole, rtol=0, atol=0)  # a small video: no tiles
     budget = 3 * 32 * 32 * 128 * 8  # 3 frames of 32x32 cells, first level of 8 channels: 32-cell tiles
-    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_PIECE_BYTES", budget)
+    monkeypatch.setattr(planning, "DEFAULT_MAX_PIECE_BYTES", budget)
     assert auto_tile_size(8, 1, 3, (64, 64)) == 32
     tiled = run("auto")
     torch.testing.assert_close(tiled, run(32), rtol=0, atol=0)
@@ -258,7 +259,7 @@ def test_the_pipeline_streams_segments_when_the_state_would_pass_the_budget(monk
                                          generator=torch.Generator().manual_seed(0), **options))
 
     assert len(run()) == 1 and pipe.plan_segments(1, 20, (4, 4)) == [slice(0, 20)]
-    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_STATE_BYTES", 16 * sampler_state_bytes(1, 1, 1, (16, 16), (16, 16)))
+    monkeypatch.setattr(planning, "DEFAULT_MAX_STATE_BYTES", 16 * sampler_state_bytes(1, 1, 1, (16, 16), (16, 16)))
     assert pipe.plan_segments(1, 20, (4, 4)) == [slice(0, 16), slice(12, 20)]
     pieces = run()
     assert [tuple(piece.shape[1:]) for piece in pieces] == [(16, 1, 16, 16), (4, 1, 16, 16)]
@@ -267,10 +268,8 @@ def test_the_pipeline_streams_segments_when_the_state_would_pass_the_budget(monk
                                torch.cat(pieces, dim=1), rtol=0, atol=0)
 
 def test_a_segmented_cascade_counts_every_upsampling_step(monkeypatch):
-    from videoldm.pipelines.cascade import count_cascade_steps
-
     pipe = cascade_pipeline()
-    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_STATE_BYTES", 16 * sampler_state_bytes(1, 1, 3, (64, 64), (64, 64)))
+    monkeypatch.setattr(planning, "DEFAULT_MAX_STATE_BYTES", 16 * sampler_state_bytes(1, 1, 3, (64, 64), (64, 64)))
     segments = pipe.upsampler_pipeline().plan_segments(1, 25, (16, 16))
     assert segments == [slice(0, 16), slice(12, 25)]
     steps: list[int] = []
@@ -329,8 +328,6 @@ def cascade_pipeline():
 @pytest.mark.parametrize("fps_multiplier", [1, 4, 16])
 @pytest.mark.parametrize("upscale", [1, 4])
 def test_cascade_frame_count_and_size_for_each_option(fps_multiplier, upscale):
-    from videoldm.pipelines.cascade import count_cascade_steps
-
     pipe = cascade_pipeline()
     steps: list[int] = []
     output = pipe(num_frames=3, fps_multiplier=fps_multiplier, upscale=upscale, num_inference_steps=1, upsampler_steps=2,
@@ -448,7 +445,7 @@ def test_upsample_command_says_when_it_tiles_on_its_own(tmp_path, capsys, monkey
     source = tmp_path / "in.mp4"
     write_video(torch.rand(3, 3, 12, 20) * 2 - 1, source, fps=5)
     base = ["upsample", "--model", str(tmp_path / "model"), "--video", str(source), "--steps", "1"]
-    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_PIECE_BYTES", 3 * 32 * 32 * 128 * 8)  # 32-pixel tiles
+    monkeypatch.setattr(planning, "DEFAULT_MAX_PIECE_BYTES", 3 * 32 * 32 * 128 * 8)  # 32-pixel tiles
     assert run_cli(base + ["--out", str(tmp_path / "auto.mp4")]) == 0
     assert "denoised in tiles of 32 (--tile auto" in capsys.readouterr().err
     assert run_cli(base + ["--tile", "none", "--out", str(tmp_path / "whole.mp4")]) == 0
@@ -479,8 +476,6 @@ def test_upsample_command_refuses_bad_input(tmp_path, capsys, args, message):
 def test_upsample_command_refuses_a_video_whose_state_would_not_fit_in_memory(tmp_path, capsys, monkeypatch):
     from videoldm import cli
     from videoldm.data.io import write_video
-    from videoldm.pipelines.upsample import piece_bytes
-
     cascade_pipeline().save_pretrained(tmp_path / "model")
     write_video(torch.zeros(4, 3, 8, 8), tmp_path / "in.mp4", fps=5)
     assert cli.available_memory_bytes() > 0
@@ -504,7 +499,7 @@ def test_upsample_command_streams_a_long_video_in_segments(tmp_path, capsys, mon
 
     cascade_pipeline().save_pretrained(tmp_path / "model")
     write_video(torch.rand(20, 3, 8, 8) * 2 - 1, tmp_path / "in.mp4", fps=5)
-    monkeypatch.setattr(upsample_module, "DEFAULT_MAX_STATE_BYTES", 16 * sampler_state_bytes(1, 1, 3, (32, 32), (32, 32)))
+    monkeypatch.setattr(planning, "DEFAULT_MAX_STATE_BYTES", 16 * sampler_state_bytes(1, 1, 3, (32, 32), (32, 32)))
     assert run_cli(["upsample", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "in.mp4"), "--steps", "1",
                     "--out", str(tmp_path / "o.mp4")]) == 0
     assert "20 frames: upsampled in 2 segments of up to 16 frames" in capsys.readouterr().err
@@ -550,7 +545,7 @@ def test_bicubic_residual_round_trips():
 def test_upsampler_recipes_train_the_image_then_the_video_phase(tmp_path):
     from test_interpolation import interpolation_pipeline
 
-    from videoldm import VideoLDMPipeline
+    from videoldm import CascadePipeline
     from videoldm.training.recipes import RECIPES_DIR, load_recipe
     from videoldm.training.stages import build_trainer
 
@@ -574,13 +569,13 @@ def test_upsampler_recipes_train_the_image_then_the_video_phase(tmp_path):
     assert {name.split(".")[0] for name in trainer.stage.upsampler.state_dict()} == {"unet", "temporal"}
     assert all(not p.requires_grad for p in trainer.stage.upsampler.spatial_parameters())
     trainer.train()
-    pipe = VideoLDMPipeline.from_pretrained(tmp_path / "video" / "final")
+    pipe = CascadePipeline.from_pretrained(tmp_path / "video" / "final")
     image_phase = VideoUpsamplerPipeline.from_pretrained(tmp_path / "image" / "final").upsampler
     for key, value in image_phase.unet.state_dict().items():  # spatial weights frozen in the video phase
         assert torch.equal(pipe.upsampler.unet.state_dict()[key], value)
     assert pipe.upsampler.config.bicubic_residual_scale == 8.0 and pipe.interpolator is not None  # the model kept whole
     pipe.set_progress_bar_config(disable=True)
-    video_out = pipe.upsample(torch.zeros(3, 1, 8, 12), num_inference_steps=1, output_type="pt").frames
+    video_out = pipe.upsampler_pipeline()(torch.zeros(1, 3, 1, 8, 12), num_inference_steps=1)
     assert video_out.shape == (1, 3, 1, 32, 48)  # patch-trained (16 px) weights on whole frames of another size
 
 
@@ -605,38 +600,38 @@ def test_an_sd_x4_upscaler_style_pipeline_inflates_into_a_video_upsampler(tmp_pa
 
 
 def test_the_shipped_upsampler_beats_bicubic_on_held_out_digits():
-    from videoldm import VideoLDMPipeline
+    from videoldm import CascadePipeline
     from videoldm.data.moving_digits import MovingDigitsConfig, generate_video
     from videoldm.embedded import embedded_model_dir
     from videoldm.metrics.consistency import psnr
 
-    pipe = VideoLDMPipeline.from_pretrained(embedded_model_dir(), dtype=torch.float32)
+    pipe = CascadePipeline.from_pretrained(embedded_model_dir(), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     config = MovingDigitsConfig(split="test", canvas_size=128, digit_size=48, num_frames=4, min_speed=4.0, max_speed=10.0)
     real = torch.stack([generate_video(index, config).frames for index in range(2)])
     low_res = downsample_frames(real, 4)
-    made = pipe.upsample(low_res, generator=torch.Generator().manual_seed(0), output_type="pt").frames
+    made = (pipe.upsampler_pipeline()(low_res, generator=torch.Generator().manual_seed(0)) + 1) / 2
     bicubic = (resize_frames(low_res, (128, 128)).clamp(-1, 1) + 1) / 2
     assert made.shape == real.shape
     assert psnr(made, (real + 1) / 2).mean() > psnr(bicubic, (real + 1) / 2).mean() + 0.5
 
 
-def test_pipe_upsample_passes_segment_frames_to_the_upsampler():
-    from videoldm import VideoLDMPipeline
+def test_segment_frames_reaches_the_cascades_upsampler():
+    from videoldm import CascadePipeline
     from videoldm.embedded import embedded_model_dir
 
-    pipe = VideoLDMPipeline.from_pretrained(embedded_model_dir(), dtype=torch.float32)
+    pipe = CascadePipeline.from_pretrained(embedded_model_dir(), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     low_res = torch.rand(1, 7, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
     def upsample(segment_frames):
-        return pipe.upsample(low_res, num_inference_steps=1, segment_frames=segment_frames,
-                             generator=torch.Generator().manual_seed(1), output_type="pt").frames * 2 - 1
+        return pipe.upsampler_pipeline()(low_res, num_inference_steps=1, segment_frames=segment_frames,
+                                         generator=torch.Generator().manual_seed(1))
 
-    segmented = pipe.upsampler_pipeline()(low_res, num_inference_steps=1, segment_frames=5,
-                                          generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(upsample(5), segmented, rtol=0, atol=1e-6)
-    assert not torch.allclose(upsample(None), segmented, atol=1e-4)  # one run: the frames after 5 come out otherwise
+    segmented = pipe.upsampler_pipeline().upsample_frames(low_res, num_inference_steps=1, segment_frames=5,
+                                                          generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(upsample(5), torch.cat(list(segmented), dim=1), rtol=0, atol=1e-6)
+    assert not torch.allclose(upsample(None), upsample(5), atol=1e-4)  # one run: the frames after 5 come out otherwise
 
 
 def test_upsampler_recipe_needs_the_high_resolution_size_of_video_data(tmp_path):

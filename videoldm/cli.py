@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from .pipelines import CascadePipeline
-    from .pipelines.cascade import CascadeSteps
+    from .pipelines.planning import CascadeSteps
     from .pipelines.directory import PipelineInfo
 
 app = typer.Typer(
@@ -364,7 +364,7 @@ class GenerationPlan:
 
     def cascade_steps(self) -> CascadeSteps:
         """The denoising steps each stage of this request runs (with schedulers taking one step per requested step)."""
-        from .pipelines.cascade import count_cascade_steps
+        from .pipelines.planning import count_cascade_steps
 
         options = self.options
         num_given = 0 if self.given is None else len(self.given)
@@ -640,7 +640,8 @@ def interpolate(
 
     pipe = load_pipeline(info, upsampling=False)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
-    latents = pipe.interpolate(
+    pipe = pipe.interpolation_pipeline()
+    latents = pipe(
         keys, factor, prompt=prompt, labels=[label] if label else None, num_inference_steps=steps,
         guidance_scale=guidance, context_guidance_scale=context_guidance, frame_rate_regime=regime,
         generator=torch.Generator().manual_seed(seed), decoder=decoder, output_type="latent",
@@ -698,12 +699,8 @@ def upsample(
 ) -> None:
     """Upsample a video x4 (same frame count) with the video upsampler; any input size the upsampler's UNet can divide."""
     from .data.io import check_video_output, video_writer
-    from .pipelines.upsample import (
-        DEFAULT_MAX_PIECE_BYTES,
-        DEFAULT_MAX_STATE_BYTES,
-        DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
-        guidance_branches,
-    )
+    from .defaults import DEFAULT_UPSAMPLER_WINDOW_OVERLAP
+    from .pipelines.planning import DEFAULT_MAX_PIECE_BYTES, DEFAULT_MAX_STATE_BYTES, guidance_branches
 
     requested_tile = parse_tile(tile)
     with reported_as("--out"):
@@ -787,15 +784,8 @@ def plan_upsampling(info: PipelineInfo, num_frames: int, low_res_size: tuple[int
     of ``info`` (read from its configuration, nothing loaded) in windows of ``window`` frames (None: the
     pipeline's default): segments and tiles as the pipeline picks them, and the memory of one segment's
     sampler state plus one piece (``branches`` guidance branches)."""
-    from .pipelines.upsample import (
-        DEFAULT_UPSAMPLER_WINDOW_FRAMES,
-        DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
-        piece_bytes,
-        plan_segments,
-        resolve_segment_frames,
-        resolve_tile_size,
-        sampler_state_bytes,
-    )
+    from .defaults import DEFAULT_UPSAMPLER_WINDOW_FRAMES, DEFAULT_UPSAMPLER_WINDOW_OVERLAP
+    from .pipelines.planning import piece_bytes, plan_segments, resolve_segment_frames, resolve_tile_size, sampler_state_bytes
 
     window = DEFAULT_UPSAMPLER_WINDOW_FRAMES if window is None else window
     upsampler = info.configs["upsampler"]
@@ -1075,7 +1065,7 @@ def _encode_source(source, info, out: Path, description: dict, *, shard_size: in
     from .data.sources import skipped_summary
     from .models.autoencoder import encode_video
     from .pipelines.components import load_components
-    from .pipelines.text_to_video import encode_prompts
+    from .pipelines.conditioning import encode_prompts
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     target = torch.device(device) if device else state.device

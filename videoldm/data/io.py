@@ -23,8 +23,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +35,9 @@ import av
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from ..defaults import DEFAULT_FPS
+from .paths import atomic_output, check_creatable, check_video_output
 
 __all__ = [
     "VideoClip",
@@ -56,9 +57,7 @@ __all__ = [
     "write_video",
 ]
 
-WRITE_FORMATS = (".mp4", ".gif", "folder of PNG frames (no extension or trailing '/')")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DEFAULT_FPS = 8.0  # folders store no rate; also the fallback for containers that state none
 # Files taken for videos when a folder is listed (FFmpeg reads many more; these are the common ones).
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".ts", ".ogv", ".flv",
                   ".wmv", ".3gp")
@@ -123,61 +122,6 @@ def frames_from_images(images: Image.Image | list[Image.Image], channels: int) -
         raise ValueError(f"expected one image or a non-empty list of images of one size, got sizes {[a.shape[:2] for a in arrays]}")
     frames = to_channels(from_uint8(np.stack(arrays)), channels)
     return frames[0] if single else frames
-
-
-def check_creatable(path: str | os.PathLike[str]) -> None:
-    """Raise ValueError unless ``path`` can be created: its nearest existing ancestor is a writable directory."""
-    out = Path(path)
-    existing = next(p for p in out.absolute().parents if p.exists())  # the root always exists
-    if not existing.is_dir():
-        raise ValueError(f"cannot write {out}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {out}: directory {existing} is not writable")
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling path to write a file or directory at; it replaces ``path`` when the block completes.
-
-    The temporary name is hidden, on the same file system (so the rename is atomic), keeps the
-    extension (FFmpeg picks the container from it) and gets the usual permissions. If the block
-    fails or is interrupted, the temporary is removed and ``path`` is left as it was. An existing
-    ``path`` is replaced if it is a file or an empty directory.
-    """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{out.suffix}")
-    try:
-        yield staging
-        if staging.is_dir() and out.is_dir():
-            out.rmdir()  # a rename cannot replace a directory, even an empty one
-        os.replace(staging, out)
-    except BaseException:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            staging.unlink(missing_ok=True)
-        raise
-
-
-def check_video_output(path: str | os.PathLike[str]) -> str:
-    """Validate a destination for :func:`write_video` without writing anything; returns its kind.
-
-    The kind is ``".mp4"``, ``".gif"`` or ``"folder"``. Raises ValueError for an unknown extension,
-    a file where a frame folder is wanted (or a directory where a file is wanted), a non-empty frame
-    folder, or a location that cannot be created (:func:`check_creatable`).
-    """
-    kind = _write_kind(path)
-    out = Path(path)
-    if kind == "folder":
-        if out.is_file():
-            raise ValueError(f"{out} is a file; a folder of PNG frames needs a new or empty directory")
-        if out.is_dir() and any(out.iterdir()):
-            raise ValueError(f"{out} is a non-empty directory; PNG frames need a new or empty folder")
-    elif out.is_dir():
-        raise ValueError(f"{out} is a directory; expected a {kind} file path")
-    check_creatable(out)
-    return kind
 
 
 def write_video(
@@ -341,18 +285,6 @@ def video_info(path: VideoSource) -> dict[str, float | int]:
 
 
 # --- writing -----------------------------------------------------------------------------------
-
-
-def _write_kind(path: str | os.PathLike[str]) -> str:
-    text = os.fspath(path)
-    suffix = Path(text).suffix.lower()
-    if text.endswith(("/", os.sep)) or not suffix:
-        return "folder"
-    if suffix not in WRITE_FORMATS:
-        raise ValueError(
-            f"cannot write {text!s}: unknown extension {suffix!r}; supported: {', '.join(WRITE_FORMATS)}"
-        )
-    return suffix
 
 
 def _as_rgb_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:

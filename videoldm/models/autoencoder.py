@@ -20,7 +20,7 @@ decoder. Long videos are decoded in overlapping windows of frames (:meth:`Tempor
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
@@ -188,10 +188,6 @@ class TemporalDecoder(InflatedModelMixin, ModelMixin, ConfigMixin):
         return self.temporal[temporal_key(OUTPUT_LAYER_PATH)][0].layer.conv.weight
 
     # ----------------------------------------------------------------------------- encode
-    @property
-    def _shift_factor(self) -> float:
-        return self.vae.config.shift_factor or 0.0
-
     def encode(
         self,
         video: torch.Tensor,
@@ -208,14 +204,7 @@ class TemporalDecoder(InflatedModelMixin, ModelMixin, ConfigMixin):
         """
         if video.ndim != 5:
             raise ValueError(f"video must be (B, T, C, H, W), got shape {tuple(video.shape)}")
-        frames = rearrange(video, "b t c h w -> (b t) c h w").to(self.dtype)
-        step = chunk_size or frames.shape[0]
-        latents = []
-        for start in range(0, frames.shape[0], step):
-            posterior = self.vae.encode(frames[start : start + step]).latent_dist
-            latents.append(posterior.sample(generator) if sample_posterior else posterior.mode())
-        latents = (torch.cat(latents) - self._shift_factor) * self.vae.config.scaling_factor
-        return rearrange(latents, "(b t) c h w -> b t c h w", t=video.shape[1]).contiguous()
+        return encode_video(self.vae, video, generator, sample=sample_posterior, chunk_size=chunk_size)
 
     # ----------------------------------------------------------------------------- decode
     def _decode_window(
@@ -228,7 +217,7 @@ class TemporalDecoder(InflatedModelMixin, ModelMixin, ConfigMixin):
         # channels-last strides (e.g. straight from the encoder) reach the temporal GroupNorms as odd 5-D
         # strides, whose backward segfaults in torch 2.13 on CPU when the input needs no gradient
         z = rearrange(latents, "b t c h w -> (b t) c h w").to(self.dtype).contiguous()
-        z = z / self.vae.config.scaling_factor + self._shift_factor
+        z = unscale_latents(self.vae, z)
         if self.vae.post_quant_conv is not None:
             z = self.vae.post_quant_conv(z)
         context = FrameContext(num_frames=num_frames, image_only_indicator=image_only_indicator)
@@ -274,19 +263,50 @@ class TemporalDecoder(InflatedModelMixin, ModelMixin, ConfigMixin):
         return output
 
 
+def image_vae_of(vae: AutoencoderKL | TemporalDecoder) -> AutoencoderKL:
+    """The image autoencoder of ``vae``: itself, or a :class:`TemporalDecoder`'s (shared, not a copy)."""
+    return vae.vae if isinstance(vae, TemporalDecoder) else vae
+
+
+def vae_scale_factor(vae: AutoencoderKL | TemporalDecoder | dict[str, Any]) -> int:
+    """Pixels per latent cell of an autoencoder, a :class:`TemporalDecoder`, or either's config (a dict)."""
+    if isinstance(vae, dict):
+        config = vae.get("autoencoder_config", vae)  # a TemporalDecoder nests its image autoencoder's config
+    else:
+        config = image_vae_of(vae).config
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def scale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Posterior latents -> the diffusion model's latents ``(z - shift_factor) * scaling_factor`` (any shape)."""
+    return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+
+def unscale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`scale_latents`: ``z / scaling_factor + shift_factor``."""
+    return latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+
+
 def encode_video(
-    vae: AutoencoderKL | TemporalDecoder, video: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    vae: AutoencoderKL | TemporalDecoder,
+    video: torch.Tensor,
+    generator: torch.Generator | None = None,
+    sample: bool = True,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Pixels ``(B, T, C, H, W)`` in [-1, 1] -> scaled latents ``(B, T, c, h, w)`` with the image encoder.
 
     ``vae`` is an ``AutoencoderKL`` or a :class:`TemporalDecoder` (whose encoder is its image
     autoencoder's); ``sample`` draws from the posterior with ``generator`` (the LDM training
-    convention), otherwise its mean is taken. Latents are ``(z - shift_factor) * scaling_factor``.
+    convention), otherwise its mode is taken (:func:`scale_latents`). ``chunk_size`` bounds how many
+    frames go through the encoder at once (identical maths; bounded memory).
     """
-    if isinstance(vae, TemporalDecoder):
-        return vae.encode(video, sample_posterior=sample, generator=generator)
-    frames = rearrange(video, "b t c h w -> (b t) c h w").to(vae.dtype)
-    posterior = vae.encode(frames).latent_dist
-    latents = posterior.sample(generator) if sample else posterior.mode()
-    latents = (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+    image_vae = image_vae_of(vae)
+    frames = rearrange(video, "b t c h w -> (b t) c h w").to(image_vae.dtype)
+    step = chunk_size or frames.shape[0]
+    latents = []
+    for start in range(0, frames.shape[0], step):
+        posterior = image_vae.encode(frames[start : start + step]).latent_dist
+        latents.append(posterior.sample(generator) if sample else posterior.mode())
+    latents = scale_latents(image_vae, torch.cat(latents))
     return rearrange(latents, "(b t) c h w -> b t c h w", t=video.shape[1]).contiguous()

@@ -30,6 +30,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..defaults import TEMPORAL_KINDS
 from .context import ContextEncoder, masked_context
 from .temporal import (
     BlendedTemporalLayer,
@@ -45,7 +46,6 @@ TEMPORAL_WEIGHTS_NAME = "temporal_layers.safetensors"
 TEMPORAL_CONFIG_NAME = "temporal_config.json"
 SPATIAL_PREFIX = "unet."
 TEMPORAL_PREFIX = "temporal."
-TEMPORAL_KINDS = ("conv", "attention")
 _BLOCK_MEMBER = re.compile(r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets|attentions)\.\d+$")
 
 

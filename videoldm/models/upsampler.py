@@ -29,9 +29,8 @@ from diffusers import DDPMScheduler, ModelMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 from einops import rearrange
 
-from .unet import TEMPORAL_KINDS, VideoUNet, VideoUNetOutput
-
-DEFAULT_MAX_NOISE_LEVEL = 350  # Stable Diffusion's x4 upscaler: levels 0..350 of a 1000-step DDPM schedule
+from ..defaults import DEFAULT_MAX_NOISE_LEVEL, TEMPORAL_KINDS
+from .unet import VideoUNet, VideoUNetOutput
 
 
 def resize_frames(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

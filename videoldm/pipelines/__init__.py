@@ -1,16 +1,17 @@
-"""Sampling procedures built on diffusers schedulers."""
+"""The pipelines, one task each (diffusers-style), and the cascade that composes them."""
 
-import diffusers
-
+from .base import LatentVideoPipeline, SamplingOptions, VideoLDMPipelineOutput
 from .cascade import CascadePipeline, CascadePipelineOutput
+from .decoding import decode_latents, stream_decode
+from .interpolation import VideoInterpolationPipeline
 from .sampling import Guidance, denoise, guided_prediction
-from .text_to_video import VideoLDMPipeline, VideoLDMPipelineOutput, decode_latents
 from .upsample import VideoUpsamplerPipeline
+from .video import VideoLDMPipeline
 
-# DiffusionPipeline.from_pretrained resolves a model_index.json's "_class_name" inside the
-# diffusers module; registering our pipeline there lets saved videoldm pipelines load generically.
-for _pipeline in (VideoLDMPipeline, CascadePipeline, VideoUpsamplerPipeline):
-    setattr(diffusers, _pipeline.__name__, _pipeline)
+# The pipeline classes a saved model_index.json may name as its "_class_name"; DiffusionPipeline.from_pretrained
+# resolves that name inside the diffusers module (see videoldm.__init__, which registers them there).
+PIPELINE_CLASSES = (VideoLDMPipeline, VideoInterpolationPipeline, VideoUpsamplerPipeline, CascadePipeline)
 
-__all__ = ["CascadePipeline", "CascadePipelineOutput", "VideoLDMPipeline", "VideoLDMPipelineOutput",
-           "VideoUpsamplerPipeline", "decode_latents", "denoise", "guided_prediction", "Guidance"]
+__all__ = ["CascadePipeline", "CascadePipelineOutput", "Guidance", "LatentVideoPipeline", "PIPELINE_CLASSES",
+           "SamplingOptions", "VideoInterpolationPipeline", "VideoLDMPipeline", "VideoLDMPipelineOutput",
+           "VideoUpsamplerPipeline", "decode_latents", "denoise", "guided_prediction", "stream_decode"]

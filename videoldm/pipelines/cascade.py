@@ -1,101 +1,126 @@
 """The full Video LDM stack in one call (Sec. 3): key frames -> prediction for length -> interpolation
 x4 / x16 -> decoding with the temporal decoder -> video upsampling x4.
 
-Every stage after the key frames is optional and is the pipeline's own method
-(:meth:`~videoldm.pipelines.VideoLDMPipeline.generate_frames`, ``interpolate``, ``decode_frames``,
-``upsample``); :class:`CascadePipeline` only chains them, keeps intermediate results on request,
-and counts the denoising steps of every stage up front so one progress display can span them all.
+Each stage is a pipeline of its own (:class:`~videoldm.pipelines.video.VideoLDMPipeline`,
+:class:`~videoldm.pipelines.interpolation.VideoInterpolationPipeline`,
+:class:`~videoldm.pipelines.upsample.VideoUpsamplerPipeline`). :class:`CascadePipeline` holds every
+stage's components, so one saved directory holds the whole stack; it makes the stage pipelines from
+them (sharing every module, as diffusers' ``from_pipe`` shares them) and composes them: it chains
+the stages, keeps intermediate results on request, and counts the denoising steps of every stage up
+front so one progress display can span them all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterator
 
 import torch
+from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from .directory import DEFAULT_NUM_INFERENCE_STEPS
-from .interpolation import DEFAULT_WINDOW_KEY_FRAMES, INTERPOLATION_FACTOR, PASSES_PER_FACTOR, plan_interpolation
-from .prediction import plan_rollout, window_samples
-from .text_to_video import OUTPUT_TYPES, VideoLDMPipeline
-from .upsample import DEFAULT_NOISE_LEVEL, DEFAULT_UPSAMPLER_STEPS
+from ..defaults import (
+    DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE,
+    DEFAULT_NOISE_LEVEL,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    DEFAULT_UPSAMPLER_STEPS,
+    FPS_MULTIPLIERS,
+    OUTPUT_TYPES,
+    UPSCALE_FACTORS,
+)
+from ..models.conditioning import LabelEncoder
+from ..models.unet import TemporalWeights, VideoUNet
+from ..models.upsampler import VideoUpsampler
+from .base import LatentVideoPipeline, SamplingOptions, check_output_type
+from .interpolation import VideoInterpolationPipeline
+from .upsample import VideoUpsamplerPipeline
+from .video import VideoLDMPipeline
 
-UPSCALE_FACTORS = (1, 4)
-FPS_MULTIPLIERS = (1, *sorted(PASSES_PER_FACTOR))
 # The intermediate stages keep_stages reports, in cascade order.
 KEY_FRAMES, INTERPOLATED = "key_frames", "interpolated"
 
 StageCallback = Callable[[str, torch.Tensor], Any]
 
 
-@dataclass(frozen=True)
-class CascadeSteps:
-    """Denoising steps (scheduler steps, as counted by ``callback_on_step_end``) each stage will run."""
-
-    key_frames: int
-    interpolation: int
-    upsampling: int
-
-    @property
-    def total(self) -> int:
-        """All stages together."""
-        return self.key_frames + self.interpolation + self.upsampling
-
-
-def count_cascade_steps(
-    num_frames: int,
-    *,
-    fps_multiplier: int = 1,
-    upscale: int = 1,
-    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-    upsampler_steps: int = DEFAULT_UPSAMPLER_STEPS,
-    upsampling_segments: int = 1,
-    window_frames: int | None = None,
-    context_frames: int = 2,
-    num_given: int = 0,
-    window_candidates: int = 1,
-) -> CascadeSteps:
-    """The :class:`CascadeSteps` of one cascade run: ``num_frames`` new key frames in windows of ``window_frames``
-    (None: one window) after ``num_given`` given frames, each window with >= 2 context frames sampled
-    ``window_candidates`` times (:func:`~videoldm.pipelines.prediction.select_continuation`), then the
-    interpolation windows and the upsampler's steps in each of its ``upsampling_segments`` sampler runs
-    (:meth:`~videoldm.pipelines.VideoUpsamplerPipeline.plan_segments`).
-
-    Counts one scheduler step per requested step (multistep and DDIM schedulers; Heun-type ones take more).
-    """
-    if window_frames is None:
-        key_windows = 1
-    else:
-        plan = plan_rollout(num_frames, window_frames, context_frames, num_given)
-        key_windows = sum(window_samples(window, window_candidates) for window in plan)
-    interpolation_windows, keys = 0, num_frames + num_given
-    for _ in range(PASSES_PER_FACTOR.get(fps_multiplier, 0)):
-        interpolation_windows += len(plan_interpolation(keys, DEFAULT_WINDOW_KEY_FRAMES))
-        keys = INTERPOLATION_FACTOR * (keys - 1) + 1
-    return CascadeSteps(
-        key_frames=key_windows * num_inference_steps,
-        interpolation=interpolation_windows * num_inference_steps,
-        upsampling=upsampler_steps * upsampling_segments if upscale > 1 else 0,
-    )
-
-
 @dataclass
 class CascadePipelineOutput(BaseOutput):
-    """``frames`` as in :class:`~videoldm.pipelines.VideoLDMPipelineOutput`; ``stages``: the kept intermediate
+    """``frames`` as in :class:`~videoldm.pipelines.base.VideoLDMPipelineOutput`; ``stages``: the kept intermediate
     videos by stage name (pixels ``(B, T, C, H, W)`` in [-1, 1]), empty unless ``keep_stages``."""
 
     frames: Any
     stages: dict[str, torch.Tensor]
 
 
-class CascadePipeline(VideoLDMPipeline):
-    """A :class:`VideoLDMPipeline` whose call runs the whole cascade; same components, same directory format.
+class CascadePipeline(DiffusionPipeline):
+    """Every stage of a Video LDM in one pipeline directory, composed into one call.
 
-    ``CascadePipeline.from_pretrained(directory)`` loads any Video LDM pipeline directory (the embedded
-    model holds every stage); stages the options ask for need their components (``interpolator`` for
-    ``fps_multiplier`` 4 / 16, ``upsampler`` for ``upscale`` 4).
+    Components: the key-frame model's (``unet``, ``vae``, ``scheduler``, optional ``text_encoder`` +
+    ``tokenizer`` or ``label_encoder``, as :class:`~videoldm.pipelines.video.VideoLDMPipeline`), the
+    interpolation model's temporal weights ``interpolator``
+    (:class:`~videoldm.models.unet.TemporalWeights`: they run on ``unet``'s spatial UNet), and the
+    video upsampler: ``upsampler`` (:class:`~videoldm.models.upsampler.VideoUpsampler`, pixel space),
+    ``upsampler_scheduler`` (its sampler) and ``low_res_scheduler`` (its noise augmentation).
+    ``CascadePipeline.from_pretrained(directory)`` loads any Video LDM pipeline directory (one saved
+    by the earlier all-in-one ``VideoLDMPipeline`` too); stages the options ask for need their
+    components (``interpolator`` for ``fps_multiplier`` 4 / 16, ``upsampler`` for ``upscale`` 4).
     """
+
+    model_cpu_offload_seq = "text_encoder->label_encoder->unet->vae->upsampler"
+    _optional_components = ["text_encoder", "tokenizer", "label_encoder", "interpolator", "upsampler",
+                            "upsampler_scheduler", "low_res_scheduler"]
+
+    def __init__(
+        self,
+        unet: VideoUNet,
+        vae: torch.nn.Module,
+        scheduler: SchedulerMixin,
+        text_encoder: torch.nn.Module | None = None,
+        tokenizer: Any | None = None,
+        label_encoder: LabelEncoder | None = None,
+        interpolator: TemporalWeights | None = None,
+        upsampler: VideoUpsampler | None = None,
+        upsampler_scheduler: SchedulerMixin | None = None,
+        low_res_scheduler: DDPMScheduler | None = None,
+        default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    ) -> None:
+        super().__init__()
+        if default_num_inference_steps < 1:
+            raise ValueError(f"default_num_inference_steps must be >= 1, got {default_num_inference_steps}")
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+                              label_encoder=label_encoder, interpolator=interpolator, upsampler=upsampler,
+                              upsampler_scheduler=upsampler_scheduler, low_res_scheduler=low_res_scheduler)
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
+
+    # ------------------------------------------------------------------------- the stage pipelines
+    def _stage(self, pipe: DiffusionPipeline) -> DiffusionPipeline:
+        """``pipe`` with this pipeline's progress-bar settings."""
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
+
+    def _latent_stage(self, pipeline_class: type[LatentVideoPipeline], unet: VideoUNet) -> LatentVideoPipeline:
+        return self._stage(pipeline_class(
+            unet=unet, vae=self.vae, scheduler=self.scheduler, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+            label_encoder=self.label_encoder, default_num_inference_steps=self.config.default_num_inference_steps))
+
+    def video_pipeline(self) -> VideoLDMPipeline:
+        """The key-frame / rollout stage: a :class:`VideoLDMPipeline` on this pipeline's modules."""
+        return self._latent_stage(VideoLDMPipeline, self.unet)
+
+    def interpolation_pipeline(self) -> VideoInterpolationPipeline:
+        """The interpolation stage: ``unet``'s spatial UNet with the ``interpolator``'s temporal weights (shared tensors)."""
+        if self.interpolator is None:
+            raise ValueError("this pipeline has no interpolation model (component 'interpolator'); "
+                             "train one with the 'interpolation' stage (configs/digits_interpolation.yaml)")
+        return self._latent_stage(VideoInterpolationPipeline, self.unet.with_temporal_weights(self.interpolator))
+
+    def upsampler_pipeline(self) -> VideoUpsamplerPipeline:
+        """The video upsampler stage as a :class:`VideoUpsamplerPipeline` (same modules)."""
+        if self.upsampler is None or self.upsampler_scheduler is None or self.low_res_scheduler is None:
+            raise ValueError("this pipeline has no video upsampler (components 'upsampler', 'upsampler_scheduler', "
+                             "'low_res_scheduler'); train one with the 'upsampler' stage (configs/digits_upsampler.yaml)")
+        return self._stage(VideoUpsamplerPipeline(upsampler=self.upsampler, scheduler=self.upsampler_scheduler,
+                                                  low_res_scheduler=self.low_res_scheduler))
 
     def check_cascade_options(self, fps_multiplier: int, upscale: int) -> None:
         """Raise ValueError if an option is unknown or its stage's model is missing."""
@@ -104,10 +129,11 @@ class CascadePipeline(VideoLDMPipeline):
         if upscale not in UPSCALE_FACTORS:
             raise ValueError(f"upscale must be one of {UPSCALE_FACTORS}, got {upscale}")
         if fps_multiplier > 1:
-            self.interpolation_unet()  # raises a ValueError naming the missing component
+            self.interpolation_pipeline()  # raises a ValueError naming the missing component
         if upscale > 1:
             self.upsampler_pipeline()
 
+    # ------------------------------------------------------------------------- the cascade
     @torch.no_grad()
     def cascade_frames(
         self,
@@ -121,31 +147,29 @@ class CascadePipeline(VideoLDMPipeline):
     ) -> Iterator[torch.Tensor]:
         """Yield the cascade's final frames ``(B, k, C, H, W)`` in [-1, 1] piece by piece.
 
-        ``key_frame_options`` go to :meth:`generate_frames` (prompt, labels, num_frames, steps,
-        guidance, generator, decoder, ...); interpolation uses the same conditioning, steps,
-        generator and callback, with its own context guidance default. Without interpolation and
-        upsampling the frames stream as they are made. ``on_stage(name, pixels)`` receives each
-        intermediate video before the next stage runs: ``"key_frames"`` (when a later stage runs)
-        and ``"interpolated"`` (when upsampling follows interpolation).
+        ``key_frame_options`` go to :meth:`VideoLDMPipeline.generate_frames` (its keywords and
+        :class:`~videoldm.pipelines.base.SamplingOptions`' fields); interpolation uses the same
+        conditioning, steps, generator and callback, with its own context guidance default. Without
+        interpolation and upsampling the frames stream as they are made. ``on_stage(name, pixels)``
+        receives each intermediate video before the next stage runs: ``"key_frames"`` (when a later
+        stage runs) and ``"interpolated"`` (when upsampling follows interpolation).
         """
         self.check_cascade_options(fps_multiplier, upscale)
-        decoder = key_frame_options.get("decoder", "video")
+        video = self.video_pipeline()
         if fps_multiplier == 1 and upscale == 1:
-            yield from self.generate_frames(**key_frame_options, output_type="pt")
+            yield from video.generate_frames(**key_frame_options, output_type="pt")
             return
-        latents = torch.cat(list(self.generate_frames(**key_frame_options, output_type="latent")), dim=1)
+        sampling_fields = {name: key_frame_options.pop(name) for name in SAMPLING_FIELDS if name in key_frame_options}
+        sampling = SamplingOptions.build(key_frame_options.pop("sampling", None), sampling_fields)
+        latents = torch.cat(list(video.generate_frames(**key_frame_options, sampling=sampling, output_type="latent")), dim=1)
         if on_stage is not None:
-            on_stage(KEY_FRAMES, torch.cat(list(self.decode_frames(latents, decoder=decoder)), dim=1))
+            on_stage(KEY_FRAMES, torch.cat(list(video.decode_frames(latents, decoder=sampling.decoder)), dim=1))
         if fps_multiplier > 1:
-            options = key_frame_options
-            latents = self.interpolate(
-                latents=latents, factor=fps_multiplier, prompt=options.get("prompt"), labels=options.get("labels"),
-                negative_prompt=options.get("negative_prompt"),
-                num_inference_steps=options.get("num_inference_steps"),
-                guidance_scale=options.get("guidance_scale", 1.0), generator=options.get("generator"),
-                callback_on_step_end=options.get("callback_on_step_end"), output_type="latent",
-            ).frames
-        pieces = self.decode_frames(latents, decoder=decoder)
+            interpolation = replace(sampling, context_guidance_scale=DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE,
+                                    image_only=False)
+            latents = self.interpolation_pipeline()(latents=latents, factor=fps_multiplier, sampling=interpolation,
+                                                    output_type="latent").frames
+        pieces = video.decode_frames(latents, decoder=sampling.decoder)
         if upscale == 1:
             yield from pieces
             return
@@ -154,9 +178,8 @@ class CascadePipeline(VideoLDMPipeline):
             on_stage(INTERPOLATED, pixels)
         # a video whose sampler state would not fit is upsampled in segments, yielded as they are made
         yield from self.upsampler_pipeline().upsample_frames(
-            pixels, noise_level=noise_level, num_inference_steps=upsampler_steps,
-            generator=key_frame_options.get("generator"),
-            callback_on_step_end=key_frame_options.get("callback_on_step_end"),
+            pixels, noise_level=noise_level, num_inference_steps=upsampler_steps, generator=sampling.generator,
+            callback_on_step_end=sampling.callback_on_step_end,
         )
 
     @torch.no_grad()
@@ -177,15 +200,19 @@ class CascadePipeline(VideoLDMPipeline):
         window), ``fps_multiplier`` 1 / 4 / 16 (``fps_multiplier * (num_frames - 1) + 1`` frames), decoding,
         ``upscale`` 1 / 4 (frames ``upscale`` times larger, ``upsampler_steps`` steps, ``noise_level``).
 
-        Other keywords are :meth:`~videoldm.pipelines.VideoLDMPipeline.__call__`'s. ``keep_stages``
+        Other keywords are :meth:`~videoldm.pipelines.video.VideoLDMPipeline.__call__`'s. ``keep_stages``
         returns the intermediate videos in ``stages`` (see :meth:`cascade_frames`).
         """
-        if output_type not in OUTPUT_TYPES or output_type == "latent":
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES[:-1]}, got {output_type!r}")
+        check_output_type(output_type, OUTPUT_TYPES[:-1])
+        if prompt is not None:
+            key_frame_options["prompt"] = prompt
         stages: dict[str, torch.Tensor] = {}
         pieces = self.cascade_frames(
-            prompt=prompt, fps_multiplier=fps_multiplier, upscale=upscale, upsampler_steps=upsampler_steps,
+            fps_multiplier=fps_multiplier, upscale=upscale, upsampler_steps=upsampler_steps,
             noise_level=noise_level, on_stage=stages.__setitem__ if keep_stages else None, **key_frame_options,
         )
-        frames = self._output(torch.cat(list(pieces), dim=1), output_type, True).frames
+        frames = self.video_pipeline().output(torch.cat(list(pieces), dim=1), output_type, True).frames
         return CascadePipelineOutput(frames=frames, stages=stages) if return_dict else (frames, stages)
+
+
+SAMPLING_FIELDS = tuple(field.name for field in fields(SamplingOptions))

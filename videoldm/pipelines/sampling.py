@@ -14,13 +14,13 @@ evaluation per step, all run in one batch: 1 (no guidance), 2 (one guidance) or 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .directory import DEFAULT_NUM_INFERENCE_STEPS
+from ..defaults import DEFAULT_NUM_INFERENCE_STEPS
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], Any]
 Generator = torch.Generator | list[torch.Generator] | None
@@ -146,3 +146,59 @@ def denoise(
             "settings, and the model's weights and dtype (float16 can overflow)"
         )
     return latents
+
+
+@dataclass
+class WindowSampler:
+    """Denoises the windows of one request with ``unet``: its conditioning, guidance and sampler settings.
+
+    ``conditional_states`` / ``unconditional_states`` ``(B, L, D)`` (or None) are the label/prompt
+    branches (:func:`~videoldm.pipelines.conditioning.encode_conditions`); ``extra_inputs`` go to every
+    UNet call (e.g. an interpolation pass's ``frame_rate_regime``); ``denoise_options`` to :func:`denoise`.
+    """
+
+    unet: torch.nn.Module
+    scheduler: SchedulerMixin
+    conditional_states: torch.Tensor | None
+    unconditional_states: torch.Tensor | None
+    image_only: bool
+    guidance_scale: float
+    context_guidance_scale: float
+    denoise_options: dict[str, Any]
+    extra_inputs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(
+        self, noise: torch.Tensor, context_mask: torch.Tensor | None = None, context_latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Denoise one window from ``noise (B, W, c, h, w)``.
+
+        The frames marked in ``context_mask`` ``(W,)`` bool (None: none) are given as
+        ``context_latents`` ``(B, W, c, h, w)`` (values elsewhere ignored). The given frames' positions of
+        the noisy input are those latents noised to each step's level (``denoise(given_latents=...)``);
+        guidance over them is ``context_guidance_scale``. Returns the window's latents, the given
+        frames exactly.
+        """
+        batch, num_frames = noise.shape[:2]
+        device = noise.device
+        inputs: dict[str, Any] = {
+            "encoder_hidden_states": self.conditional_states,
+            "image_only_indicator": torch.full((batch, num_frames), self.image_only, dtype=torch.bool, device=device),
+            **self.extra_inputs,
+        }
+        guidance = []
+        denoise_options = self.denoise_options
+        given = context_mask is not None and bool(context_mask.any())
+        if given:
+            if not self.unet.has_context_conditioning:
+                raise ValueError("this model has no context conditioning: it cannot continue given frames "
+                                 "(train a prediction model: stage 'prediction')")
+            mask = context_mask.to(device)[None].expand(batch, num_frames)
+            context_latents = torch.where(mask[:, :, None, None, None], context_latents.to(noise.dtype), noise.new_zeros(()))
+            inputs |= {"context_mask": mask, "context_latents": context_latents}
+            no_context = inputs | {"context_mask": torch.zeros_like(mask), "context_latents": torch.zeros_like(context_latents)}
+            guidance.append(Guidance(no_context, self.context_guidance_scale))
+            # the given frames enter the noisy input too, noised to each step's level as in training
+            denoise_options = denoise_options | {"given_latents": context_latents, "given_mask": mask}
+        if self.unconditional_states is not None:
+            guidance.append(Guidance(inputs | {"encoder_hidden_states": self.unconditional_states}, self.guidance_scale))
+        return denoise(self.unet, self.scheduler, noise, inputs, guidance, **denoise_options)

@@ -21,146 +21,37 @@ temporal layers continue that detail and the shared frames come out exactly as a
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..models.autoencoder import TemporalDecoder
+from ..defaults import (
+    DEFAULT_MAX_NOISE_LEVEL,
+    DEFAULT_NOISE_LEVEL,
+    DEFAULT_UPSAMPLER_STEPS,
+    DEFAULT_UPSAMPLER_WINDOW_FRAMES,
+    DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
+)
+from ..models.autoencoder import TemporalDecoder, vae_scale_factor
 from ..models.unet import VideoUNetOutput
-from ..models.upsampler import DEFAULT_MAX_NOISE_LEVEL, VideoUpsampler, noise_augment, resize_frames
-from .prediction import StreamingDecoder
+from ..models.upsampler import VideoUpsampler, noise_augment, resize_frames
+from .conditioning import encode_prompts, per_video
+from .decoding import stream_decode
+from .planning import (
+    SegmentFrames,
+    TileSize,
+    guidance_branches,
+    plan_pieces,
+    plan_segments,
+    resolve_segment_frames,
+    resolve_tile_size,
+)
 from .sampling import Generator, Guidance, StepCallback, denoise
-
-DEFAULT_NOISE_LEVEL = 20  # Stable Diffusion's x4 upscaler default; small: the input is already a clean video
-DEFAULT_UPSAMPLER_WINDOW_FRAMES = 16
-DEFAULT_UPSAMPLER_WINDOW_OVERLAP = 4
-DEFAULT_UPSAMPLER_STEPS = 10  # on 8 held-out digit videos the image upsampler scored 33.18 dB at 10 steps, 33.14 at 20
-# A piece's peak memory (the UNet's activations) grows with its cells (videos x frames x height x
-# width) times the width of the UNet's first level. Measured for the embedded upsampler (16
-# channels; `videoldm upsample`, peak RSS less the 0.7 GB of a small run): 4 frames of 704x576 in
-# one piece 2.4 GB, 95 bytes a cell and channel; 8 frames in 256-pixel tiles 1.0 GB, 120 bytes.
-PIECE_BYTES_PER_CELL_AND_CHANNEL = 128
-DEFAULT_MAX_PIECE_BYTES = 2 * 1024**3
-MIN_AUTO_TILE = 32
-TileSize = int | Literal["auto"] | None
-# The whole-video sampler state above which "auto" cuts a video into segments. Deliberately not the
-# machine's free memory: the same command gives the same video everywhere.
-DEFAULT_MAX_STATE_BYTES = 4 * 1024**3
-SegmentFrames = int | Literal["auto"] | None
-# The whole video's share, beside the piece: the sample, its noise, the scheduler's history, the
-# blended prediction and the low-resolution video at the sample's size, then the RGB output frames.
-# Measured with the embedded (one-channel) upsampler: 20 more frames of 704x576 (24 against 4, in
-# 128-pixel tiles) took 0.78 GB more, 24 floats a pixel: 12 of the sample's size, 4 RGB output copies.
-SAMPLER_STATE_COPIES = 12
-OUTPUT_COPIES = 4
-
-
-def sampler_state_bytes(
-    num_videos: int, num_frames: int, sample_channels: int, sample_size: tuple[int, int], output_size: tuple[int, int]
-) -> int:
-    """Estimated bytes of what upsampling holds for the whole video beside one piece: float32 copies of
-    the sample ``(B, T, sample_channels, *sample_size)`` and of the RGB output ``(B, T, 3, *output_size)``."""
-    sample = sample_channels * sample_size[0] * sample_size[1]
-    output = 3 * output_size[0] * output_size[1]
-    return 4 * num_videos * num_frames * (SAMPLER_STATE_COPIES * sample + OUTPUT_COPIES * output)
-
-
-def piece_bytes(first_level_channels: int, piece_videos: int, piece_frames: int, piece_cells: tuple[int, int]) -> int:
-    """Estimated peak bytes of one upsampler call on a piece of ``piece_videos x piece_frames`` frames of
-    ``piece_cells`` (height, width) sample cells: :data:`PIECE_BYTES_PER_CELL_AND_CHANNEL` a cell and
-    channel of the UNet's first level (``first_level_channels``)."""
-    cells = piece_videos * piece_frames * piece_cells[0] * piece_cells[1]
-    return PIECE_BYTES_PER_CELL_AND_CHANNEL * first_level_channels * cells
-
-
-def guidance_branches(has_negative_prompt: bool, guidance_scale: float) -> int:
-    """Upsampler calls batched in one piece: 2 with prompt guidance (a negative prompt and a scale other than 1), else 1."""
-    return 2 if has_negative_prompt and guidance_scale != 1.0 else 1
-
-
-def auto_tile_size(
-    first_level_channels: int, piece_videos: int, piece_frames: int, sample_size: tuple[int, int],
-    max_piece_bytes: int | None = None,
-) -> int | None:
-    """The square tile side (sample cells, a multiple of 8) that keeps a piece of ``piece_videos x
-    piece_frames`` frames under ``max_piece_bytes`` (default :data:`DEFAULT_MAX_PIECE_BYTES`); None
-    when whole frames of ``sample_size`` fit.
-
-    Memory is estimated at :data:`PIECE_BYTES_PER_CELL_AND_CHANNEL` times ``first_level_channels``
-    per cell; tiles are never smaller than :data:`MIN_AUTO_TILE`.
-    """
-    max_piece_bytes = DEFAULT_MAX_PIECE_BYTES if max_piece_bytes is None else max_piece_bytes
-    if piece_bytes(first_level_channels, piece_videos, piece_frames, sample_size) <= max_piece_bytes:
-        return None
-    bytes_per_cell = piece_bytes(first_level_channels, piece_videos, piece_frames, (1, 1))
-    side = int(math.sqrt(max_piece_bytes / bytes_per_cell)) // 8 * 8
-    return max(side, MIN_AUTO_TILE)
-
-
-def resolve_tile_size(
-    tile_size: TileSize, first_level_channels: int, piece_videos: int, num_frames: int, window_frames: int | None,
-    sample_size: tuple[int, int],
-) -> int | None:
-    """``tile_size`` as given (cells, or None for whole frames), or for ``"auto"`` the :func:`auto_tile_size`
-    of one window of ``window_frames`` (all ``num_frames`` for None) of ``piece_videos`` videos."""
-    if tile_size == "auto":
-        window = num_frames if window_frames is None else min(window_frames, num_frames)
-        return auto_tile_size(first_level_channels, piece_videos, window, sample_size)
-    if tile_size is not None and (isinstance(tile_size, str) or tile_size < 1):
-        raise ValueError(f"tile_size must be a positive number of cells, 'auto' or None, got {tile_size!r}")
-    return tile_size
-
-
-def resolve_segment_frames(
-    segment_frames: SegmentFrames, num_videos: int, num_frames: int, sample_channels: int, sample_size: tuple[int, int],
-    output_size: tuple[int, int], window_frames: int | None, window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
-    max_state_bytes: int | None = None,
-) -> int | None:
-    """Frames per sampler run: None for the whole video in one run; ``segment_frames`` as given (more than
-    ``window_overlap``); for ``"auto"``, None when :func:`sampler_state_bytes` of the whole video is at most
-    ``max_state_bytes`` (default :data:`DEFAULT_MAX_STATE_BYTES`), else as many frames as fit, never
-    fewer than one window of ``window_frames``."""
-    if segment_frames == "auto":
-        budget = DEFAULT_MAX_STATE_BYTES if max_state_bytes is None else max_state_bytes
-        per_frame = sampler_state_bytes(num_videos, 1, sample_channels, sample_size, output_size)
-        if per_frame * num_frames <= budget:
-            return None
-        return max(budget // per_frame, window_frames or 1, window_overlap + 1)
-    if segment_frames is not None and (isinstance(segment_frames, str) or segment_frames <= window_overlap):
-        raise ValueError(f"segment_frames must be more than the windows' overlap ({window_overlap}), 'auto' or None, "
-                         f"got {segment_frames!r}")
-    return segment_frames
-
-
-def plan_segments(num_frames: int, segment_frames: int | None, overlap: int) -> list[slice]:
-    """The sampler runs of a video of ``num_frames``: slices of ``segment_frames`` (the last one may be shorter),
-    each after the first starting ``overlap`` frames before the previous one ends; one slice for None."""
-    if segment_frames is None or segment_frames >= num_frames:
-        return [slice(0, num_frames)]
-    if not 0 <= overlap < segment_frames:
-        raise ValueError(f"overlap ({overlap}) must be in 0..{segment_frames - 1} for segments of {segment_frames}")
-    return [slice(start, min(start + segment_frames, num_frames))
-            for start in range(0, num_frames - overlap, segment_frames - overlap)]
-
-
-def plan_pieces(length: int, size: int | None, overlap: int) -> list[slice]:
-    """Overlapping slices of ``size`` covering ``0..length`` (one slice when ``size`` is None or >= ``length``).
-
-    Consecutive slices overlap by at least ``overlap``; the last one ends at ``length``.
-    """
-    if size is None or size >= length:
-        return [slice(0, length)]
-    if not 0 <= overlap < size:
-        raise ValueError(f"overlap ({overlap}) must be in 0..{size - 1} for pieces of {size}")
-    stride = size - overlap
-    starts = list(range(0, length - size, stride)) + [length - size]
-    return [slice(start, start + size) for start in starts]
 
 
 def blend_ramp(piece: slice, length: int, overlap: int) -> torch.Tensor:
@@ -302,10 +193,7 @@ def upsample_video_segments(
 
 def latent_decoder_scale(vae: torch.nn.Module | None) -> int:
     """Pixels per sample cell of an upsampler's output: 1 in pixel space, the autoencoder's downsampling otherwise."""
-    if vae is None:
-        return 1
-    image_vae = vae.vae if isinstance(vae, TemporalDecoder) else vae
-    return 2 ** (len(image_vae.config.block_out_channels) - 1)
+    return 1 if vae is None else vae_scale_factor(vae)
 
 
 class VideoUpsamplerPipeline(DiffusionPipeline):
@@ -428,13 +316,10 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
                                              window_frames, window_overlap)
         states = negative = None
         if prompt is not None or self.text_encoder is not None:
-            from .text_to_video import encode_prompts
-
             if self.text_encoder is None:
                 raise ValueError("this upsampler has no text encoder; it takes no prompt")
             batch = video.shape[0]
-            prompts = [prompt or ""] * batch if not isinstance(prompt, list) else prompt
-            negatives = [negative_prompt or ""] * batch if not isinstance(negative_prompt, list) else negative_prompt
+            prompts, negatives = per_video(prompt, batch), per_video(negative_prompt, batch)
             device = self._execution_device
             states = encode_prompts(self.text_encoder, self.tokenizer, prompts, device)
             negative = None if guidance_scale == 1.0 else encode_prompts(self.text_encoder, self.tokenizer, negatives, device)
@@ -453,16 +338,7 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         elif output_type == "latent":
             yield from pieces
         else:
-            from .text_to_video import decode_latents
-
-            stream = StreamingDecoder(self.vae, lambda z: decode_latents(self.vae, z, decode_chunk_size), decode_chunk_size)
-            for piece in pieces:
-                pixels = stream.push(piece)
-                if pixels is not None:
-                    yield pixels
-            rest = stream.flush()
-            if rest is not None:
-                yield rest
+            yield from stream_decode(self.vae, pieces, decode_chunk_size)
         self.maybe_free_model_hooks()
 
     @torch.no_grad()

@@ -23,20 +23,23 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from torch.utils.data import Dataset
 
 from ..config import RecipeError, check_arguments
+from ..defaults import DEFAULT_MAX_NOISE_LEVEL, DEFAULT_NUM_INFERENCE_STEPS
 from ..data.build import DataError, build_source
 from ..data.latents import CachedLatents
 from ..data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
 from ..embedded import embedded_model_dir
-from ..models.autoencoder import TemporalDecoder
+from ..models.autoencoder import TemporalDecoder, image_vae_of, scale_latents
 from ..models.conditioning import LabelEncoder
 from ..models.discriminator import VideoDiscriminator
 from ..models.context import key_frame_mask
 from ..models.unet import VideoUNet, VideoUNetOutput
-from ..models.upsampler import DEFAULT_MAX_NOISE_LEVEL, VideoUpsampler, downsample_frames, noise_augment
+from ..models.upsampler import VideoUpsampler, downsample_frames, noise_augment
 from ..pipelines.components import frame_format, load_components
-from ..pipelines.directory import DEFAULT_NUM_INFERENCE_STEPS, UPSAMPLER_COMPONENTS, inspect_pipeline_directory
-from ..pipelines.text_to_video import VideoLDMPipeline, encode_prompts
+from ..pipelines.cascade import CascadePipeline
+from ..pipelines.conditioning import encode_prompts
+from ..pipelines.directory import UPSAMPLER_COMPONENTS, inspect_pipeline_directory
 from ..pipelines.upsample import VideoUpsamplerPipeline, latent_decoder_scale
+from ..pipelines.video import VideoLDMPipeline
 from .decoder_losses import DecoderFinetuneObjective
 from .draws import DRAW_SEED, rand_per_sample, randint_per_sample, randn_per_sample, sample_generators
 from .objective import DiffusionObjective
@@ -83,17 +86,17 @@ def denoising_loss(
     return objective.loss(model, latents, model_kwargs, timesteps=timesteps, noise=noise)
 
 
-def encode_frames(vae: AutoencoderKL | TemporalDecoder, pixels: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
+def sample_training_latents(vae: AutoencoderKL | TemporalDecoder, pixels: torch.Tensor, draw_seeds: torch.Tensor) -> torch.Tensor:
     """Frames ``(B*T, C, H, W)`` of ``B`` draws -> posterior-sampled scaled latents ``(B*T, c, h, w)``.
 
     The frozen image encoder (a :class:`TemporalDecoder`'s encoder is its image autoencoder's);
     latents are ``(z - shift_factor) * scaling_factor``; the posterior noise comes from each draw.
     """
-    image_vae = vae.vae if isinstance(vae, TemporalDecoder) else vae
+    image_vae = image_vae_of(vae)
     with torch.no_grad():
         posterior = image_vae.encode(pixels.to(image_vae.dtype)).latent_dist
         latents = posterior_sample(posterior, draw_seeds).float()
-    return (latents - (image_vae.config.shift_factor or 0.0)) * image_vae.config.scaling_factor
+    return scale_latents(image_vae, latents)
 
 
 class CaptionConditioning:
@@ -223,7 +226,7 @@ class ImageLDMStage(_LatentStage):
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         draw_seeds = batch[DRAW_SEED]
-        latents = encode_frames(self.vae, batch["image"], draw_seeds)
+        latents = sample_training_latents(self.vae, batch["image"], draw_seeds)
         context = self._conditioning(batch.get("labels"), len(latents), draw_seeds)
         loss = denoising_loss(self.objective, _ImageAsVideo(self.unet), latents[:, None],
                               {"encoder_hidden_states": context}, draw_seeds)
@@ -342,7 +345,7 @@ class VideoStage(_LatentStage):
             latents = self._select_frames(batch["latents"], draw_seeds)
         else:
             video = self._select_frames(batch["video"], draw_seeds)
-            latents = encode_frames(self.vae, video.flatten(0, 1), draw_seeds).unflatten(0, video.shape[:2])
+            latents = sample_training_latents(self.vae, video.flatten(0, 1), draw_seeds).unflatten(0, video.shape[:2])
         if self.captions is not None:
             context = self.captions(batch, len(latents), draw_seeds)
         elif self.label_encoder is not None:
@@ -440,7 +443,7 @@ class DecoderStage(_DataStage):
         if self.video_model is None:
             self.decoder.save_pretrained(output_dir)
             return
-        pipe = VideoLDMPipeline.from_pretrained(self.video_model, dtype=self.decoder.dtype)
+        pipe = CascadePipeline.from_pretrained(self.video_model, dtype=self.decoder.dtype)
         pipe.register_modules(vae=self.decoder)
         pipe.save_pretrained(output_dir)
 
@@ -579,7 +582,7 @@ class InterpolationStage(VideoStage):
                 "frame_rate_regime": self._regimes(draw_seeds).to(latents.device)}
 
     def export(self, output_dir: Path) -> None:
-        pipe = VideoLDMPipeline.from_pretrained(self.model_dir, dtype=self.unet.dtype)
+        pipe = CascadePipeline.from_pretrained(self.model_dir, dtype=self.unet.dtype)
         pipe.register_modules(interpolator=self.unet.temporal_weights())
         pipe.save_pretrained(output_dir)
 
@@ -727,7 +730,7 @@ class UpsamplerStage:
         if self.vae is None:
             target = self.upsampler.sample_from_video(high_res, low_res)
         else:
-            target = encode_frames(self.vae, high_res.flatten(0, 1), draw_seeds).unflatten(0, high_res.shape[:2])
+            target = sample_training_latents(self.vae, high_res.flatten(0, 1), draw_seeds).unflatten(0, high_res.shape[:2])
         if self.captions is not None:
             kwargs["encoder_hidden_states"] = self.captions(batch, batch_size, draw_seeds)
         loss = denoising_loss(self.objective, self.upsampler, target, kwargs, draw_seeds)
@@ -740,7 +743,7 @@ class UpsamplerStage:
                                    low_res_scheduler=self.low_res_scheduler, vae=self.vae, text_encoder=self.text_encoder,
                                    tokenizer=self.tokenizer).save_pretrained(output_dir)
             return
-        pipe = VideoLDMPipeline.from_pretrained(self.pipeline_dir, dtype=self.upsampler.dtype)
+        pipe = CascadePipeline.from_pretrained(self.pipeline_dir, dtype=self.upsampler.dtype)
         pipe.register_modules(upsampler=self.upsampler, upsampler_scheduler=sampling_scheduler,
                               low_res_scheduler=self.low_res_scheduler)
         pipe.save_pretrained(output_dir)
