@@ -62,7 +62,7 @@ def add_device_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 def checked_device(parser: argparse.ArgumentParser, device: str) -> None:
     """Return if this machine has ``device``, else exit with the parser's one-line error (exit 2) before any work."""
-    from videoldm.cli import UserError, check_device
+    from videoldm.generation import UserError, check_device
 
     try:
         check_device(device)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from videoldm import cli
 from videoldm.app import EMBEDDED_MODEL_NAME, Form, ServerLimits, VideoService, parse_labels
-from videoldm.cli import GenerateOptions, UserError, inspect_model
+from videoldm.generation import GenerateOptions, UserError, inspect_model
 from videoldm.data.io import read_video
 from videoldm.pipelines import VideoLDMPipeline
 

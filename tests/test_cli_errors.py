@@ -232,12 +232,12 @@ def test_hostile_table_is_wide():
 
 
 def test_interrupt_exits_130(monkeypatch, capsys):
-    from videoldm import cli
+    from videoldm import cli, generation
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "inspect_model", interrupted)
+    monkeypatch.setattr(generation, "inspect_model", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate"])
     assert exit_info.value.code == 130
@@ -247,24 +247,24 @@ def test_interrupt_exits_130(monkeypatch, capsys):
 def test_command_exit_code_is_the_process_exit_code(monkeypatch):
     import typer
 
-    from videoldm import cli
+    from videoldm import cli, generation
 
     def exits_3(*_args, **_kwargs):
         raise typer.Exit(3)
 
-    monkeypatch.setattr(cli, "inspect_model", exits_3)
+    monkeypatch.setattr(generation, "inspect_model", exits_3)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate"])
     assert exit_info.value.code == 3
 
 
 def test_internal_bug_keeps_its_traceback(monkeypatch):
-    from videoldm import cli
+    from videoldm import cli, generation
 
     def bug(*_args, **_kwargs):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr(cli, "inspect_model", bug)
+    monkeypatch.setattr(generation, "inspect_model", bug)
     with pytest.raises(ValueError, match="internal invariant"):
         cli.main(["generate"])
 
@@ -313,3 +313,19 @@ def test_main_module_exit_code(tmp_path):
     result = subprocess.run([sys.executable, "-m", "videoldm", "generate", "--frames", "0"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_output_the_file_system_refuses_is_a_user_error_before_any_work(monkeypatch, capsys):
+    """Root's permission bits call /proc writable; the file system refuses new files there. The output is
+    tried before the model is loaded, and the error names the file."""
+    from videoldm import cli
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(cli, "load_pipeline", no_loading)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--out", "/proc/videoldm-test.mp4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "/proc/videoldm-test.mp4" in err[0] and err[0].startswith("error: --out")

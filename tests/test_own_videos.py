@@ -82,6 +82,17 @@ def test_video_finetune_on_a_folder_from_the_command_line(video_folder, tmp_path
     assert (tmp_path / "sample.gif").stat().st_size > 0
 
 
+def test_only_the_first_process_names_the_skipped_files(video_folder, tmp_path, capsys, monkeypatch):
+    """Under accelerate launch / torchrun every process checks the same files: rank 1 names none (the first
+    does), and the end-of-run count is still made."""
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = run_cli(["train", "video_finetune", "--data", video_folder, "--steps", 1, "--batch-size", 1,
+                              "--output-dir", tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert not [line for line in err.splitlines() if line.startswith("warning: skipping")]
+    assert "data: skipped 4 bad file(s): 1 empty file, 1 too short, 2 unreadable" in out
+
+
 def test_a_folder_without_usable_videos_is_one_error_before_training(video_folder, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -406,8 +406,8 @@ def test_upsampler_pipeline_refuses_a_video_ldm_directory_and_the_cascade_gives_
 
 
 def test_generate_upscale_defaults_are_the_upsampler_pipeline_defaults():
-    from videoldm.cli import GenerateOptions
-    from videoldm.pipelines.upsample import DEFAULT_NOISE_LEVEL, DEFAULT_UPSAMPLER_STEPS
+    from videoldm.defaults import DEFAULT_NOISE_LEVEL, DEFAULT_UPSAMPLER_STEPS
+    from videoldm.generation import GenerateOptions
 
     assert (GenerateOptions.upscale_steps, GenerateOptions.upscale_noise_level) == (DEFAULT_UPSAMPLER_STEPS, DEFAULT_NOISE_LEVEL)
 
@@ -474,23 +474,23 @@ def test_upsample_command_refuses_bad_input(tmp_path, capsys, args, message):
 
 
 def test_upsample_command_refuses_a_video_whose_state_would_not_fit_in_memory(tmp_path, capsys, monkeypatch):
-    from videoldm import cli
+    from videoldm import generation
     from videoldm.data.io import write_video
     cascade_pipeline().save_pretrained(tmp_path / "model")
     write_video(torch.zeros(4, 3, 8, 8), tmp_path / "in.mp4", fps=5)
-    assert cli.available_memory_bytes() > 0
+    assert generation.available_memory_bytes() > 0
     state = sampler_state_bytes(1, 4, 3, (32, 32), (32, 32))
     assert state == 4 * 4 * (12 + 4) * 3 * 32 * 32  # 16 float32 copies of a 32x32 RGB frame, 4 frames
     whole_frame = piece_bytes(8, 1, 4, (32, 32))  # the tiny upsampler's first level: 8 channels
     assert whole_frame == 128 * 8 * 4 * 32 * 32
     args = ["upsample", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "in.mp4"), "--steps", "1"]
-    monkeypatch.setattr(cli, "available_memory_bytes", lambda: state + whole_frame - 1)
+    monkeypatch.setattr(generation, "available_memory_bytes", lambda: state + whole_frame - 1)
     assert run_cli(args + ["--out", str(tmp_path / "o.mp4")]) == 2
     assert "4 frames of 32x32 need about" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
     # the piece counted is the one that runs: 16-pixel tiles need less than whole frames, and then fit
     assert run_cli(args + ["--tile", "16", "--out", str(tmp_path / "tiled.mp4")]) == 0
-    monkeypatch.setattr(cli, "available_memory_bytes", lambda: state + whole_frame)
+    monkeypatch.setattr(generation, "available_memory_bytes", lambda: state + whole_frame)
     assert run_cli(args + ["--tile", "none", "--out", str(tmp_path / "whole.mp4")]) == 0
 
 
@@ -507,10 +507,10 @@ def test_upsample_command_streams_a_long_video_in_segments(tmp_path, capsys, mon
 
 
 def test_generate_upscale_refuses_what_would_not_fit_in_memory(tmp_path, capsys, monkeypatch):
-    from videoldm import cli
+    from videoldm import generation
 
     cascade_pipeline().save_pretrained(tmp_path / "model")
-    monkeypatch.setattr(cli, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(generation, "available_memory_bytes", lambda: 1000)
     out = tmp_path / "o.mp4"
     assert run_cli(["generate", "--model", str(tmp_path / "model"), "--frames", "2", "--upscale", "4",
                     "--out", str(out)]) == 2

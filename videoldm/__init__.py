@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from ._startup import garbage_collection_paused as _garbage_collection_paused
+from .pipelines import PIPELINE_NAMES
 
 __version__ = "0.1.0"
 
@@ -49,10 +50,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_PUBLIC))
 
 
-# The pipeline classes a saved model_index.json may name (videoldm.pipelines.PIPELINE_CLASSES; a test keeps them equal).
-_PIPELINE_NAMES = ("CascadePipeline", "VideoInterpolationPipeline", "VideoLDMPipeline", "VideoUpsamplerPipeline")
-
-
 def _register_pipelines(diffusers: ModuleType) -> None:
     """Let the ``diffusers`` module resolve our pipeline class names, importing them on first use: its
     class becomes a subclass whose ``__getattr__`` knows them (importing them here could run inside
@@ -65,7 +62,7 @@ def _register_pipelines(diffusers: ModuleType) -> None:
 
 class _ResolvesVideoLDMPipelines(ModuleType):
     def __getattr__(self, name: str) -> Any:
-        if name in _PIPELINE_NAMES:
+        if name in PIPELINE_NAMES:
             with _garbage_collection_paused():
                 value = getattr(importlib.import_module(".pipelines", __name__), name)
             setattr(self, name, value)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .cli import MAX_SEED, GenerateOptions, GenerationPlan, UserError, load_pipeline, plan_generation, write_generation
+from .defaults import MAX_SEED
+from .generation import GenerateOptions, GenerationPlan, UserError, load_pipeline, plan_generation, write_generation
 
 if TYPE_CHECKING:
     import gradio

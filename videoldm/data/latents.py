@@ -51,25 +51,29 @@ def cache_shard_count(source: Dataset, shard_size: int) -> int:
     return -(-len(source) // shard_size)
 
 
+class LatentCacheError(ValueError):
+    """A cache directory that cannot take this encoding: neither new, empty, nor a cache with the same settings."""
+
+
 def check_cache_directory(directory: Path, description: dict[str, Any]) -> bool:
     """Whether ``directory`` continues an earlier cache (True) or starts a new one (False).
 
-    Raises ValueError if it exists and is neither empty nor a cache made with ``description``
-    (every entry of ``description`` must equal the earlier one's).
+    Raises :class:`LatentCacheError` if it exists and is neither empty nor a cache made with
+    ``description`` (every entry of ``description`` must equal the earlier one's).
     """
     if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
         return False
     marker = directory / CACHE_FILE
     if not marker.is_file():
-        raise ValueError(f"{directory} already exists and is not a latent cache; give a new or empty directory")
+        raise LatentCacheError(f"{directory} already exists and is not a latent cache; give a new or empty directory")
     try:
         earlier = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{marker}: not a readable cache description ({error})") from None
+        raise LatentCacheError(f"{marker}: not a readable cache description ({error})") from None
     differing = sorted(key for key in description if earlier.get(key) != description[key])
     if differing:
-        raise ValueError(f"{directory} holds a cache made with other settings ({', '.join(differing)} differ); "
-                         "give a new directory to encode with these")
+        raise LatentCacheError(f"{directory} holds a cache made with other settings ({', '.join(differing)} differ); "
+                               "give a new directory to encode with these")
     return True
 
 

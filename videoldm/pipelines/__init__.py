@@ -1,17 +1,38 @@
-"""The pipelines, one task each (diffusers-style), and the cascade that composes them."""
+"""The pipelines, one task each (diffusers-style), and the cascade that composes them.
 
-from .base import LatentVideoPipeline, SamplingOptions, VideoLDMPipelineOutput
-from .cascade import CascadePipeline, CascadePipelineOutput
-from .decoding import decode_latents, stream_decode
-from .interpolation import VideoInterpolationPipeline
-from .sampling import Guidance, denoise, guided_prediction
-from .upsample import VideoUpsamplerPipeline
-from .video import VideoLDMPipeline
+Imported on first use (PEP 562), like the package's top level: :mod:`~videoldm.pipelines.directory`
+and :mod:`~videoldm.pipelines.planning` read pipeline directories and plan requests without torch.
+"""
 
-# The pipeline classes a saved model_index.json may name as its "_class_name"; DiffusionPipeline.from_pretrained
-# resolves that name inside the diffusers module (see videoldm.__init__, which registers them there).
-PIPELINE_CLASSES = (VideoLDMPipeline, VideoInterpolationPipeline, VideoUpsamplerPipeline, CascadePipeline)
+from __future__ import annotations
 
-__all__ = ["CascadePipeline", "CascadePipelineOutput", "Guidance", "LatentVideoPipeline", "PIPELINE_CLASSES",
-           "SamplingOptions", "VideoInterpolationPipeline", "VideoLDMPipeline", "VideoLDMPipelineOutput",
-           "VideoUpsamplerPipeline", "decode_latents", "denoise", "guided_prediction", "stream_decode"]
+import importlib
+from typing import Any
+
+# public name -> the module that defines it
+_PUBLIC = {
+    **dict.fromkeys(("LatentVideoPipeline", "SamplingOptions", "VideoLDMPipelineOutput"), ".base"),
+    **dict.fromkeys(("CascadePipeline", "CascadePipelineOutput"), ".cascade"),
+    **dict.fromkeys(("decode_latents", "stream_decode"), ".decoding"),
+    "VideoInterpolationPipeline": ".interpolation",
+    **dict.fromkeys(("Guidance", "denoise", "guided_prediction"), ".sampling"),
+    "VideoUpsamplerPipeline": ".upsample",
+    "VideoLDMPipeline": ".video",
+}
+# The pipeline classes a saved model_index.json may name as its "_class_name" (videoldm registers them with diffusers).
+PIPELINE_NAMES = ("CascadePipeline", "VideoInterpolationPipeline", "VideoLDMPipeline", "VideoUpsamplerPipeline")
+
+__all__ = sorted(_PUBLIC) + ["PIPELINE_NAMES"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first access (PEP 562)."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

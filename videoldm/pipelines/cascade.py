@@ -34,11 +34,9 @@ from ..models.unet import TemporalWeights, VideoUNet
 from ..models.upsampler import VideoUpsampler
 from .base import LatentVideoPipeline, SamplingOptions, check_output_type
 from .interpolation import VideoInterpolationPipeline
+from .planning import INTERPOLATED, KEY_FRAMES
 from .upsample import VideoUpsamplerPipeline
 from .video import VideoLDMPipeline
-
-# The intermediate stages keep_stages reports, in cascade order.
-KEY_FRAMES, INTERPOLATED = "key_frames", "interpolated"
 
 StageCallback = Callable[[str, torch.Tensor], Any]
 

@@ -211,6 +211,10 @@ def plan_pieces(length: int, size: int | None, overlap: int) -> list[slice]:
 
 
 # ------------------------------------------------------------------------------------ the cascade
+# The intermediate stages CascadePipeline(keep_stages=True) reports, in cascade order.
+KEY_FRAMES, INTERPOLATED = "key_frames", "interpolated"
+
+
 @dataclass(frozen=True)
 class CascadeSteps:
     """Denoising steps (scheduler steps, as counted by ``callback_on_step_end``) each stage will run."""

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from ..config import RecipeError, check_arguments
-from .stages import STAGES
+from ..data.build import infer_kind
+from .stages import STAGES, AutoencoderStage, ImageLDMStage
 from .trainer import TrainSettings
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -73,3 +74,17 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     stage_arguments = {key: value for key, value in recipe.items() if key not in ("stage", "output_dir", "train")}
     check_arguments(STAGES[recipe["stage"]].__init__, stage_arguments, str(path))
     return recipe
+
+
+def data_override(recipe: dict[str, Any], path: str) -> dict[str, Any]:
+    """The recipe's ``data:`` section for training on ``path`` instead (``videoldm train --data PATH``): the
+    source kind ``path`` holds, and the recipe's clip entries (``num_frames``, ``fps``, ``size``), which
+    every video source takes. A ValueError if ``path`` holds no data the stage can train on."""
+    images = issubclass(STAGES[recipe["stage"]], (AutoencoderStage, ImageLDMStage))
+    kind = infer_kind(path, images=images)
+    clip = {key: value for key, value in recipe.get("data", {}).items() if key in ("num_frames", "fps", "size")}
+    if kind == "latents":
+        clip = {}
+    if images:
+        clip.pop("num_frames", None)
+    return {"kind": kind, "path": path, **clip}
