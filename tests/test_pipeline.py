@@ -159,7 +159,7 @@ def test_temporal_weights_transfer_to_another_image_backbone(tmp_path):
     assert torch.equal(swapped.unet.conv_in.weight, personalised.conv_in.weight)
     with pytest.raises(ValueError, match="not compatible"):
         video.load_spatial(tiny_image_unet(cross_attention=False))
-    with pytest.raises(FileNotFoundError, match="temporal_layers.safetensors"):
+    with pytest.raises(FileNotFoundError, match="no temporal weights"):
         video.load_temporal(tmp_path / "nowhere")
 
 

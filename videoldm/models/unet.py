@@ -13,11 +13,12 @@ of its own forward.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
@@ -27,7 +28,6 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.utils import BaseOutput
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..defaults import TEMPORAL_KINDS
@@ -42,8 +42,6 @@ from .temporal import (
     temporal_key,
 )
 
-TEMPORAL_WEIGHTS_NAME = "temporal_layers.safetensors"
-TEMPORAL_CONFIG_NAME = "temporal_config.json"
 SPATIAL_PREFIX = "unet."
 TEMPORAL_PREFIX = "temporal."
 _BLOCK_MEMBER = re.compile(r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets|attentions)\.\d+$")
@@ -78,28 +76,57 @@ def expand_timesteps(timestep: torch.Tensor | float | int, batch: int, num_frame
     )
 
 
-def _video_layers(
-    unet: UNet2DConditionModel,
-    unet_config: dict | None = None,
-    temporal_kinds: Sequence[str] = TEMPORAL_KINDS,
-    attention_everywhere: bool = False,
-    conv_kernel_size: Sequence[int] = (3, 3, 3),
-    alpha_init: float = 0.5,
-    attention_head_dim: int = 64,
-    context_channels: int | None = None,
-    frame_rate_regimes: int = 0,
-) -> tuple[TemporalInflation, ContextEncoder | None]:
-    """The temporal layers (unattached) and context encoder a :class:`VideoUNet` with these options puts on ``unet``.
+@dataclass(frozen=True)
+class TemporalOptions:
+    """The temporal layers an inflated UNet gets: its config entries beside ``unet_config``, defined once.
+
+    ``temporal_kinds`` picks the layer kinds (``"conv"``, ``"attention"``); ``attention_everywhere``
+    also gives ResNet blocks of attention-free UNet blocks a temporal attention; ``conv_kernel_size`` is
+    ``(3, 3, 3)`` (paper) or ``(3, 1, 1)``; ``alpha_init`` is the initial ``alpha = sigmoid(m)`` of every
+    blender. ``context_channels`` makes a prediction / interpolation model: a
+    :class:`~videoldm.models.context.ContextEncoder` of that width turns ``context_mask`` and
+    ``context_latents`` into features for every temporal layer (zero-initialised, so the model first
+    equals the one without context). ``frame_rate_regimes`` (interpolation models) adds a per-video
+    ``frame_rate_regime`` flag to the context encoder.
+    """
+
+    temporal_kinds: Sequence[str] = TEMPORAL_KINDS
+    attention_everywhere: bool = False
+    conv_kernel_size: Sequence[int] = (3, 3, 3)
+    alpha_init: float = 0.5
+    attention_head_dim: int = 64
+    context_channels: int | None = None
+    frame_rate_regimes: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.temporal_kinds) - set(TEMPORAL_KINDS)
+        if unknown or not self.temporal_kinds:
+            raise ValueError(f"temporal_kinds must be a non-empty subset of {TEMPORAL_KINDS}, got {list(self.temporal_kinds)}")
+        if self.context_channels is not None and self.context_channels < 1:
+            raise ValueError(f"context_channels must be a positive number of channels or None, got {self.context_channels}")
+        if self.frame_rate_regimes < 0 or (self.frame_rate_regimes and not self.context_channels):
+            raise ValueError(f"frame_rate_regimes ({self.frame_rate_regimes}) needs context conditioning (context_channels)")
+
+
+def takes_temporal_options(init: Callable[..., None]) -> Callable[..., None]:
+    """Show ``init(self, unet_config, ..., **temporal_options)``'s :class:`TemporalOptions` as keyword parameters of
+    its signature: diffusers builds a model's config, and reads it back, from its ``__init__`` signature."""
+    signature = inspect.signature(init)
+    own = [parameter for parameter in signature.parameters.values() if parameter.kind is not parameter.VAR_KEYWORD]
+    options = [inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=field.type)
+               for field in fields(TemporalOptions)]
+    init.__signature__ = signature.replace(parameters=own + options)
+    return init
+
+
+def _video_layers(unet: UNet2DConditionModel, options: TemporalOptions) -> tuple[TemporalInflation, ContextEncoder | None]:
+    """The temporal layers (unattached) and context encoder a :class:`VideoUNet` with ``options`` puts on ``unet``.
 
     Only the UNet's module tree and sizes are read, so ``unet`` may live on the meta device.
     """
-    unknown = set(temporal_kinds) - set(TEMPORAL_KINDS)
-    if unknown or not temporal_kinds:
-        raise ValueError(f"temporal_kinds must be a non-empty subset of {TEMPORAL_KINDS}, got {list(temporal_kinds)}")
-    if context_channels is not None and context_channels < 1:
-        raise ValueError(f"context_channels must be a positive number of channels or None, got {context_channels}")
-    if frame_rate_regimes < 0 or (frame_rate_regimes and not context_channels):
-        raise ValueError(f"frame_rate_regimes ({frame_rate_regimes}) needs context conditioning (context_channels)")
+    temporal_kinds, attention_everywhere = options.temporal_kinds, options.attention_everywhere
+    conv_kernel_size, alpha_init, attention_head_dim = options.conv_kernel_size, options.alpha_init, options.attention_head_dim
+    context_channels, frame_rate_regimes = options.context_channels, options.frame_rate_regimes
     blocks_with_attention = {
         name.rsplit(".attentions.", 1)[0] for name, _ in unet.named_modules() if ".attentions." in name
     }
@@ -136,14 +163,7 @@ def _video_layers(
 class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
     """An image UNet plus temporal layers; ``forward`` maps ``(B, T, C, H, W)`` to the same shape.
 
-    Options: ``temporal_kinds`` picks the layer kinds (``"conv"``, ``"attention"``);
-    ``attention_everywhere`` also gives ResNet blocks of attention-free UNet blocks a temporal
-    attention; ``conv_kernel_size`` is ``(3, 3, 3)`` (paper) or ``(3, 1, 1)``; ``alpha_init`` is the
-    initial ``alpha = sigmoid(m)`` of every blender. ``context_channels`` makes a prediction /
-    interpolation model: a :class:`~videoldm.models.context.ContextEncoder` of that width turns
-    ``context_mask`` and ``context_latents`` into features for every temporal layer (zero-initialised,
-    so the model first equals the one without context). ``frame_rate_regimes`` (interpolation
-    models) adds a per-video ``frame_rate_regime`` flag to the context encoder.
+    ``unet_config`` is the image UNet's; the temporal layers are given by :class:`TemporalOptions`' fields.
     """
 
     _supports_gradient_checkpointing = True
@@ -151,25 +171,12 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
     spatial_attribute = "unet"
 
     @register_to_config
-    def __init__(
-        self,
-        unet_config: dict,
-        temporal_kinds: Sequence[str] = TEMPORAL_KINDS,
-        attention_everywhere: bool = False,
-        conv_kernel_size: Sequence[int] = (3, 3, 3),
-        alpha_init: float = 0.5,
-        attention_head_dim: int = 64,
-        context_channels: int | None = None,
-        frame_rate_regimes: int = 0,
-    ) -> None:
+    @takes_temporal_options
+    def __init__(self, unet_config: dict, **temporal_options: Any) -> None:
         super().__init__()
         self.unet = UNet2DConditionModel.from_config(_public_config(unet_config))
-        # Explicit options, not self.config: a subclass (VideoUpsampler) registers more entries.
-        self.temporal, self.context_encoder = _video_layers(
-            self.unet, temporal_kinds=temporal_kinds, attention_everywhere=attention_everywhere,
-            conv_kernel_size=conv_kernel_size, alpha_init=alpha_init, attention_head_dim=attention_head_dim,
-            context_channels=context_channels, frame_rate_regimes=frame_rate_regimes,
-        )
+        # The options given, not self.config: a subclass (VideoUpsampler) registers more entries.
+        self.temporal, self.context_encoder = _video_layers(self.unet, TemporalOptions(**temporal_options))
         self.temporal.attach(self.unet)
 
     @classmethod
@@ -248,31 +255,24 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         return self
 
     def save_temporal(self, directory: str | Path) -> Path:
-        """Write the temporal weights alone (safetensors) and their options to ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {key: value.detach().contiguous().cpu() for key, value in self.temporal_state_dict().items()}
-        save_file(state, directory / TEMPORAL_WEIGHTS_NAME)
-        options = {key: value for key, value in _public_config(self.config).items() if key != "unet_config"}
-        (directory / TEMPORAL_CONFIG_NAME).write_text(json.dumps(options, indent=2, default=list))
-        return directory
+        """Write the temporal weights alone to ``directory``: a :class:`TemporalWeights` model (config.json and
+        safetensors), the one format temporal weights take, in a pipeline (``interpolator``) or on their own."""
+        self.temporal_weights().save_pretrained(directory)
+        return Path(directory)
 
     def load_temporal(self, directory: str | Path) -> "VideoUNet":
         """Load temporal weights written by :meth:`save_temporal`; they must match this model's layers."""
-        path = Path(directory) / TEMPORAL_WEIGHTS_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no temporal weights at {path} (write them with VideoUNet.save_temporal)")
-        state = load_file(path)
-        expected = set(self.temporal_state_dict())
+        return self._load_temporal_weights(_read_temporal_weights(directory))
+
+    def _load_temporal_weights(self, weights: "TemporalWeights") -> "VideoUNet":
+        state = weights.state_dict()
+        expected = {key for key in self.state_dict() if not key.startswith(SPATIAL_PREFIX)}
         if set(state) != expected:
             raise ValueError(
-                f"{path} does not match this model's temporal layers: missing {sorted(expected - set(state))[:3]},"
+                f"these temporal weights do not match this model's temporal layers: missing {sorted(expected - set(state))[:3]},"
                 f" unexpected {sorted(set(state) - expected)[:3]}"
             )
-        self.temporal.load_state_dict({key: value for key, value in state.items() if not key.startswith("context_encoder.")})
-        if self.context_encoder is not None:
-            prefix = "context_encoder."
-            self.context_encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self.load_state_dict(state, strict=False)
         return self
 
     @classmethod
@@ -280,8 +280,9 @@ class VideoUNet(InflatedModelMixin, ModelMixin, ConfigMixin):
         cls, image_unet: UNet2DConditionModel, temporal_directory: str | Path
     ) -> "VideoUNet":
         """Attach saved temporal layers to any compatible image UNet (the paper's DreamBooth transfer)."""
-        options = json.loads((Path(temporal_directory) / TEMPORAL_CONFIG_NAME).read_text())
-        return cls.from_image_unet(image_unet, **options).load_temporal(temporal_directory)
+        weights = _read_temporal_weights(temporal_directory)
+        options = {key: value for key, value in _public_config(weights.config).items() if key != "unet_config"}
+        return cls.from_image_unet(image_unet, **options)._load_temporal_weights(weights)
 
     # ----------------------------------------------------------------------------- forward
     def forward(
@@ -391,18 +392,15 @@ class TemporalWeights(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(
-        self,
-        unet_config: dict,
-        temporal_kinds: Sequence[str] = TEMPORAL_KINDS,
-        attention_everywhere: bool = False,
-        conv_kernel_size: Sequence[int] = (3, 3, 3),
-        alpha_init: float = 0.5,
-        attention_head_dim: int = 64,
-        context_channels: int | None = None,
-        frame_rate_regimes: int = 0,
-    ) -> None:
+    @takes_temporal_options
+    def __init__(self, unet_config: dict, **temporal_options: Any) -> None:
         super().__init__()
         with torch.device("meta"):
             spatial = UNet2DConditionModel.from_config(_public_config(unet_config))
-        self.temporal, self.context_encoder = _video_layers(spatial, **_public_config(self.config))
+        self.temporal, self.context_encoder = _video_layers(spatial, TemporalOptions(**temporal_options))
+
+
+def _read_temporal_weights(directory: str | Path) -> TemporalWeights:
+    if not (Path(directory) / "config.json").is_file():
+        raise FileNotFoundError(f"no temporal weights at {directory} (write them with VideoUNet.save_temporal)")
+    return TemporalWeights.from_pretrained(directory)

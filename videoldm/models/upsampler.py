@@ -19,18 +19,19 @@ with the low-resolution pixels' own size, so nothing is resized.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 # ModelMixin is looked up in this module by name when a pipeline loads a VideoUpsampler component
 # (diffusers checks `getattr(<the component's module>, "ModelMixin")`), so it must be importable here.
 from diffusers import DDPMScheduler, ModelMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 from einops import rearrange
 
-from ..defaults import DEFAULT_MAX_NOISE_LEVEL, TEMPORAL_KINDS
-from .unet import VideoUNet, VideoUNetOutput
+from ..defaults import DEFAULT_MAX_NOISE_LEVEL
+from .unet import VideoUNet, VideoUNetOutput, takes_temporal_options
 
 
 def resize_frames(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -83,18 +84,15 @@ class VideoUpsampler(VideoUNet):
     ignore_for_config = ["context_channels", "frame_rate_regimes"]
 
     @register_to_config
+    @takes_temporal_options
     def __init__(
         self,
         unet_config: dict,
-        temporal_kinds: Sequence[str] = TEMPORAL_KINDS,
-        attention_everywhere: bool = False,
-        conv_kernel_size: Sequence[int] = (3, 3, 3),
-        alpha_init: float = 0.5,
-        attention_head_dim: int = 64,
         low_res_channels: int = 3,
         max_noise_level: int = DEFAULT_MAX_NOISE_LEVEL,
         scale_factor: int = 4,
         bicubic_residual_scale: float | None = None,
+        **temporal_options: Any,
     ) -> None:
         in_channels, num_levels = unet_config["in_channels"], unet_config.get("num_class_embeds")
         if not 0 < low_res_channels < in_channels:
@@ -108,7 +106,10 @@ class VideoUpsampler(VideoUNet):
             raise ValueError("bicubic_residual_scale must be positive and needs a pixel-space upsampler (as many sample "
                              f"as low-resolution channels); got {bicubic_residual_scale} with {in_channels} UNet input "
                              f"channels, {low_res_channels} low-resolution")
-        super().__init__(unet_config, temporal_kinds, attention_everywhere, conv_kernel_size, alpha_init, attention_head_dim)
+        context = sorted(name for name in self.ignore_for_config if temporal_options.get(name))
+        if context:
+            raise ValueError(f"an upsampler has no context conditioning; got {context}")
+        super().__init__(unet_config, **temporal_options)
 
     @property
     def sample_channels(self) -> int:
