@@ -2,7 +2,7 @@
 
 The stages are run one after another with their stage pipelines, as ``CascadePipeline`` chains them:
 ``--key-frames`` key frames (``video_pipeline().generate_frames``, label ``--label``, ``--steps`` steps), interpolation
-x4 (regime 0) and again x4 (regime 1) for x16 (``interpolate``, ``--steps`` steps each window),
+x4 (regime 0) and again x4 (regime 1) for x16 (``interpolation_pipeline()``, ``--steps`` steps each window),
 decoding with the temporal decoder (``decode_frames``), and upsampling x4 32x32 -> 128x128
 (``upsampler_pipeline()``, ``--upsampler-steps`` steps, noise level ``--noise-level``). Each stage is
 timed and divided by the frames it outputs; the whole by the final frames. ``--gif`` writes the

@@ -231,10 +231,10 @@ def test_each_segment_continues_the_frames_it_shares_with_the_one_before(monkeyp
     monkeypatch.setattr(upsample_module, "denoise", recorded)
 
     def segments(segment_frames, frames=9):
+        options = upsample_module.UpsamplingOptions(noise_level=5, num_inference_steps=2, window_frames=4, window_overlap=2,
+                                                    segment_frames=segment_frames, generator=torch.Generator().manual_seed(0))
         return list(upsample_module.upsample_video_segments(
-            upsampler, tiny_scheduler(), low_res_scheduler(), video[:, :frames], sample_size=(16, 16), noise_level=5,
-            num_inference_steps=2, window_frames=4, window_overlap=2, segment_frames=segment_frames,
-            generator=torch.Generator().manual_seed(0)))
+            upsampler, tiny_scheduler(), low_res_scheduler(), video[:, :frames], sample_size=(16, 16), options=options))
 
     pieces = segments(5)  # runs on frames 0-4, 3-7 and 6-8
     assert [piece.shape[1] for piece in pieces] == [5, 3, 1]

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from . import __version__
 from ._startup import import_frozen, skip_exit_collection
@@ -69,7 +71,7 @@ from .generation import (
     write_interpolation,
     write_upsampled,
 )
-from .pipelines.directory import PipelineDirectoryError, inspect_pipeline_directory
+from .pipelines.directory import PipelineDirectoryError, inspect_pipeline_directory, pipeline_frame_format
 
 app = typer.Typer(
     add_completion=False,
@@ -93,13 +95,27 @@ def plain_warnings(quiet: tuple[type[Warning], ...] = ()) -> Iterator[None]:
     """Show each warning (a skipped file, a resized video) as one ``warning:`` line on stderr, not
     Python's file:line format; tqdm.write keeps the line from tearing an active progress bar.
     Warnings of the ``quiet`` categories are not shown."""
-    from tqdm.auto import tqdm
-
     with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_, **__: tqdm.write(f"warning: {message}", file=sys.stderr)
+        warnings.showwarning = lambda message, *_, **__: progress_bars().write(f"warning: {message}", file=sys.stderr)
         for category in quiet:
             warnings.filterwarnings("ignore", category=category)
         yield
+
+
+def progress_bars() -> type:
+    """``tqdm.auto.tqdm``, imported on first use: it would add 40 ms to ``videoldm --help``."""
+    from tqdm.auto import tqdm
+
+    return tqdm
+
+
+def echo_skipped(source: Any) -> None:
+    """The end-of-run line counting the files ``source`` (a data source or trainer) skipped, if any."""
+    from .data.sources import skipped_summary  # the data sources import torch
+
+    summary = skipped_summary(source)
+    if summary:
+        typer.echo(f"data: {summary}")
 
 
 def process_rank() -> int:
@@ -165,8 +181,6 @@ def generate(
     continue_video: Optional[Path] = _generate_option("continue_video", help="Prediction models: a video to continue; OUT is its frames followed by --frames new ones."),
 ) -> None:
     """Generate a video and write it to OUT (long videos are written as their frames are made)."""
-    from tqdm.auto import tqdm
-
     plan = plan_generation(GenerateOptions(
         model=model, frames=frames, steps=steps, seed=seed, guidance=guidance, prompt=prompt, labels=tuple(label or ()),
         fps=fps, fps_multiplier=fps_multiplier, upscale=upscale, upscale_steps=upscale_steps,
@@ -176,7 +190,7 @@ def generate(
     pipe = load_pipeline(plan.info, interpolation=plan.options.fps_multiplier > 1, upsampling=plan.options.upscale > 1)
     # One display for every stage: the denoising steps of key frames, interpolation and upsampling.
     pipe.set_progress_bar_config(disable=True)
-    with tqdm(total=plan.cascade_steps().total, desc="denoising", unit="step", leave=False) as bar:
+    with progress_bars()(total=plan.cascade_steps().total, desc="denoising", unit="step", leave=False) as bar:
         def on_step(*_: Any) -> None:  # returns None: a step callback's return value would replace the latents
             bar.update()
 
@@ -204,12 +218,10 @@ def interpolate(
     decoder: str = typer.Option("video", "--decoder", help="'video' (temporal decoder when the model has one) or 'image'."),
 ) -> None:
     """Raise the frame rate of a video x4 or x16 with the interpolation model; input frame k is output frame factor*k."""
-    from tqdm.auto import tqdm
-
     request = plan_interpolation_request(video, out, InterpolateOptions(
         factor=factor, model=model, steps=steps, seed=seed, context_guidance=context_guidance, guidance=guidance,
         prompt=prompt, labels=tuple(label or ()), regime=regime, fps=fps, resize=resize, decoder=decoder))
-    with tqdm(total=request.total_frames, desc="decoding", unit="frame", leave=False) as bar:
+    with progress_bars()(total=request.total_frames, desc="decoding", unit="frame", leave=False) as bar:
         write_interpolation(request, out, progress_bar={"leave": False, "desc": "denoising"}, on_frames=bar.update)
     height, width = request.info.frame_shape[1:]
     typer.echo(f"wrote {out} ({request.total_frames} frames from {len(request.keys)}, {width}x{height}, "
@@ -298,7 +310,7 @@ def train(
     accelerate launch [--multi_gpu --num_processes N --num_machines M ...] -m videoldm train RECIPE
     """
     from .data.build import DataError
-    from .data.sources import DataWarning, skipped_summary
+    from .data.sources import DataWarning
     from .training.draws import micro_batch_size
     from .training.recipes import RecipeError, data_override, load_recipe, resolve_recipe
     from .training.stages import build_trainer
@@ -337,9 +349,7 @@ def train(
     if trainer.is_main:
         losses = ", ".join(f"{key} {value:.4f}" for key, value in result.logs.items())
         typer.echo(f"{trainer.output_dir}: step {result.step} in {result.seconds:.0f} s ({losses})")
-        summary = skipped_summary(trainer)
-        if summary:
-            typer.echo(f"data: {summary}")
+        echo_skipped(trainer)
 
 
 @app.command()
@@ -364,8 +374,7 @@ def encode(
     """
     from .data.build import DataError, build_source, infer_kind
     from .data.latents import LatentCacheError, check_cache_directory
-    from .data.sources import DataWarning, skipped_summary
-    from .pipelines.components import pipeline_frame_format
+    from .data.sources import DataWarning
     from .training.encoding import CacheSettings, encode_latent_cache
 
     if device is not None:
@@ -398,9 +407,7 @@ def encode(
                                         CacheSettings(shard_size, batch_size, seed, embed, device))
     if cache is not None:  # the main process
         typer.echo(f"wrote {out}: {cache.clips} clips in {cache.shards} shard(s) ({cache.encoded} encoded by this run)")
-        summary = skipped_summary(source)
-        if summary:
-            typer.echo(f"data: {summary}")
+        echo_skipped(source)
 
 
 @app.command()
@@ -488,9 +495,6 @@ def evaluate(
 
 def _print_results(result: dict) -> None:
     """The inputs as one line per set, then a table: metric | value | protocol."""
-    from rich.console import Console
-    from rich.table import Table
-
     for name, info in result["inputs"].items():
         notes = [f"{info[key]} {key}" for key in ("skipped", "resized") if info[key]]
         typer.echo(f"{name}: {info['clips']} clips of {info['width']}x{info['height']} from {info['path']}"
@@ -563,7 +567,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 # What every command but --help / --version imports: torch, diffusers, PyAV and our networks.
-PROGRAM_MODULES = ("videoldm.models", "videoldm.pipelines", "videoldm.data.io")
+PROGRAM_MODULES = ("videoldm.pipelines.cascade", "videoldm.data.io")
 NO_NETWORK_ARGUMENTS = ("--help", "--version")
 
 

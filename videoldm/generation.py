@@ -40,11 +40,13 @@ from .defaults import (
     TEMPORAL_KINDS,
 )
 from .embedded import embedded_model_dir
+from .models.configs import downsampling_factor
 from .pipelines.directory import (
     UPSAMPLER_COMPONENTS,
     PipelineDirectoryError,
     PipelineInfo,
     check_model_folder,
+    conditioning_fault,
     inspect_pipeline_directory,
 )
 from .pipelines.planning import (
@@ -119,7 +121,7 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
-def inspect_model(model: Optional[Path]):
+def inspect_model(model: Optional[Path]) -> PipelineInfo:
     """The :class:`PipelineInfo` of ``--model`` (or of the embedded model), checked without loading weights."""
     if model is None:
         model = embedded_model_dir()
@@ -132,15 +134,15 @@ def inspect_model(model: Optional[Path]):
     return info
 
 
-def check_conditioning(info, prompt: Optional[str], labels: Optional[list[int]], *, prompt_is_conditioning: bool = True) -> None:
-    """Refuse conditioning the model cannot use: a prompt without a text encoder, labels without a label encoder."""
-    if prompt is not None and prompt_is_conditioning and info.conditioning != "text":
-        kind = "label-conditional (use --label)" if info.conditioning == "label" else "unconditional"
-        raise UserError(f"--prompt: model {info.path} has no text encoder; it is {kind}")
+def check_conditioning(info: PipelineInfo, prompt: Optional[str], labels: Optional[list[int]], *, prompt_is_conditioning: bool = True) -> None:
+    """Refuse conditioning the model cannot use (:func:`~videoldm.pipelines.directory.conditioning_fault`, the
+    pipelines' own rule), more labels than it takes or a class it does not know."""
+    prompted = prompt is not None and prompt_is_conditioning
+    fault = conditioning_fault(info.conditioning, prompt=prompted, labels=bool(labels))
+    if fault is not None:
+        option = "--prompt" if prompted and info.conditioning != "text" else "--label"
+        raise UserError(f"{option}: model {info.path}: {fault}")
     if labels:
-        if info.conditioning != "label":
-            kind = "text-conditional (use --prompt)" if info.conditioning == "text" else "unconditional"
-            raise UserError(f"--label: model {info.path} has no label encoder; it is {kind}")
         config = info.configs["label_encoder"]
         num_classes, max_labels = int(config.get("num_classes", 10)), int(config.get("max_labels", 1))
         if len(labels) > max_labels:
@@ -150,7 +152,7 @@ def check_conditioning(info, prompt: Optional[str], labels: Optional[list[int]],
             raise UserError(f"--label {bad[0]}: expected a class in 0..{num_classes - 1}")
 
 
-def resolve_steps(info, steps: Optional[int]) -> int:
+def resolve_steps(info: PipelineInfo, steps: Optional[int]) -> int:
     """The denoising steps to take: ``steps``, or for None the model's own (``info.default_steps``); a
     scheduler cannot take more inference steps than it has training timesteps."""
     if steps is None:
@@ -492,7 +494,7 @@ def write_generation(
                 on_frames(piece.shape[1])
 
 
-def inspect_upsampler(model: Optional[Path]):
+def inspect_upsampler(model: Optional[Path]) -> PipelineInfo:
     """The :class:`PipelineInfo` of an upsampler ``--model`` (default: the embedded model): a Video LDM pipeline
     with a video upsampler, or an upsampler pipeline of its own (``videoldm train digits_image_upsampler``)."""
     if model is None:
@@ -518,8 +520,7 @@ def load_upsampler(info: PipelineInfo) -> VideoUpsamplerPipeline:
 def upsampler_side_multiple(info: PipelineInfo) -> int:
     """What the low-resolution frames' sides must be multiples of for the upsampler of ``info`` (its UNet's downsamplings)."""
     upsampler = info.configs["upsampler"]
-    levels = 2 ** (len(upsampler["unet_config"]["block_out_channels"]) - 1)
-    return max(1, levels * upsampler_latent_cell(info) // int(upsampler["scale_factor"]))
+    return max(1, downsampling_factor(upsampler) * upsampler_latent_cell(info) // int(upsampler["scale_factor"]))
 
 
 def upsampler_latent_cell(info: PipelineInfo) -> int:
@@ -527,7 +528,7 @@ def upsampler_latent_cell(info: PipelineInfo) -> int:
     stand-alone latent upsampler (the x4 upscaler inflated) on its autoencoder's latents."""
     if "vae" not in info.components or info.has_upsampler:
         return 1
-    return 2 ** (len(info.configs["vae"]["block_out_channels"]) - 1)
+    return downsampling_factor(info.configs["vae"])
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.io import VIDEO_SUFFIXES
+from ..data.io import VIDEO_SUFFIXES, VideoReadError, read_video, write_video
 from ._weights import package_file, require_file
 from .clip_sim import clip_sim
 from .fid import FID_INSTALL_HINT, INCEPTION_RESOLUTION, compute_fid, load_inception
@@ -83,8 +83,6 @@ def load_clips(paths: Sequence[str | Path], num_frames: int = 16, num_clips: int
     resized (bilinear, antialiased) to its size, with a warning. Raises ValueError if no clip is left.
     All clips are held in memory: 1000 clips of 16 x 256 x 256 take 12.6 GB.
     """
-    from ..data.io import VideoReadError, read_video
-
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if num_clips is not None and num_clips < 1:
@@ -267,8 +265,6 @@ def generate_videos(pipe: Any, out_dir: str | Path, num_videos: int, *, num_fram
     set covers every class; ``prompt`` goes to pipelines with a text encoder. Batch ``k`` is
     sampled with seed ``seed + k``; ``steps`` None is the pipeline's own default. Returns the written paths in order.
     """
-    from ..data.io import write_video
-
     if num_videos < 1:
         raise ValueError(f"number of videos to generate must be >= 1, got {num_videos}")
     out_dir = Path(out_dir)

@@ -20,7 +20,7 @@ decoder. Long videos are decoded in overlapping windows of frames (:meth:`Tempor
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
@@ -30,6 +30,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from einops import rearrange
 from torch import nn
 
+from .configs import downsampling_factor
 from .temporal import (
     BlendedTemporalLayer,
     FrameContext,
@@ -268,13 +269,9 @@ def image_vae_of(vae: AutoencoderKL | TemporalDecoder) -> AutoencoderKL:
     return vae.vae if isinstance(vae, TemporalDecoder) else vae
 
 
-def vae_scale_factor(vae: AutoencoderKL | TemporalDecoder | dict[str, Any]) -> int:
-    """Pixels per latent cell of an autoencoder, a :class:`TemporalDecoder`, or either's config (a dict)."""
-    if isinstance(vae, dict):
-        config = vae.get("autoencoder_config", vae)  # a TemporalDecoder nests its image autoencoder's config
-    else:
-        config = image_vae_of(vae).config
-    return 2 ** (len(config["block_out_channels"]) - 1)
+def vae_scale_factor(vae: AutoencoderKL | TemporalDecoder) -> int:
+    """Pixels per latent cell of an autoencoder or a :class:`TemporalDecoder` (:func:`~videoldm.models.configs.downsampling_factor`)."""
+    return downsampling_factor(vae.config)
 
 
 def scale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:

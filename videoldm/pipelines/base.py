@@ -9,7 +9,7 @@ autoencoder's latents with a scheduler and optional text or label conditioning;
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -63,15 +63,6 @@ class SamplingOptions:
     decode_chunk_size: int = 8
     decoder: str = "video"
     callback_on_step_end: StepCallback | None = None
-
-    @classmethod
-    def build(cls, options: "SamplingOptions | None", fields_given: dict[str, Any], **defaults: Any) -> "SamplingOptions":
-        """``options`` with ``fields_given`` set (a ``TypeError`` names an unknown one); ``defaults`` for a new one."""
-        names = {field.name for field in fields(cls)}
-        unknown = sorted(set(fields_given) - names)
-        if unknown:
-            raise TypeError(f"unexpected sampling option(s) {unknown}; expected some of {sorted(names)}")
-        return cls(**(defaults | fields_given)) if options is None else replace(options, **fields_given)
 
 
 def check_sampling_options(options: SamplingOptions, num_inference_steps: int) -> None:

@@ -35,6 +35,7 @@ from ..models.upsampler import VideoUpsampler
 from .base import LatentVideoPipeline, SamplingOptions, check_output_type
 from .interpolation import VideoInterpolationPipeline
 from .planning import INTERPOLATED, KEY_FRAMES
+from .sampling import options_from
 from .upsample import VideoUpsamplerPipeline
 from .video import VideoLDMPipeline
 
@@ -158,7 +159,7 @@ class CascadePipeline(DiffusionPipeline):
             yield from video.generate_frames(**key_frame_options, output_type="pt")
             return
         sampling_fields = {name: key_frame_options.pop(name) for name in SAMPLING_FIELDS if name in key_frame_options}
-        sampling = SamplingOptions.build(key_frame_options.pop("sampling", None), sampling_fields)
+        sampling = options_from(SamplingOptions, key_frame_options.pop("sampling", None), sampling_fields)
         latents = torch.cat(list(video.generate_frames(**key_frame_options, sampling=sampling, output_type="latent")), dim=1)
         if on_stage is not None:
             on_stage(KEY_FRAMES, torch.cat(list(video.decode_frames(latents, decoder=sampling.decoder)), dim=1))

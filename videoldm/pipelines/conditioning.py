@@ -1,8 +1,8 @@
-"""Prompts and class labels -> the UNet's ``encoder_hidden_states``, and the rules of which a model takes.
+"""Prompts and class labels -> the UNet's ``encoder_hidden_states``.
 
-The rules (:func:`conditioning_fault`) read only what kind of conditioning a model has, so the
-command line checks a request with them from a pipeline directory's configs before loading it,
-and the pipelines apply the same rules to their loaded encoders.
+Which conditioning a model takes is one rule, :func:`~videoldm.pipelines.directory.conditioning_fault`:
+the command line applies it to a pipeline directory's configs before loading it, the pipelines to
+their loaded encoders.
 """
 
 from __future__ import annotations
@@ -12,28 +12,7 @@ from typing import Any
 import torch
 
 from ..models.conditioning import LabelEncoder
-
-CONDITIONING_KINDS = ("text", "label", "none")
-_KIND_NAMES = {"text": "text-conditional", "label": "label-conditional", "none": "unconditional"}
-
-
-def conditioning_fault(kind: str, *, prompt: bool = False, negative_prompt: bool = False, labels: bool = False) -> str | None:
-    """Why a model of conditioning ``kind`` (``"text"``, ``"label"`` or ``"none"``) cannot take a request with
-    a prompt / negative prompt / labels, or None if it can."""
-    if prompt and labels:
-        return "give a prompt or labels, not both"
-    name = _KIND_NAMES[kind]
-    if kind != "text" and (prompt or negative_prompt):
-        if not prompt:
-            advice = "it takes no negative prompt"
-        else:
-            advice = "pass labels instead of a prompt" if kind == "label" else "it takes no prompt"
-        return f"this pipeline is {name}: it has no text encoder; {advice}"
-    if kind != "label" and labels:
-        advice = "pass a prompt instead of labels" if kind == "text" else "it takes no labels"
-        return f"this pipeline is {name}: it has no label encoder; {advice}"
-    return None
-
+from .directory import conditioning_fault
 
 def encode_prompts(text_encoder: torch.nn.Module, tokenizer: Any, prompts: list[str], device: torch.device | str) -> torch.Tensor:
     """Prompts -> the text encoder's last hidden states ``(B, L, D)``, padded to the tokenizer's maximum length

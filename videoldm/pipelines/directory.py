@@ -3,7 +3,9 @@
 Loading a pipeline reads every weight; sampling with it can take minutes. Every fault a user can
 cause with the directory they point at (a missing or truncated weight file, a malformed config, an
 image pipeline where a video pipeline is wanted) is found here first, from the JSON files and the
-safetensors headers alone, and reported as :class:`PipelineDirectoryError` naming the file.
+safetensors headers alone, and reported as :class:`PipelineDirectoryError` naming the file. What
+the directory's models make (:func:`frame_format`) and take (:func:`conditioning_fault`) is read
+from the same configs. Torch-free: requests are checked before the network code is imported.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from ..defaults import DEFAULT_NUM_INFERENCE_STEPS
+from ..models.configs import downsampling_factor, image_model_config
+
 MODEL_INDEX = "model_index.json"
 REQUIRED_COMPONENTS = ("unet", "vae", "scheduler")
 UPSAMPLER_COMPONENTS = ("upsampler", "scheduler", "low_res_scheduler")  # a VideoUpsamplerPipeline's
 _CONFIG_NAMES = ("config.json", "scheduler_config.json", "tokenizer_config.json", "preprocessor_config.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
-# A pipeline's own number of denoising steps (model_index.json's ``default_num_inference_steps``): the
-# fewest its makers measured at full quality. Pipelines that do not say get the usual 25.
-DEFAULT_NUM_INFERENCE_STEPS = 25
 
 
 class PipelineDirectoryError(ValueError):
@@ -74,18 +76,70 @@ class PipelineInfo:
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
-        """``(channels, height, width)`` of the pixel frames the pipeline makes by default."""
-        vae = self.configs["vae"]
-        vae = vae.get("autoencoder_config", vae)  # a TemporalDecoder nests its image autoencoder's config
-        unet = self.configs["unet"]
-        unet = unet.get("unet_config", unet)
-        size = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-        return int(vae.get("out_channels", 3)), size, size
+        """``(channels, height, width)`` of the pixel frames the pipeline makes by default (:func:`frame_format`)."""
+        frames = pipeline_frame_format(self)
+        return frames.channels, frames.height, frames.width
 
     @property
     def num_train_timesteps(self) -> int:
         """The scheduler's training timesteps: the most inference steps it can take."""
         return int(self.configs["scheduler"].get("num_train_timesteps", 1000))
+
+
+CONDITIONING_KINDS = ("text", "label", "none")
+_KIND_NAMES = {"text": "text-conditional", "label": "label-conditional", "none": "unconditional"}
+
+
+def conditioning_fault(kind: str, *, prompt: bool = False, negative_prompt: bool = False, labels: bool = False) -> str | None:
+    """Why a model of conditioning ``kind`` (``"text"``, ``"label"`` or ``"none"``) cannot take a request with
+    a prompt / negative prompt / labels, or None if it can."""
+    if prompt and labels:
+        return "give a prompt or labels, not both"
+    name = _KIND_NAMES[kind]
+    if kind != "text" and (prompt or negative_prompt):
+        if not prompt:
+            advice = "it takes no negative prompt"
+        else:
+            advice = "pass labels instead of a prompt" if kind == "label" else "it takes no prompt"
+        return f"this pipeline is {name}: it has no text encoder; {advice}"
+    if kind != "label" and labels:
+        advice = "pass a prompt instead of labels" if kind == "text" else "it takes no labels"
+        return f"this pipeline is {name}: it has no label encoder; {advice}"
+    return None
+
+
+@dataclass(frozen=True)
+class FrameFormat:
+    """Pixel frames a pipeline's models were made for: ``height`` x ``width``, ``channels``; its latents' ``latent_channels``."""
+
+    height: int
+    width: int
+    channels: int
+    latent_channels: int
+
+
+def frame_format(vae_config: dict[str, Any], unet_config: dict[str, Any] | None = None) -> FrameFormat:
+    """The frames of an autoencoder (and UNet): the UNet's ``sample_size`` times the autoencoder's
+    downsampling (the autoencoder's own ``sample_size`` without a UNet), its channels.
+
+    Configs of a :class:`TemporalDecoder` / :class:`VideoUNet` hold their image model's config
+    inside (``autoencoder_config`` / ``unet_config``); either form is taken.
+    """
+    vae = image_model_config(vae_config)
+    factor = downsampling_factor(vae)
+    if unet_config is not None:
+        size = image_model_config(unet_config)["sample_size"]
+        height, width = (size, size) if isinstance(size, int) else size
+        height, width = height * factor, width * factor
+    else:
+        size = vae["sample_size"]
+        height, width = (size, size) if isinstance(size, int) else size
+    return FrameFormat(int(height), int(width), int(vae.get("in_channels", 3)), int(vae.get("latent_channels", 4)))
+
+
+def pipeline_frame_format(info: PipelineInfo) -> FrameFormat:
+    """:func:`frame_format` of a pipeline directory, from its configs alone."""
+    return frame_format(info.configs["vae"], info.configs["unet"])
 
 
 def _read_json(path: Path) -> dict[str, Any]:

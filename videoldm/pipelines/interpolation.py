@@ -34,6 +34,7 @@ from .base import (
     check_sampling_options,
 )
 from .planning import plan_interpolation
+from .sampling import options_from
 
 SampleInterpolationWindow = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -99,7 +100,7 @@ class VideoInterpolationPipeline(LatentVideoPipeline):
         layers off (and with them the key-frame context): the in-between frames are then the image
         model's, a baseline.
         """
-        options = SamplingOptions.build(sampling, sampling_fields,
+        options = options_from(SamplingOptions, sampling, sampling_fields,
                                         context_guidance_scale=DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE)
         num_inference_steps = self.inference_steps(options.num_inference_steps)
         check_sampling_options(options, num_inference_steps)

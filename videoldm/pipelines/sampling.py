@@ -14,8 +14,8 @@ evaluation per step, all run in one batch: 1 (no guidance), 2 (one guidance) or 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -24,6 +24,17 @@ from ..defaults import DEFAULT_NUM_INFERENCE_STEPS
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], Any]
 Generator = torch.Generator | list[torch.Generator] | None
+Options = TypeVar("Options")
+
+
+def options_from(options_class: type[Options], options: Options | None, given: dict[str, Any], **defaults: Any) -> Options:
+    """A pipeline call's options object: ``options`` with the fields ``given`` as keywords set, or for None a new
+    ``options_class`` of ``defaults`` and ``given``. A ``TypeError`` names a keyword that is no field."""
+    names = {option.name for option in fields(options_class)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise TypeError(f"unexpected {options_class.__name__} field(s) {unknown}; expected some of {sorted(names)}")
+    return options_class(**(defaults | given)) if options is None else replace(options, **given)
 
 
 @dataclass

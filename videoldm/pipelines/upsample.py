@@ -21,7 +21,7 @@ temporal layers continue that detail and the shared frames come out exactly as a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -51,7 +51,7 @@ from .planning import (
     resolve_segment_frames,
     resolve_tile_size,
 )
-from .sampling import Generator, Guidance, StepCallback, denoise
+from .sampling import Generator, Guidance, StepCallback, denoise, options_from
 
 
 def blend_ramp(piece: slice, length: int, overlap: int) -> torch.Tensor:
@@ -114,6 +114,29 @@ def _piece(value: Any, window: slice, row: slice, column: slice) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class UpsamplingOptions:
+    """How the video upsampler samples: ``noise_level`` of the low-resolution frames' augmentation (the level
+    the upsampler is told), ``num_inference_steps``, ``guidance_scale`` over a prompt, ``image_only`` (the
+    temporal layers off: the per-frame image upsampler), frame windows of ``window_frames`` overlapping by
+    ``window_overlap``, tiles of ``tile_size`` sample cells (``"auto"``: :func:`~videoldm.pipelines.planning.auto_tile_size`
+    of a window; None: whole frames) overlapping by ``tile_overlap``, sampler runs of ``segment_frames``
+    (``"auto"``: one run unless the whole video's state would pass ``DEFAULT_MAX_STATE_BYTES``; an int;
+    None: one run), the ``generator`` and ``callback_on_step_end`` as in :func:`~videoldm.pipelines.sampling.denoise`."""
+
+    noise_level: int = DEFAULT_NOISE_LEVEL
+    num_inference_steps: int = DEFAULT_UPSAMPLER_STEPS
+    guidance_scale: float = 1.0
+    image_only: bool = False
+    window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES
+    window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP
+    tile_size: TileSize = "auto"
+    tile_overlap: int = 8
+    segment_frames: SegmentFrames = "auto"
+    generator: Generator = None
+    callback_on_step_end: StepCallback | None = None
+
+
 def upsample_video_segments(
     upsampler: VideoUpsampler,
     scheduler: SchedulerMixin,
@@ -121,45 +144,36 @@ def upsample_video_segments(
     low_res_video: torch.Tensor,
     *,
     sample_size: tuple[int, int],
-    noise_level: int = DEFAULT_NOISE_LEVEL,
-    num_inference_steps: int = DEFAULT_UPSAMPLER_STEPS,
+    options: UpsamplingOptions,
     encoder_hidden_states: torch.Tensor | None = None,
     negative_encoder_hidden_states: torch.Tensor | None = None,
-    guidance_scale: float = 1.0,
-    image_only: bool = False,
-    window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
-    window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
-    tile_size: TileSize = "auto",
-    tile_overlap: int = 8,
-    segment_frames: int | None = None,
-    generator: Generator = None,
     progress_bar: Callable[..., Any] | None = None,
-    callback_on_step_end: StepCallback | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the high-resolution video ``(B, k, C, *sample_size)`` (pixels, or latents of a latent upsampler)
     of ``low_res_video`` ``(B, T, c, h, w)`` in [-1, 1], one segment's new frames at a time (an upsampler
     of bicubic residuals adds them to the bicubic upsampling of ``low_res_video``,
     :meth:`~videoldm.models.upsampler.VideoUpsampler.video_from_sample`).
 
-    Each segment of ``segment_frames`` (None: the whole video; :func:`resolve_segment_frames`) is one sampler run: its
-    low-resolution frames are noise-augmented to ``noise_level`` (one noise draw from ``generator``),
-    resized to ``sample_size`` once, and every denoising step runs the upsampler piecewise
+    Each segment of ``options.segment_frames`` (resolved: an int or None for the whole video;
+    :func:`~videoldm.pipelines.planning.resolve_segment_frames`) is one sampler run: its low-resolution
+    frames are noise-augmented to ``options.noise_level`` (one noise draw from the generator), resized
+    to ``sample_size`` once, and every denoising step runs the upsampler piecewise
     (:class:`WindowedUpsampler`); the frames it shares with the segment before are given (the module
-    docstring). ``image_only`` switches the temporal layers off: the per-frame image upsampler.
-    ``encoder_hidden_states`` (and ``negative_...`` with ``guidance_scale``) condition a
-    text-conditional upsampler. ``tile_size`` in sample cells, ``"auto"`` (:func:`auto_tile_size` of a
-    window) or None (whole frames).
+    docstring). ``encoder_hidden_states`` (and ``negative_...`` with ``options.guidance_scale``)
+    condition a text-conditional upsampler.
     """
+    noise_level, generator, window_frames, window_overlap = (options.noise_level, options.generator,
+                                                             options.window_frames, options.window_overlap)
     if not 0 <= noise_level <= upsampler.config.max_noise_level:
         raise ValueError(f"noise_level must be in 0..{upsampler.config.max_noise_level}, got {noise_level}")
     batch, num_frames = low_res_video.shape[:2]
-    branches = guidance_branches(negative_encoder_hidden_states is not None, guidance_scale)
-    segments = plan_segments(num_frames, segment_frames, window_overlap)
-    tile_size = resolve_tile_size(tile_size, upsampler.config.unet_config["block_out_channels"][0], batch * branches,
-                                  segments[0].stop - segments[0].start, window_frames, sample_size)
+    branches = guidance_branches(negative_encoder_hidden_states is not None, options.guidance_scale)
+    segments = plan_segments(num_frames, options.segment_frames, window_overlap)
+    tile_size = resolve_tile_size(options.tile_size, upsampler.config.unet_config["block_out_channels"][0],
+                                  batch * branches, segments[0].stop - segments[0].start, window_frames, sample_size)
     device, dtype = low_res_video.device, upsampler.dtype
     levels = torch.full((batch,), noise_level, dtype=torch.long, device=device)
-    model = WindowedUpsampler(upsampler, window_frames, window_overlap, tile_size, tile_overlap)
+    model = WindowedUpsampler(upsampler, window_frames, window_overlap, tile_size, options.tile_overlap)
     previous: tuple[slice, torch.Tensor] | None = None  # the last segment and its sample
     for segment in segments:
         low_res = low_res_video[:, segment].to(dtype)
@@ -170,11 +184,12 @@ def upsample_video_segments(
             "encoder_hidden_states": encoder_hidden_states,
             "low_res_video": resize_frames(augmented, sample_size),
             "noise_level": levels,
-            "image_only_indicator": torch.full((batch, frames), image_only, dtype=torch.bool, device=device),
+            "image_only_indicator": torch.full((batch, frames), options.image_only, dtype=torch.bool, device=device),
         }
         guidance = []
         if negative_encoder_hidden_states is not None:
-            guidance.append(Guidance(inputs | {"encoder_hidden_states": negative_encoder_hidden_states}, guidance_scale))
+            guidance.append(Guidance(inputs | {"encoder_hidden_states": negative_encoder_hidden_states},
+                                     options.guidance_scale))
         start = randn_tensor((batch, frames, upsampler.sample_channels, *sample_size), generator=generator,
                              device=device, dtype=dtype)
         shared = 0 if previous is None else previous[0].stop - segment.start
@@ -184,9 +199,9 @@ def upsample_video_segments(
             given_sample[:, :shared] = previous[1][:, -shared:]
             given = {"given_latents": given_sample,
                      "given_mask": (torch.arange(frames, device=device) < shared)[None].expand(batch, frames)}
-        sample = denoise(model, scheduler, start, inputs, guidance, num_inference_steps=num_inference_steps,
-                         generator=generator, progress_bar=progress_bar, callback_on_step_end=callback_on_step_end,
-                         **given)
+        sample = denoise(model, scheduler, start, inputs, guidance, num_inference_steps=options.num_inference_steps,
+                         generator=generator, progress_bar=progress_bar,
+                         callback_on_step_end=options.callback_on_step_end, **given)
         yield upsampler.video_from_sample(sample[:, shared:], low_res[:, shared:])
         previous = (segment, sample)
 
@@ -275,31 +290,22 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         self,
         video: torch.Tensor,
         *,
-        noise_level: int = DEFAULT_NOISE_LEVEL,
-        num_inference_steps: int = DEFAULT_UPSAMPLER_STEPS,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
-        guidance_scale: float = 1.0,
-        image_only: bool = False,
-        window_frames: int | None = DEFAULT_UPSAMPLER_WINDOW_FRAMES,
-        window_overlap: int = DEFAULT_UPSAMPLER_WINDOW_OVERLAP,
-        tile_size: TileSize = "auto",
-        tile_overlap: int = 8,
-        segment_frames: SegmentFrames = "auto",
-        generator: Generator = None,
         decode_chunk_size: int = 8,
         output_type: str = "pt",
-        callback_on_step_end: StepCallback | None = None,
+        options: UpsamplingOptions | None = None,
+        **option_fields: Any,
     ) -> Iterator[torch.Tensor]:
         """Upsample ``video`` ``(B, T, C, h, w)`` in [-1, 1] by the upsampler's ``scale_factor``, yielding the
         frames ``(B, k, C, s*h, s*w)`` as each segment is made (pixels in [-1, 1], or for a latent
         upsampler its latents with ``output_type="latent"``).
 
-        ``segment_frames`` (``"auto"``: one sampler run unless the whole video's state would pass
-        ``DEFAULT_MAX_STATE_BYTES``; an int; None: one run) bounds the sampler's memory by the segment.
-        ``tile_size`` / ``tile_overlap`` are in sample cells (pixels, or latent cells); see
-        :func:`upsample_video_segments` for the rest.
+        ``options`` / ``option_fields``: :class:`UpsamplingOptions` (its fields as keywords); segments bound
+        the sampler's memory, tiles and windows the UNet's. ``prompt`` (and ``negative_prompt``, with
+        ``guidance_scale``) for an upsampler with a text encoder.
         """
+        options = options_from(UpsamplingOptions, options, option_fields)
         if output_type not in ("pt", "latent"):
             raise ValueError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
         video = torch.as_tensor(video)
@@ -312,8 +318,9 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
         cell = latent_decoder_scale(self.vae)
         if height % cell or width % cell:
             raise ValueError(f"upsampled frames of {height}x{width} are not multiples of the autoencoder's {cell}")
-        segment_frames = self.segment_frames(video.shape[0], video.shape[1], tuple(video.shape[-2:]), segment_frames,
-                                             window_frames, window_overlap)
+        options = replace(options, segment_frames=self.segment_frames(
+            video.shape[0], video.shape[1], tuple(video.shape[-2:]), options.segment_frames, options.window_frames,
+            options.window_overlap))
         states = negative = None
         if prompt is not None or self.text_encoder is not None:
             if self.text_encoder is None:
@@ -322,15 +329,12 @@ class VideoUpsamplerPipeline(DiffusionPipeline):
             prompts, negatives = per_video(prompt, batch), per_video(negative_prompt, batch)
             device = self._execution_device
             states = encode_prompts(self.text_encoder, self.tokenizer, prompts, device)
-            negative = None if guidance_scale == 1.0 else encode_prompts(self.text_encoder, self.tokenizer, negatives, device)
+            negative = (None if options.guidance_scale == 1.0
+                        else encode_prompts(self.text_encoder, self.tokenizer, negatives, device))
         pieces = upsample_video_segments(
             self.upsampler, self.scheduler, self.low_res_scheduler, video.to(self._execution_device).float(),
-            sample_size=(height // cell, width // cell), noise_level=noise_level,
-            num_inference_steps=num_inference_steps, encoder_hidden_states=states,
-            negative_encoder_hidden_states=negative, guidance_scale=guidance_scale, image_only=image_only,
-            window_frames=window_frames, window_overlap=window_overlap, tile_size=tile_size, tile_overlap=tile_overlap,
-            segment_frames=segment_frames, generator=generator,
-            progress_bar=self.progress_bar, callback_on_step_end=callback_on_step_end,
+            sample_size=(height // cell, width // cell), options=options, encoder_hidden_states=states,
+            negative_encoder_hidden_states=negative, progress_bar=self.progress_bar,
         )
         if self.vae is None:
             for piece in pieces:

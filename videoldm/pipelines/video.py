@@ -22,6 +22,7 @@ from .base import (
     check_sampling_options,
 )
 from .decoding import stream_decode
+from .sampling import options_from
 from .planning import RolloutWindow, plan_rollout, window_samples
 from .prediction import rollout_latents, select_continuation
 
@@ -89,7 +90,7 @@ class VideoLDMPipeline(LatentVideoPipeline):
         :meth:`__call__`; a long video (``num_frames`` above ``window_frames``) is made window by
         window (:func:`~videoldm.pipelines.prediction.plan_rollout`) with flat memory in its length.
         """
-        options = SamplingOptions.build(sampling, sampling_fields)
+        options = options_from(SamplingOptions, sampling, sampling_fields)
         num_inference_steps = self.inference_steps(options.num_inference_steps)
         check_sampling_options(options, num_inference_steps)
         check_output_type(output_type, ("pt", "latent"))

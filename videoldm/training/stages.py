@@ -34,10 +34,10 @@ from ..models.discriminator import VideoDiscriminator
 from ..models.context import key_frame_mask
 from ..models.unet import VideoUNet, VideoUNetOutput
 from ..models.upsampler import VideoUpsampler, downsample_frames, noise_augment
-from ..pipelines.components import frame_format, load_components
+from ..pipelines.components import load_components
 from ..pipelines.cascade import CascadePipeline
 from ..pipelines.conditioning import encode_prompts
-from ..pipelines.directory import UPSAMPLER_COMPONENTS, inspect_pipeline_directory
+from ..pipelines.directory import UPSAMPLER_COMPONENTS, frame_format, inspect_pipeline_directory
 from ..pipelines.upsample import VideoUpsamplerPipeline, latent_decoder_scale
 from ..pipelines.video import VideoLDMPipeline
 from .decoder_losses import DecoderFinetuneObjective
