@@ -48,3 +48,21 @@ def test_the_program_freezes_its_imports_but_help_imports_no_network_code():
     code = "import gc; from videoldm import cli, _startup; _startup.import_frozen(cli.PROGRAM_MODULES); " \
            "print(gc.isenabled(), gc.get_freeze_count() > 100_000)"
     assert _python(code) == ["True", "True"]
+
+
+@pytest.mark.parametrize("arguments", [
+    ["generate", "--frames", "-3"],                      # a bad option: typer's own check
+    ["generate", "--out", "/proc/videoldm-test.mp4"],    # an output the file system refuses
+    ["generate", "--decoder", "sharp"],                  # a value only the request layer knows
+    ["interpolate", "--video", "missing.mp4"],           # a missing input file
+    ["upsample", "--video", "missing.mp4"],
+])
+def test_a_bad_request_is_answered_before_torch_is_imported(arguments, tmp_path):
+    """The program imports the network code only once a command's arguments are checked."""
+    code = "import sys; from videoldm import cli; sys.argv = ['videoldm', *{!r}]\n" \
+           "try:\n    cli.run()\nexcept SystemExit as exit:\n    print('exit', exit.code)\n" \
+           "print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code.format(arguments)], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.stdout.split()[-4:] == ["exit", "2", "False", "False"], result.stdout + result.stderr
+    assert result.stderr.count("error:") == 1

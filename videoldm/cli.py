@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from . import __version__
 from ._startup import import_frozen, skip_exit_collection
@@ -187,6 +185,7 @@ def generate(
         upscale_noise_level=upscale_noise_level, keep_stages=keep_stages, decoder=decoder,
         image_only=image_only, context_guidance=context_guidance, context_frames=context_frames,
         window_candidates=window_candidates, window=window, init_image=init_image, continue_video=continue_video), out)
+    load_network_code()
     pipe = load_pipeline(plan.info, interpolation=plan.options.fps_multiplier > 1, upsampling=plan.options.upscale > 1)
     # One display for every stage: the denoising steps of key frames, interpolation and upsampling.
     pipe.set_progress_bar_config(disable=True)
@@ -221,6 +220,7 @@ def interpolate(
     request = plan_interpolation_request(video, out, InterpolateOptions(
         factor=factor, model=model, steps=steps, seed=seed, context_guidance=context_guidance, guidance=guidance,
         prompt=prompt, labels=tuple(label or ()), regime=regime, fps=fps, resize=resize, decoder=decoder))
+    load_network_code()
     with progress_bars()(total=request.total_frames, desc="decoding", unit="frame", leave=False) as bar:
         write_interpolation(request, out, progress_bar={"leave": False, "desc": "denoising"}, on_frames=bar.update)
     height, width = request.info.frame_shape[1:]
@@ -249,6 +249,7 @@ def upsample(
         fps=fps, prompt=prompt, guidance=guidance))
     for note in request.notes:
         typer.echo(note, err=True)
+    load_network_code()
     write_upsampled(request, out, progress_bar={"leave": False, "desc": "denoising"})
     height, width = request.plan.output_size
     typer.echo(f"wrote {out} ({len(request.frames)} frames, {width}x{height}, {request.input_fps:g} fps)")
@@ -271,7 +272,7 @@ def inflate(
     )
     kind = check_image_model(image_model)
     check_new_directory(out, "--out")
-
+    load_network_code()
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
     from .models.unet import VideoUNet
@@ -309,6 +310,7 @@ def train(
     143; the same command then resumes exactly. Several processes or machines:
     accelerate launch [--multi_gpu --num_processes N --num_machines M ...] -m videoldm train RECIPE
     """
+    load_network_code()  # a recipe is checked against its stage's signature: the stages import torch
     from .data.build import DataError
     from .data.sources import DataWarning
     from .training.draws import micro_batch_size
@@ -372,6 +374,7 @@ def encode(
     `torchrun --nproc_per_node N -m videoldm encode ...` (CPUs) splits the shards between processes.
     Interrupted runs resume: run the same command again.
     """
+    load_network_code()  # the data sources the checks build import torch
     from .data.build import DataError, build_source, infer_kind
     from .data.latents import LatentCacheError, check_cache_directory
     from .data.sources import DataWarning
@@ -434,6 +437,7 @@ def evaluate(
     fps: float = FpsOption,
 ) -> None:
     """Compute FVD / FID / IS / CLIP-SIM of generated videos (optionally sampling them first)."""
+    load_network_code()  # the metrics' checks import torch
     from .metrics.evaluate import check_metric_inputs, evaluate_videos, generate_videos, list_videos, load_clips
 
     if generate is None and (model is not None or label):
@@ -495,6 +499,9 @@ def evaluate(
 
 def _print_results(result: dict) -> None:
     """The inputs as one line per set, then a table: metric | value | protocol."""
+    from rich.console import Console  # 15 ms of every start-up otherwise (--help included)
+    from rich.table import Table
+
     for name, info in result["inputs"].items():
         notes = [f"{info[key]} {key}" for key in ("skipped", "resized") if info[key]]
         typer.echo(f"{name}: {info['clips']} clips of {info['width']}x{info['height']} from {info['path']}"
@@ -528,6 +535,7 @@ def serve(
     for path in model or []:
         models[str(path)] = inspect_model(path)
     check_listen_address(host, port)
+    load_network_code()
     serve_page(models, host=host, port=port, limits=ServerLimits(max_frames=max_frames, max_steps=max_steps))
 
 
@@ -566,20 +574,26 @@ def main(argv: Optional[list[str]] = None) -> None:
     sys.exit(code)
 
 
-# What every command but --help / --version imports: torch, diffusers, PyAV and our networks.
+# What a command imports once its arguments are checked: torch, diffusers, PyAV and our networks.
 PROGRAM_MODULES = ("videoldm.pipelines.cascade", "videoldm.data.io")
-NO_NETWORK_ARGUMENTS = ("--help", "--version")
+_AS_PROGRAM = {"freeze": False}  # run() sets it: this process is the videoldm program
+
+
+def load_network_code() -> None:
+    """Import the network code a command runs, after its checks (a bad request is answered without torch).
+    In the program (:func:`run`) it is imported with the collector paused and its objects frozen
+    (:mod:`videoldm._startup`); in-process callers import it on use, as any library."""
+    if _AS_PROGRAM["freeze"]:
+        import_frozen(PROGRAM_MODULES)
 
 
 def run() -> None:
     """The ``videoldm`` program (console script and ``python -m videoldm``): :func:`main`, with start-up
     and exit shortcuts that only a whole process may take (:mod:`videoldm._startup`): the network
-    code is imported up front and its objects frozen out of the collector's reach, and the exit skips
-    the interpreter's last pass over them (about 1.5 s here). Help and the version import none of it.
-    In-process callers, who keep their objects, call :func:`main`."""
-    arguments = sys.argv[1:]
-    if arguments and not any(argument in NO_NETWORK_ARGUMENTS for argument in arguments):
-        import_frozen(PROGRAM_MODULES)
+    code a command needs is imported once its arguments are checked (:func:`load_network_code`) and
+    frozen out of the collector's reach, and the exit skips the interpreter's last pass over it (about
+    1.5 s here). In-process callers, who keep their objects, call :func:`main`."""
+    _AS_PROGRAM["freeze"] = True
     try:
         main()
     finally:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
-from .data.paths import check_creatable, check_video_output
+from ._startup import garbage_collection_paused
+from .data.paths import check_creatable, check_video_output, existing_video_path
 from .defaults import (
     DECODERS,
     DEFAULT_CONTEXT_FRAMES,
@@ -270,9 +271,12 @@ def read_given_frames(path: Path, option: str, frame_shape: tuple[int, Optional[
     (any, when its height and width are None) unless ``resize`` (bilinear, antialiased; aspect ratio not kept). ``fps`` resamples (a frame
     folder: its rate); more than ``max_frames`` frames is an error.
     """
-    import torch.nn.functional as F  # lazy: see check_device
+    with reported_as(option, FileNotFoundError):  # a missing file is answered before torch is imported
+        existing_video_path(path)
+    with garbage_collection_paused():  # lazy: see check_device; the collector would walk torch's import
+        import torch.nn.functional as F
 
-    from .data.io import VideoReadError, read_video, to_channels
+        from .data.io import VideoReadError, read_video, to_channels
 
     with reported_as(option, VideoReadError, FileNotFoundError):
         clip = read_video(path, fps=fps, num_frames=None if max_frames is None else max_frames + 1)

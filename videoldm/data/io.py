@@ -20,7 +20,6 @@ at the destination is replaced only then).
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..defaults import DEFAULT_FPS
-from .paths import atomic_output, check_creatable, check_video_output
+from .paths import atomic_output, check_creatable, check_video_output, existing_video_path
 
 __all__ = [
     "VideoClip",
@@ -369,12 +368,7 @@ def _name(source: Path | BinaryIO) -> str:
 
 
 def _existing(path: VideoSource) -> Path | BinaryIO:
-    if hasattr(path, "read"):
-        return path
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "no such video file or frame folder", str(path))
-    return path
+    return path if hasattr(path, "read") else existing_video_path(path)
 
 
 # A decoded frame, converted to (H, W, 3) uint8 pixels when called (inside the open container).

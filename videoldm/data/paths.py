@@ -3,6 +3,7 @@ network code is imported."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -12,6 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 WRITE_FORMATS = (".mp4", ".gif", "folder of PNG frames (no extension or trailing '/')")
+
+
+def existing_video_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; FileNotFoundError unless a video file or frame folder is there."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such video file or frame folder", str(path))
+    return path
 
 
 def check_creatable(path: str | os.PathLike[str]) -> None:
