@@ -248,7 +248,7 @@ def conv_video(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """``conv`` on ``(B, C, T, H, W)``; a purely temporal ``(k, 1, 1)`` kernel runs as a 2D convolution.
 
     torch's CPU Conv3d has no fast kernel for a ``(k, 1, 1)`` shape (up to 1.8x slower for a block
-    at SD-1.5 widths, see README "Speed"); the same weights as a ``(k, 1)`` Conv2d over
+    at SD-1.5 widths, docs/results/speed.md); the same weights as a ``(k, 1)`` Conv2d over
     ``(B, C, T, H*W)`` compute the same sums, with no copy of the input.
     """
     if conv.kernel_size[1:] != (1, 1):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -24,6 +25,7 @@ from ..data.io import frames_from_images
 from ..defaults import DECODERS, DEFAULT_NUM_INFERENCE_STEPS, OUTPUT_TYPES
 from ..models.autoencoder import encode_video, image_vae_of, vae_scale_factor
 from ..models.conditioning import LabelEncoder
+from ..models.lora import load_temporal_lora
 from ..models.unet import VideoUNet
 from .conditioning import encode_conditions, encode_prompts
 from .decoding import stream_decode
@@ -143,6 +145,12 @@ class LatentVideoPipeline(DiffusionPipeline):
                                progress_bar=self.progress_bar, callback_on_step_end=options.callback_on_step_end)
         return WindowSampler(unet, self.scheduler, conditional, unconditional, options.image_only, options.guidance_scale,
                              options.context_guidance_scale, denoise_options)
+
+    def load_temporal_lora(self, directory: str | Path, merge: bool = False) -> None:
+        """Add the temporal-layer LoRA saved in ``directory`` (by a ``lora`` training run, or
+        :func:`~videoldm.models.lora.save_temporal_lora`) to this pipeline's UNet, in place; ``merge`` folds it
+        into the weights. The UNet is shared with the pipelines made from the same modules."""
+        load_temporal_lora(self.unet, directory, merge=merge)
 
     # ------------------------------------------------------------------------- pixels <-> latents
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:

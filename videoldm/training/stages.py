@@ -14,6 +14,7 @@ text (captions) or label conditioning, whichever the pipeline has.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..embedded import embedded_model_dir
 from ..models.autoencoder import TemporalDecoder, image_vae_of, scale_latents
 from ..models.conditioning import LabelEncoder
 from ..models.discriminator import VideoDiscriminator
+from ..models.lora import TemporalLoraOptions, add_temporal_lora, merge_temporal_lora, save_temporal_lora
 from ..models.context import key_frame_mask
 from ..models.unet import VideoUNet, VideoUNetOutput
 from ..models.upsampler import VideoUpsampler, downsample_frames, noise_augment
@@ -49,6 +51,8 @@ from .trainer import Trainer, TrainSettings, parameters_of
 
 # A recipe's ``model: embedded`` is the moving-digits pipeline shipped in the package.
 EMBEDDED_MODEL = "embedded"
+# where a LoRA run exports its adapters alone, inside the exported pipeline directory
+LORA_DIRECTORY = "temporal_lora"
 
 
 def _require_dir(path: str | Path, what: str) -> Path:
@@ -257,7 +261,10 @@ class VideoStage(_LatentStage):
     ``caption_dropout`` for classifier-free guidance (an unconditional model where the data has
     no captions). Batches hold pixel clips (encoded here, a posterior sample) or latents cached
     by ``videoldm encode`` (with captions or their embeddings). ``gradient_checkpointing``
-    trades compute for activation memory.
+    trades compute for activation memory. ``lora`` (``{rank, alpha, target}``,
+    :class:`~videoldm.models.lora.TemporalLoraOptions`) trains low-rank adapters on the temporal
+    attention instead of the temporal layers themselves; the export is then the pipeline with the
+    adapters merged, and the adapters alone in ``temporal_lora/``.
     """
 
     def __init__(
@@ -269,6 +276,7 @@ class VideoStage(_LatentStage):
         label_dropout: float = 0.1,
         caption_dropout: float = 0.1,
         gradient_checkpointing: bool = False,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         if (image_model is None) == (model is None):
             raise RecipeError("give either image_model (an image pipeline to inflate) or model (a video pipeline)")
@@ -276,6 +284,13 @@ class VideoStage(_LatentStage):
             raise RecipeError("temporal options apply when inflating image_model; model already has its temporal layers")
         if model == EMBEDDED_MODEL:
             model = str(embedded_model_dir())
+        self.lora_options = None
+        if lora is not None:
+            check_arguments(TemporalLoraOptions, lora, "lora")
+            try:
+                self.lora_options = TemporalLoraOptions(**lora)
+            except ValueError as error:
+                raise RecipeError(f"lora: {error}") from None
         directory = _require_dir(image_model or model, "image model" if image_model else "model")
         parts = load_components(directory, ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "label_encoder"))
         self.model_dir = directory
@@ -296,6 +311,7 @@ class VideoStage(_LatentStage):
             if model is not None:
                 raise RecipeError(f"model {directory} has an image UNet; give it as image_model (or inflate it first)")
             self.unet = VideoUNet.from_image_unet(unet, **(temporal or {})).freeze_spatial()
+        self.lora_parameters = None if self.lora_options is None else add_temporal_lora(self.unet, self.lora_options)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         # Sampling keeps the pipeline's own scheduler and step count; an image model gets the multistep solver.
@@ -329,7 +345,7 @@ class VideoStage(_LatentStage):
         return {"unet": self.unet, "vae": self.vae, **{k: v for k, v in encoders.items() if v is not None}}
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.unet.temporal_parameters())
+        return list(self.unet.temporal_parameters()) if self.lora_parameters is None else self.lora_parameters
 
     def _extra_inputs(self, latents: torch.Tensor, draw_seeds: torch.Tensor) -> dict[str, Any]:
         """More VideoUNet inputs for the stage's loss (none here; the prediction stage's context frames)."""
@@ -359,8 +375,12 @@ class VideoStage(_LatentStage):
         return loss, {"loss": loss.item()}
 
     def export(self, output_dir: Path) -> None:
+        unet = self.unet
+        if self.lora_options is not None:
+            save_temporal_lora(self.unet, self.lora_options, output_dir / LORA_DIRECTORY)
+            unet = merge_temporal_lora(copy.deepcopy(self.unet))
         VideoLDMPipeline(
-            unet=self.unet,
+            unet=unet,
             vae=self.vae,
             scheduler=self.sampling_scheduler,
             text_encoder=self.text_encoder,
