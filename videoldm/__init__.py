@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from ._startup import garbage_collection_paused as _garbage_collection_paused
+from ._startup import lazy_exports as _lazy_exports
 from .pipelines import PIPELINE_NAMES
 
 __version__ = "0.1.0"
@@ -35,19 +36,7 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public class on first access (PEP 562)."""
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # torch and diffusers are imported here; see _startup for why the collector waits.
-    with _garbage_collection_paused():
-        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC, globals())
 
 
 def _register_pipelines(diffusers: ModuleType) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import importlib
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextmanager
@@ -44,3 +44,22 @@ def skip_exit_collection() -> None:
     exit does not traverse them. Only for a process that is about to exit: frozen objects are never
     collected. ``atexit`` handlers, ``weakref.finalize`` callbacks and stream flushing still run."""
     gc.freeze()
+
+
+def lazy_exports(package: str, public: dict[str, str], namespace: dict[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's PEP 562 ``__getattr__`` and ``__dir__``: each name of ``public`` (name -> the module, relative to
+    ``package``, that defines it) is imported on first access, with the collector paused (torch and diffusers
+    come with most of them), and kept in the package's ``namespace``."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in public:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        with garbage_collection_paused():
+            value = getattr(importlib.import_module(public[name], package), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(public))
+
+    return __getattr__, __dir__

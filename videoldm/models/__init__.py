@@ -6,8 +6,7 @@ model configs without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._startup import lazy_exports
 
 # public name -> the module that defines it
 _PUBLIC = {
@@ -23,14 +22,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public class on first access (PEP 562)."""
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())
