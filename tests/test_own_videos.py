@@ -181,6 +181,39 @@ def test_encode_caches_latents_resumably_and_training_reads_them(tiny_text_pipel
     assert trainer.train().step == 1
 
 
+def test_training_on_embedded_captions_loads_no_text_encoder(tiny_text_pipeline, captions_csv, tmp_path, capsys, monkeypatch):
+    """`videoldm encode` of a text model stores the caption states and the empty caption's; training on that cache
+    loads no text encoder (caption dropout uses the cached empty states), and the export still holds it."""
+    from videoldm.data.latents import NULL_PROMPT_FILE
+    from videoldm.pipelines import components
+    from videoldm.pipelines.components import load_components
+    from videoldm.pipelines.conditioning import encode_prompts
+
+    cache = tmp_path / "cache"
+    code, out, err = run_cli(["encode", "--data", captions_csv, "--model", tiny_text_pipeline, "--out", cache,
+                              "--num-frames", 4, "--fps", 8], capsys)
+    assert code == 0, err
+    parts = load_components(tiny_text_pipeline, ("text_encoder", "tokenizer"))
+    empty = encode_prompts(parts["text_encoder"], parts["tokenizer"], [""], "cpu")
+    assert torch.equal(CachedLatents(cache).null_states, empty)
+    assert (cache / NULL_PROMPT_FILE).is_file()
+
+    loaded: list[tuple[str, ...]] = []
+    original = components.load_components
+    monkeypatch.setattr("videoldm.training.stages.load_components",
+                        lambda directory, names, *args, **kwargs: loaded.append(names) or original(directory, names, *args, **kwargs))
+    recipe = tiny_sd_recipe(tiny_text_pipeline, {"kind": "latents", "path": str(cache)}, tmp_path / "run", steps=1)
+    recipe["data"] = {"kind": "latents", "path": str(cache)}
+    trainer = build_trainer(recipe)
+    assert trainer.stage.text_encoder is None and "text_encoder" not in loaded[0]
+    trainer.stage.captions.dropout = 1.0  # every caption dropped: the cached empty states
+    states = trainer.stage.captions({"encoder_hidden_states": torch.zeros(2, *empty.shape[1:])}, 2, torch.tensor([1, 2]))
+    assert torch.equal(states, empty.expand(2, -1, -1))
+    assert trainer.train().step == 1
+    assert loaded[-1] == ("text_encoder", "tokenizer")  # only for the export
+    assert (tmp_path / "run" / "final" / "text_encoder").is_dir() and (tmp_path / "run" / "final" / "tokenizer").is_dir()
+
+
 def test_processes_split_the_shards_into_the_same_cache(tiny_text_pipeline, video_folder, tmp_path):
     import warnings
 

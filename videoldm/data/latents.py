@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -35,6 +35,9 @@ __all__ = ["CACHE_FILE", "CachedLatents", "cache_description", "cache_shard_coun
            "prepare_cache", "shard_path"]
 
 CACHE_FILE = "cache.json"
+# The text encoder's states of the empty caption (float32), beside embedded captions: training on the
+# cache then needs no text encoder, even for caption dropout.
+NULL_PROMPT_FILE = "null_prompt.safetensors"
 # Clip generators of webdataset shard k start at draw k * this (shards hold fewer samples).
 _DRAWS_PER_SHARD = 1_000_000
 
@@ -133,6 +136,9 @@ def encode_to_cache(
         prepare_cache(directory, description)
     elif not check_cache_directory(directory, description):
         raise RuntimeError(f"process {process_index} started before process 0 wrote {directory / CACHE_FILE}")
+    if process_index == 0 and embed_captions is not None and not (directory / NULL_PROMPT_FILE).is_file():
+        with atomic_output(directory / NULL_PROMPT_FILE) as staging, torch.no_grad():
+            save_file({"encoder_hidden_states": embed_captions([""]).float().cpu().contiguous()}, str(staging))
     mine = [k for k in range(num_shards) if k % num_processes == process_index and not shard_path(directory, k).is_file()]
     total = sum(min(shard_size, len(source) - k * shard_size) for k in mine) if not isinstance(source, WebDatasetVideos) else None
     encoded = 0
@@ -174,7 +180,9 @@ class CachedLatents(Dataset):
     """The clips of a latent cache: ``{"latents": (T, c, h, w) float32, ["caption" | "encoder_hidden_states" (L, D)]}``.
 
     Shards are memory-mapped and read one clip at a time, so a cache larger than memory trains.
-    Raises ValueError if ``path`` is not a cache or is incomplete (an interrupted encode).
+    ``null_states`` ``(1, L, D)``: the empty caption's text-encoder states where captions were
+    embedded (None in caches without them). Raises ValueError if ``path`` is not a cache or is
+    incomplete (an interrupted encode).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -201,6 +209,8 @@ class CachedLatents(Dataset):
             self.captions.append(json.loads(metadata["captions"]) if "captions" in metadata else None)
         if sum(counts) == 0:
             raise ValueError(f"{self.path}: the latent cache holds no clips")
+        null_prompt = self.path / NULL_PROMPT_FILE
+        self.null_states = load_file(null_prompt)["encoder_hidden_states"] if null_prompt.is_file() else None
         self.offsets = [0]
         for count in counts:
             self.offsets.append(self.offsets[-1] + count)

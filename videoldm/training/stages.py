@@ -106,22 +106,30 @@ def sample_training_latents(vae: AutoencoderKL | TemporalDecoder, pixels: torch.
 class CaptionConditioning:
     """Text conditioning of a training batch through a frozen text encoder: the batch's captions (or
     their cached embeddings), each replaced by the empty caption with probability ``dropout`` (for
-    classifier-free guidance; data without captions trains the unconditional model)."""
+    classifier-free guidance; data without captions trains the unconditional model).
 
-    def __init__(self, text_encoder: torch.nn.Module, tokenizer: Any, dropout: float) -> None:
+    ``empty_states`` ``(1, L, D)``: the empty caption's states, cached beside embedded captions; with
+    them, batches of cached states need no ``text_encoder`` (None)."""
+
+    def __init__(self, text_encoder: torch.nn.Module | None, tokenizer: Any, dropout: float,
+                 empty_states: torch.Tensor | None = None) -> None:
         self.text_encoder, self.tokenizer, self.dropout = text_encoder, tokenizer, dropout
-        self._empty_states: torch.Tensor | None = None
+        self._empty_states = empty_states
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any], batch_size: int, draw_seeds: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` encoder states of the batch's ``caption`` list or ``encoder_hidden_states`` ``(B, L, D)``."""
-        device = self.text_encoder.device
         keep = rand_per_sample(draw_seeds, "caption_dropout", torch.device("cpu")) >= self.dropout
         if "encoder_hidden_states" in batch:
             if self._empty_states is None:
-                self._empty_states = encode_prompts(self.text_encoder, self.tokenizer, [""], device)
-            states = batch["encoder_hidden_states"].to(device, self._empty_states.dtype)
-            return torch.where(keep.to(device)[:, None, None], states, self._empty_states)
+                self._empty_states = encode_prompts(self.text_encoder, self.tokenizer, [""], self.text_encoder.device)
+            device, dtype = ((self.text_encoder.device, self._empty_states.dtype) if self.text_encoder is not None
+                             else (batch["encoder_hidden_states"].device, batch["encoder_hidden_states"].dtype))
+            states = batch["encoder_hidden_states"].to(device, dtype)
+            return torch.where(keep.to(device)[:, None, None], states, self._empty_states.to(device, dtype))
+        if self.text_encoder is None:
+            raise ValueError("captions as text need the text encoder; this model trains on cached caption states")
+        device = self.text_encoder.device
         captions = batch.get("caption") or [""] * batch_size
         return encode_prompts(self.text_encoder, self.tokenizer, [c if k else "" for c, k in zip(captions, keep)], device)
 
@@ -292,7 +300,13 @@ class VideoStage(_LatentStage):
             except ValueError as error:
                 raise RecipeError(f"lora: {error}") from None
         directory = _require_dir(image_model or model, "image model" if image_model else "model")
-        parts = load_components(directory, ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "label_encoder"))
+        info = inspect_pipeline_directory(directory)
+        self._use_data(data, info.configs["vae"], info.configs["unet"])
+        # Captions embedded in a latent cache beside the empty caption's states need no text encoder to
+        # train; the export takes it from the model directory.
+        null_states = getattr(self.source, "null_states", None) if info.conditioning == "text" else None
+        text_parts = ("text_encoder", "tokenizer") if null_states is None else ()
+        parts = load_components(directory, ("unet", "vae", "scheduler", "label_encoder", *text_parts))
         self.model_dir = directory
         self.vae = parts["vae"].requires_grad_(False)
         self.text_encoder = parts.get("text_encoder")
@@ -321,9 +335,8 @@ class VideoStage(_LatentStage):
         self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
-        self.captions = (None if self.text_encoder is None
-                         else CaptionConditioning(self.text_encoder, self.tokenizer, caption_dropout))
-        self._use_data(data, dict(self.vae.config), dict(self.unet.config))
+        self.captions = (None if self.text_encoder is None and null_states is None
+                         else CaptionConditioning(self.text_encoder, self.tokenizer, caption_dropout, null_states))
         self._check_latent_source()
 
     def _check_latent_source(self) -> None:
@@ -336,7 +349,7 @@ class VideoStage(_LatentStage):
                              f"the model takes {channels}; encode with this model's autoencoder")
         states = sample.get("encoder_hidden_states")
         width = self.unet.spatial_config.cross_attention_dim
-        if states is not None and (self.text_encoder is None or states.shape[-1] != width):
+        if states is not None and (self.captions is None or states.shape[-1] != width):
             raise DataError(f"{self.source.path}: cached caption embeddings of width {states.shape[-1]} "
                              "do not fit this model's text conditioning; encode with this model")
 
@@ -379,12 +392,16 @@ class VideoStage(_LatentStage):
         if self.lora_options is not None:
             save_temporal_lora(self.unet, self.lora_options, output_dir / LORA_DIRECTORY)
             unet = merge_temporal_lora(copy.deepcopy(self.unet))
+        text_encoder, tokenizer = self.text_encoder, self.tokenizer
+        if text_encoder is None and self.captions is not None:  # trained on cached caption states
+            parts = load_components(self.model_dir, ("text_encoder", "tokenizer"))
+            text_encoder, tokenizer = parts["text_encoder"], parts["tokenizer"]
         VideoLDMPipeline(
             unet=unet,
             vae=self.vae,
             scheduler=self.sampling_scheduler,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
             label_encoder=self.label_encoder,
             default_num_inference_steps=self.default_num_inference_steps,
         ).save_pretrained(output_dir)
