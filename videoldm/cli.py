@@ -438,7 +438,8 @@ def evaluate(
 ) -> None:
     """Compute FVD / FID / IS / CLIP-SIM of generated videos (optionally sampling them first)."""
     load_network_code()  # the metrics' checks import torch
-    from .metrics.evaluate import check_metric_inputs, evaluate_videos, generate_videos, list_videos, load_clips
+    from .metrics.evaluate import (check_metric_inputs, describe_clips, evaluate_videos, generate_videos, list_videos,
+                                   load_clips)
 
     if generate is None and (model is not None or label):
         raise UserError("--model and --label only apply with --generate N")
@@ -481,18 +482,12 @@ def evaluate(
             fake_clips = load_clips(fake_paths, num_frames, num_clips)
         result = evaluate_videos(real_clips.clips if real_clips else None, fake_clips.clips, metrics,
                                  clip_model=clip_model, prompt=prompt, batch_size=batch_size, device=device, **weights)
-    inputs = {}
-    for name, path, loaded in (("real", real, real_clips), ("fake", fake, fake_clips)):
-        if loaded is not None:
-            n, _, _, height, width = loaded.clips.shape
-            inputs[name] = {"path": str(path), "clips": n, "skipped": loaded.skipped, "resized": loaded.resized,
-                            "width": width, "height": height}
-    inputs["fake"]["generated"] = generated
-    result["inputs"] = inputs
+    result["inputs"] = {name: describe_clips(path, loaded) for name, path, loaded in
+                        (("real", real, real_clips), ("fake", fake, fake_clips)) if loaded is not None}
+    result["inputs"]["fake"]["generated"] = generated
     _print_results(result)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(json_out) as staging:
+        with atomic_output(json_out) as staging:  # makes the parent folders
             staging.write_text(json.dumps(result, indent=2) + "\n")
         typer.echo(f"wrote {json_out}")
 

@@ -73,6 +73,13 @@ class Clips(NamedTuple):
     resized: int
 
 
+def describe_clips(path: str | Path, loaded: Clips) -> dict[str, Any]:
+    """What a result reports of a clip set: where it came from, its clips and size, the videos skipped and resized."""
+    count, _, _, height, width = loaded.clips.shape
+    return {"path": str(path), "clips": count, "skipped": loaded.skipped, "resized": loaded.resized, "width": width,
+            "height": height}
+
+
 def load_clips(paths: Sequence[str | Path], num_frames: int = 16, num_clips: int | None = None,
                progress: bool = True) -> Clips:
     """The first ``num_frames`` frames of each video as one clip, ``(N, num_frames, 3, H, W)`` in [-1, 1].
