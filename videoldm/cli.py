@@ -265,11 +265,8 @@ def inflate(
 ) -> None:
     """Inflate an image LDM into a Video LDM (temporal layers initialised to the identity); an image upscaler
     pipeline (Stable Diffusion's x4 upscaler layout) into a video upsampler for `videoldm upsample`."""
-    options = dict(
-        temporal_kinds=parse_temporal_kinds(temporal_kinds),
-        conv_kernel_size=parse_kernel(kernel),
-        attention_everywhere=attention_everywhere,
-    )
+    options = dict(temporal_kinds=parse_temporal_kinds(temporal_kinds), conv_kernel_size=parse_kernel(kernel),
+                   attention_everywhere=attention_everywhere)
     kind = check_image_model(image_model)
     check_new_directory(out, "--out")
     load_network_code()
@@ -282,10 +279,8 @@ def inflate(
         inflated = VideoUpsamplerPipeline.from_image_pipeline(DiffusionPipeline.from_pretrained(image_model), **options)
     elif kind == "pipeline":
         image_pipe = DiffusionPipeline.from_pretrained(image_model)
-        components = {
-            name: getattr(image_pipe, name, None)
-            for name in ("vae", "scheduler", "text_encoder", "tokenizer", "label_encoder")
-        }
+        components = {name: getattr(image_pipe, name, None)
+                      for name in ("vae", "scheduler", "text_encoder", "tokenizer", "label_encoder")}
         inflated = VideoLDMPipeline(unet=VideoUNet.from_image_unet(image_pipe.unet, **options), **components)
     else:
         inflated = VideoUNet.from_image_unet(UNet2DConditionModel.from_pretrained(image_model), **options)
@@ -302,6 +297,7 @@ def train(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the recipe's output directory."),
     fresh: bool = typer.Option(False, "--fresh", help="Start at step 0 instead of resuming: the earlier checkpoints, log and final model are moved into OUTPUT_DIR/previous-<UTC time>/ (nothing is deleted)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.01, callback=_finite, help="Stop (checkpoint and export) after this long."),
+    log_with: Optional[str] = typer.Option(None, "--log-with", help="Also log to this accelerate tracker (tensorboard, wandb, ...): losses, learning rate, step time, samples/s, peak memory."),
     data: Optional[str] = typer.Option(None, "--data", help="Train on this instead of the recipe's data: a folder of videos, a .csv, webdataset shards (.tar, folder, {000..009} pattern) or a latent cache from `videoldm encode`; the recipe's num_frames/fps/size stay."),
 ) -> None:
     """Train one stage from a recipe; resumes from the latest checkpoint in its output directory.
@@ -323,7 +319,7 @@ def train(
     if data is not None:
         with reported_as("--data"):
             recipe_dict["data"] = data_override(recipe_dict, data)
-    overrides = {key: value for key, value in {"steps": steps, "batch_size": batch_size}.items() if value is not None}
+    overrides = {key: value for key, value in dict(steps=steps, batch_size=batch_size, log_with=log_with).items() if value}
     run_dir = Path(output_dir or recipe_dict["output_dir"])
     with reported_as("--output-dir" if output_dir else f"recipe {recipe}: output_dir"):
         check_creatable(run_dir)
@@ -331,6 +327,8 @@ def train(
             raise ValueError(f"{run_dir} is a file; expected a directory")
 
     # accelerate launch / torchrun set WORLD_SIZE: check the global batch splits before building anything
+    with reported_as("--log-with"):
+        TrainSettings(log_with=log_with)  # the one setting only the command line adds
     with reported_as("--batch-size" if batch_size else f"recipe {recipe}: train.batch_size"):
         settings = TrainSettings.from_dict({**recipe_dict.get("train", {}), **overrides})
         micro_batch_size(settings.batch_size, int(os.environ.get("WORLD_SIZE", 1)), settings.gradient_accumulation_steps)

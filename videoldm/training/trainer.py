@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
-from accelerate.utils import gather_object, send_to_device
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedType, tracking
+from accelerate.utils import LoggerType, gather_object, send_to_device
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
@@ -56,6 +56,7 @@ EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.safetensors"
 LOG_FILE = "train_log.jsonl"
+TRACKER_PROJECT = "videoldm"  # the trackers' run name: tensorboard writes under OUTPUT_DIR/videoldm/
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
@@ -65,7 +66,9 @@ class TrainSettings:
 
     ``batch_size`` is the global batch (all processes, all accumulation steps together); it must
     divide by ``processes x gradient_accumulation_steps``. ``mixed_precision`` (fp16/bf16) applies
-    on GPUs; a CPU run computes in float32.
+    on GPUs; a CPU run computes in float32. ``log_with`` names an accelerate tracker (``tensorboard``,
+    ``wandb``, ...): every ``log_every`` steps it gets the losses, learning rate, step time, samples per
+    second and peak memory, beside ``train_log.jsonl``.
     """
 
     steps: int = 1000
@@ -85,6 +88,7 @@ class TrainSettings:
     num_workers: int = 1
     cache_data: bool = False
     discriminator_learning_rate: float | None = None
+    log_with: str | None = None
 
     def __post_init__(self) -> None:
         at_least = {"steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "checkpoint_every": 1,
@@ -101,6 +105,9 @@ class TrainSettings:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
+        trackers = [tracker.value for tracker in LoggerType if tracker != LoggerType.ALL]
+        if self.log_with is not None and self.log_with not in trackers:
+            raise ValueError(f"log_with must be one of {trackers}, got {self.log_with!r}")
         if self.batch_size % self.gradient_accumulation_steps:
             raise ValueError(
                 f"batch_size {self.batch_size} must divide by gradient_accumulation_steps {self.gradient_accumulation_steps}"
@@ -237,9 +244,14 @@ class Trainer:
         on_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
         # accelerate refuses fp16 on CPUs and bf16 there is emulated on most; CPUs compute in float32
         self.mixed_precision = "no" if on_cpu else settings.mixed_precision
+        if settings.log_with is not None and not getattr(tracking, f"is_{settings.log_with}_available")():
+            raise SetupError(f"train.log_with {settings.log_with}: its package is not installed "
+                             f"(pip install {settings.log_with.replace('_', '-')})")
         self.accelerator = Accelerator(
             mixed_precision=self.mixed_precision,
             cpu=on_cpu,
+            log_with=settings.log_with,
+            project_dir=self.output_dir,
             # each yielded batch is the micro-batch of all processes; accelerate gives each its block
             dataloader_config=DataLoaderConfiguration(split_batches=True, dispatch_batches=False),
         )
@@ -475,6 +487,10 @@ class Trainer:
         )
         logs: dict[str, float] = {}
         started = time.perf_counter()
+        if settings.log_with is not None:
+            self.accelerator.init_trackers(TRACKER_PROJECT, config={"batch_size": settings.batch_size,
+                                                                    "learning_rate": settings.learning_rate})
+        self._logged_at = (self.step, started)
         for module in self.stage.modules().values():
             module.train()
         stop = _StopSignals()
@@ -512,6 +528,8 @@ class Trainer:
                 self._reported_skipped_files.update(files)
         if self.step >= settings.steps or out_of_time:
             self.export()
+        if settings.log_with is not None:
+            self.accelerator.end_training()
         return TrainResult(step=self.step, logs=logs, seconds=time.perf_counter() - started)
 
     def _train_step(self, micro_batches: Iterator[dict[str, Any]]) -> tuple[dict[str, float], bool]:
@@ -571,6 +589,13 @@ class Trainer:
             entry = {"step": self.step, "lr": self.lr_scheduler.get_last_lr()[0], **logs}
             with open(self.output_dir / LOG_FILE, "a") as log:
                 log.write(json.dumps(entry) + "\n")
+        if self.settings.log_with is not None:
+            (last_step, last_time), now = self._logged_at, time.perf_counter()
+            step_seconds = (now - last_time) / max(self.step - last_step, 1)
+            self.accelerator.log({**logs, "lr": self.lr_scheduler.get_last_lr()[0], "step_seconds": step_seconds,
+                                  "samples_per_second": self.settings.batch_size / step_seconds,
+                                  "peak_memory_mb": _peak_memory_mb(self.device)}, step=self.step)
+            self._logged_at = (self.step, now)
         return logs
 
     def export(self) -> Path:
@@ -587,6 +612,15 @@ class Trainer:
                     parameter.copy_(saved)
         self.accelerator.wait_for_everyone()
         return final
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: allocated on its GPU, or resident (VmHWM) on a CPU; MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.is_file() else []
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:")), float("nan"))
 
 
 def _each(loader: DataLoader) -> Iterator[dict[str, Any]]:
