@@ -14,17 +14,18 @@ from typing import Any
 
 import torch
 
-from .directory import REQUIRED_COMPONENTS, inspect_pipeline_directory
+from .directory import REQUIRED_COMPONENTS, PipelineInfo, inspect_pipeline_directory
 
 
-def load_components(directory: str | Path, names: tuple[str, ...], dtype: torch.dtype = torch.float32,
+def load_components(directory: str | Path | PipelineInfo, names: tuple[str, ...], dtype: torch.dtype = torch.float32,
                     required: tuple[str, ...] = REQUIRED_COMPONENTS) -> dict[str, Any]:
     """The named components of a pipeline directory that it has (absent optional ones are left out).
 
     Each is loaded with its class's own ``from_pretrained`` (the class ``model_index.json`` names),
-    models in ``dtype``. ``required`` as in :func:`~videoldm.pipelines.directory.inspect_pipeline_directory`.
+    models in ``dtype``. ``directory`` may be its :class:`~videoldm.pipelines.directory.PipelineInfo`,
+    already inspected; ``required`` as in :func:`~videoldm.pipelines.directory.inspect_pipeline_directory`.
     """
-    info = inspect_pipeline_directory(directory, required)
+    info = directory if isinstance(directory, PipelineInfo) else inspect_pipeline_directory(directory, required)
     loaded: dict[str, Any] = {}
     for name in names:
         if name not in info.components:

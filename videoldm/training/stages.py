@@ -306,7 +306,7 @@ class VideoStage(_LatentStage):
         # train; the export takes it from the model directory.
         null_states = getattr(self.source, "null_states", None) if info.conditioning == "text" else None
         text_parts = ("text_encoder", "tokenizer") if null_states is None else ()
-        parts = load_components(directory, ("unet", "vae", "scheduler", "label_encoder", *text_parts))
+        parts = load_components(info, ("unet", "vae", "scheduler", "label_encoder", *text_parts))
         self.model_dir = directory
         self.vae = parts["vae"].requires_grad_(False)
         self.text_encoder = parts.get("text_encoder")
@@ -330,7 +330,7 @@ class VideoStage(_LatentStage):
             self.unet.enable_gradient_checkpointing()
         # Sampling keeps the pipeline's own scheduler and step count; an image model gets the multistep solver.
         self.sampling_scheduler = parts["scheduler"] if model is not None else DPMSolverMultistepScheduler.from_config(parts["scheduler"].config)
-        self.default_num_inference_steps = (inspect_pipeline_directory(directory).default_steps if model is not None
+        self.default_num_inference_steps = (info.default_steps if model is not None
                                             else DEFAULT_NUM_INFERENCE_STEPS)
         self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
         self.objective = DiffusionObjective(self.noise_scheduler)
