@@ -101,6 +101,20 @@ def test_decoder_stage_trains_only_temporal_layers_and_discriminator(trained_sta
     assert any(not torch.equal(a, b) for a, b in zip(stage.discriminator.parameters(), discriminator_before))
 
 
+def test_decoder_validation_videos_show_the_clip_beside_both_decoders(trained_stages, tmp_path):
+    from PIL import Image
+
+    from videoldm.training.validation import ValidationSettings
+
+    recipe = tiny_recipe("decoder_digits", trained_stages, steps=1)
+    recipe["output_dir"] = str(tmp_path / "decoder")
+    trainer = build_trainer({**recipe, "validation": {"every": 1, "num_videos": 1}})
+    assert trainer.validation == ValidationSettings(every=1, num_videos=1)
+    trainer.train()
+    with Image.open(tmp_path / "decoder" / "validation" / "step-000001" / "00_real-image-temporal.gif") as gif:
+        assert (gif.n_frames, gif.size) == (4, (3 * 32, 32))  # real | image decoder | temporal decoder
+
+
 def test_video_stage_trains_temporal_layers_only(trained_stages, tmp_path):
     recipe = tiny_recipe("digits_video", trained_stages, steps=2)
     recipe["output_dir"] = str(tmp_path / "video")

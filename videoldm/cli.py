@@ -298,6 +298,7 @@ def train(
     fresh: bool = typer.Option(False, "--fresh", help="Start at step 0 instead of resuming: the earlier checkpoints, log and final model are moved into OUTPUT_DIR/previous-<UTC time>/ (nothing is deleted)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.01, callback=_finite, help="Stop (checkpoint and export) after this long."),
     log_with: Optional[str] = typer.Option(None, "--log-with", help="Also log to this accelerate tracker (tensorboard, wandb, ...): losses, learning rate, step time, samples/s, peak memory."),
+    validate_every: Optional[int] = typer.Option(None, "--validate-every", min=1, help="Sample validation videos every N steps and at the end (the recipe's validation section, or its defaults) into OUTPUT_DIR/validation/step-XXXXXX/."),
     data: Optional[str] = typer.Option(None, "--data", help="Train on this instead of the recipe's data: a folder of videos, a .csv, webdataset shards (.tar, folder, {000..009} pattern) or a latent cache from `videoldm encode`; the recipe's num_frames/fps/size stay."),
 ) -> None:
     """Train one stage from a recipe; resumes from the latest checkpoint in its output directory.
@@ -337,7 +338,7 @@ def train(
     with plain_warnings(quiet=(DataWarning,) if process_rank() else ()):
         with reported_as("--data" if data is not None else f"recipe {recipe}: data", DataError):
             with reported_as(f"recipe {recipe}", SetupError, RecipeError):
-                trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, overrides)
+                trainer = build_trainer({**recipe_dict, "output_dir": run_dir}, {**overrides, "validate_every": validate_every})
             try:
                 result = trainer.train(resume=not fresh, max_seconds=max_minutes * 60 if max_minutes else None)
             except (CheckpointMismatch, TrainingDiverged) as error:

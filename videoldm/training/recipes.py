@@ -1,7 +1,8 @@
 """Recipe files: find them (a path, or a recipe bundled with the package by name), parse and check them.
 
 A recipe is a YAML mapping: ``stage`` (one of :data:`~videoldm.training.stages.STAGES`),
-``output_dir``, an optional ``train:`` section (:class:`~videoldm.training.trainer.TrainSettings`)
+``output_dir``, an optional ``train:`` section (:class:`~videoldm.training.trainer.TrainSettings`),
+an optional ``validation:`` section (:class:`~videoldm.training.validation.ValidationSettings`)
 and the stage's own arguments. Every key and the type of every value are checked against the
 stage's signature here, so a typo or a wrongly typed value is one :class:`RecipeError` naming the
 file and the key, before any model is built.
@@ -18,8 +19,11 @@ from ..config import RecipeError, check_arguments
 from ..data.build import infer_kind
 from .stages import STAGES, AutoencoderStage, ImageLDMStage
 from .trainer import TrainSettings
+from .validation import ValidationSettings
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
+# a recipe's entries that are not its stage's arguments
+RECIPE_SECTIONS = ("stage", "output_dir", "train", "validation")
 
 
 def bundled_recipes() -> list[str]:
@@ -71,7 +75,16 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         TrainSettings(**train)
     except ValueError as error:
         raise RecipeError(f"{path}: train: {error}") from None
-    stage_arguments = {key: value for key, value in recipe.items() if key not in ("stage", "output_dir", "train")}
+    validation = recipe.get("validation")
+    if validation is not None:
+        if not isinstance(validation, dict):
+            raise RecipeError(f"{path}: validation must be a mapping of settings, got {validation!r}")
+        check_arguments(ValidationSettings, validation, f"{path}: validation")
+        try:
+            ValidationSettings(**validation)
+        except ValueError as error:
+            raise RecipeError(f"{path}: validation: {error}") from None
+    stage_arguments = {key: value for key, value in recipe.items() if key not in RECIPE_SECTIONS}
     check_arguments(STAGES[recipe["stage"]].__init__, stage_arguments, str(path))
     return recipe
 

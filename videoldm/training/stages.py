@@ -29,7 +29,7 @@ from ..data.build import DataError, build_source
 from ..data.latents import CachedLatents
 from ..data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
 from ..embedded import embedded_model_dir
-from ..models.autoencoder import TemporalDecoder, image_vae_of, scale_latents
+from ..models.autoencoder import TemporalDecoder, encode_video, image_vae_of, scale_latents
 from ..models.conditioning import LabelEncoder
 from ..models.discriminator import VideoDiscriminator
 from ..models.lora import TemporalLoraOptions, add_temporal_lora, merge_temporal_lora, save_temporal_lora
@@ -39,6 +39,7 @@ from ..models.upsampler import VideoUpsampler, downsample_frames, noise_augment
 from ..pipelines.components import load_components
 from ..pipelines.cascade import CascadePipeline
 from ..pipelines.conditioning import encode_prompts
+from ..pipelines.decoding import decode_latents
 from ..pipelines.directory import UPSAMPLER_COMPONENTS, frame_format, inspect_pipeline_directory
 from ..pipelines.upsample import VideoUpsamplerPipeline, latent_decoder_scale
 from ..pipelines.video import VideoLDMPipeline
@@ -47,6 +48,7 @@ from .draws import DRAW_SEED, rand_per_sample, randint_per_sample, randn_per_sam
 from .objective import DiffusionObjective
 from .perceptual import PerceptualLoss
 from .trainer import Trainer, TrainSettings, parameters_of
+from .validation import ValidationSettings, check_stage_validates, video_names
 
 
 # A recipe's ``model: embedded`` is the moving-digits pipeline shipped in the package.
@@ -337,6 +339,7 @@ class VideoStage(_LatentStage):
         self.label_dropout = label_dropout
         self.captions = (None if self.text_encoder is None and null_states is None
                          else CaptionConditioning(self.text_encoder, self.tokenizer, caption_dropout, null_states))
+        self._clip_frames: int | None = None
         self._check_latent_source()
 
     def _check_latent_source(self) -> None:
@@ -387,24 +390,66 @@ class VideoStage(_LatentStage):
         loss = denoising_loss(self.objective, self.unet, latents, kwargs, draw_seeds)
         return loss, {"loss": loss.item()}
 
+    def _pipeline(self, unet: VideoUNet) -> VideoLDMPipeline:
+        """The stage's model as a sampling pipeline around ``unet`` (the trained one, or its merged copy)."""
+        text_encoder, tokenizer = self.text_encoder, self.tokenizer
+        if text_encoder is None and self.captions is not None:  # trained on cached caption states
+            parts = load_components(self.model_dir, ("text_encoder", "tokenizer"))
+            text_encoder, tokenizer = parts["text_encoder"].to(self.unet.device), parts["tokenizer"]
+        return VideoLDMPipeline(
+            unet=unet,
+            vae=self.vae,
+            # sampling sets the scheduler's timesteps: validation works on a copy of the exported one
+            scheduler=type(self.sampling_scheduler).from_config(self.sampling_scheduler.config),
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            label_encoder=self.label_encoder,
+            default_num_inference_steps=self.default_num_inference_steps,
+        )
+
     def export(self, output_dir: Path) -> None:
         unet = self.unet
         if self.lora_options is not None:
             save_temporal_lora(self.unet, self.lora_options, output_dir / LORA_DIRECTORY)
             unet = merge_temporal_lora(copy.deepcopy(self.unet))
-        text_encoder, tokenizer = self.text_encoder, self.tokenizer
-        if text_encoder is None and self.captions is not None:  # trained on cached caption states
-            parts = load_components(self.model_dir, ("text_encoder", "tokenizer"))
-            text_encoder, tokenizer = parts["text_encoder"], parts["tokenizer"]
-        VideoLDMPipeline(
-            unet=unet,
-            vae=self.vae,
-            scheduler=self.sampling_scheduler,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            label_encoder=self.label_encoder,
-            default_num_inference_steps=self.default_num_inference_steps,
-        ).save_pretrained(output_dir)
+        pipe = self._pipeline(unet)
+        pipe.register_modules(scheduler=self.sampling_scheduler)
+        pipe.save_pretrained(output_dir)
+
+    def check_validation(self, validation: ValidationSettings) -> None:
+        """Raise ValueError if the model cannot take ``validation``'s conditions (prompts need text, labels labels)."""
+        if validation.prompts is not None and self.captions is None:
+            raise ValueError("validation: prompts need a text-conditional model; this one takes "
+                             + ("labels" if self.label_encoder is not None else "no condition"))
+        if validation.labels is not None:
+            if self.label_encoder is None:
+                raise ValueError("validation: labels need a label-conditional model; this one takes "
+                                 + ("prompts" if self.captions is not None else "no condition"))
+            for labels in validation.labels:
+                try:
+                    self.label_encoder(torch.tensor([labels]))
+                except ValueError as error:
+                    raise ValueError(f"validation: labels {labels}: {error}") from None
+
+    @torch.no_grad()
+    def validation_videos(self, validation: ValidationSettings) -> dict[str, torch.Tensor]:
+        """The validation videos of the model as it is now: name -> pixels ``(T, C, H, W)`` in [-1, 1].
+
+        Sampled as ``videoldm generate`` samples (the pipeline's scheduler, steps and guidance), one video
+        per condition, video ``i`` from ``seed + i``; ``num_frames`` defaults to the training clips' length.
+        """
+        if validation.num_frames is None and self._clip_frames is None:
+            sample = self.source[0]
+            self._clip_frames = len(sample["latents"] if "latents" in sample else sample["video"])
+        pipe = self._pipeline(self.unet)
+        pipe.set_progress_bar_config(disable=True)
+        videos = {}
+        for index, (name, condition) in enumerate(zip(video_names(validation), validation.conditions())):
+            generator = torch.Generator().manual_seed(validation.seed + index)
+            frames = pipe.generate_frames(validation.num_frames or self._clip_frames, **condition, generator=generator,
+                                          num_inference_steps=validation.steps, guidance_scale=validation.guidance_scale)
+            videos[name] = torch.cat(list(frames), dim=1)[0].cpu()
+        return videos
 
 
 class DecoderStage(_DataStage):
@@ -475,6 +520,26 @@ class DecoderStage(_DataStage):
 
     def discriminator_loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         return self.objective.discriminator_loss(batch["video"], self.objective.last_reconstruction, step)
+
+    def check_validation(self, validation: ValidationSettings) -> None:
+        """Raise ValueError for conditions: the decoder's validation videos are reconstructions of data clips."""
+        if validation.prompts is not None or validation.labels is not None:
+            raise ValueError("validation: the decoder stage reconstructs data clips; give num_videos, not prompts or labels")
+
+    @torch.no_grad()
+    def validation_videos(self, validation: ValidationSettings) -> dict[str, torch.Tensor]:
+        """The first ``num_videos`` clips of the data beside their reconstructions, the image decoder's and
+        this decoder's (posterior modes, the whole clip in one window): name -> ``(T, C, H, 3W)`` in [-1, 1]."""
+        videos = {}
+        for index, name in enumerate(video_names(validation)):
+            clip = self.source[index % len(self.source)]["video"][None].to(self.decoder.device)
+            if validation.num_frames is not None:
+                clip = clip[:, : validation.num_frames]
+            latents = encode_video(self.decoder, clip, sample=False)
+            decoded = [decode_latents(self.decoder, latents, chunk_size=clip.shape[1], decoder=decoder)
+                       for decoder in ("image", "video")]
+            videos[name.replace("unconditional", "real-image-temporal")] = torch.cat([clip, *decoded], dim=-1)[0].cpu()
+        return videos
 
     def export(self, output_dir: Path) -> None:
         if self.video_model is None:
@@ -592,6 +657,9 @@ class InterpolationStage(VideoStage):
         ).freeze_spatial()
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+
+    # interpolation fills in given key frames, which a validation section does not give
+    check_validation = validation_videos = None
 
     def _regimes(self, draw_seeds: torch.Tensor) -> torch.Tensor:
         return randint_per_sample(draw_seeds, "frame_rate_regime", len(self.frame_strides), torch.device("cpu"))
@@ -805,13 +873,24 @@ STAGES = {
 
 
 def build_trainer(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> Trainer:
-    """A :class:`Trainer` for a recipe dict; ``overrides`` replace ``train:`` settings or ``output_dir``."""
+    """A :class:`Trainer` for a recipe dict; ``overrides`` replace ``train:`` settings or ``output_dir``, and
+    ``validate_every`` the ``validation:`` section's ``every`` (adding the section with its defaults)."""
     recipe = dict(recipe)
     overrides = dict(overrides or {})
     output_dir = overrides.pop("output_dir", None) or recipe.pop("output_dir")
     recipe.pop("output_dir", None)
+    validation = recipe.pop("validation", None)
+    validate_every = overrides.pop("validate_every", None)
+    if validate_every is not None:
+        validation = {**(validation or {}), "every": validate_every}
     settings = TrainSettings.from_dict({**recipe.pop("train", {}), **overrides})
     stage_class = STAGES[recipe.pop("stage")]
     check_arguments(stage_class.__init__, recipe, f"recipe of stage {stage_class.__name__}")
+    if validation is not None:
+        try:
+            check_stage_validates(stage_class)  # before the stage's models are built
+        except ValueError as error:
+            raise RecipeError(str(error)) from None
     torch.manual_seed(settings.seed)
-    return Trainer(stage_class(**recipe), settings, output_dir)
+    return Trainer(stage_class(**recipe), settings, output_dir,
+                   None if validation is None else ValidationSettings(**validation))

@@ -47,6 +47,8 @@ from tqdm.auto import tqdm
 from ..data.cache import FramesOfVideos, build_cache
 from .draws import (SKIPPED_FILES, DrawDataset, GlobalDrawBatches, RankStream, collate, init_data_worker,
                     micro_batch_size, rank_draws)
+from .validation import (ValidationSettings, check_stage_validates, log_validation_videos, step_directory,
+                         write_validation_videos)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 PARTIAL_SUFFIX = ".partial"
@@ -130,7 +132,9 @@ class Stage(Protocol):
     which every per-sample random choice must come (:mod:`videoldm.training.draws`), so the
     result does not depend on how the global batch is split over processes. Optional:
     ``discriminator_parameters()`` / ``discriminator_loss(batch, step)`` (a second optimiser, run
-    after the generator's step) and ``frames_only = True`` (train on single frames of the videos).
+    after the generator's step), ``frames_only = True`` (train on single frames of the videos) and
+    ``check_validation(validation)`` / ``validation_videos(validation) -> {name: (T, C, H, W)}`` (a
+    recipe's ``validation:`` section, :mod:`videoldm.training.validation`).
     """
 
     def dataset(self) -> Dataset: ...
@@ -237,10 +241,18 @@ class _StopSignals:
 class Trainer:
     """Trains ``stage`` for ``settings.steps`` steps, checkpointing into ``output_dir``."""
 
-    def __init__(self, stage: Stage, settings: TrainSettings, output_dir: str | Path) -> None:
+    def __init__(self, stage: Stage, settings: TrainSettings, output_dir: str | Path,
+                 validation: ValidationSettings | None = None) -> None:
         self.stage = stage
         self.settings = settings
         self.output_dir = Path(output_dir)
+        self.validation = validation
+        if validation is not None:
+            try:
+                check_stage_validates(type(stage))
+                stage.check_validation(validation)
+            except ValueError as error:
+                raise SetupError(str(error)) from None
         on_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
         # accelerate refuses fp16 on CPUs and bf16 there is emulated on most; CPUs compute in float32
         self.mixed_precision = "no" if on_cpu else settings.mixed_precision
@@ -488,8 +500,11 @@ class Trainer:
         logs: dict[str, float] = {}
         started = time.perf_counter()
         if settings.log_with is not None:
+            # TensorBoard drops what an interrupted run logged after the checkpoint this run resumes from
+            resumed = {"tensorboard": {"purge_step": self.step + 1}} if self.step else {}
             self.accelerator.init_trackers(TRACKER_PROJECT, config={"batch_size": settings.batch_size,
-                                                                    "learning_rate": settings.learning_rate})
+                                                                    "learning_rate": settings.learning_rate},
+                                           init_kwargs=resumed)
         self._logged_at = (self.step, started)
         for module in self.stage.modules().values():
             module.train()
@@ -517,6 +532,8 @@ class Trainer:
                 if self.step % settings.log_every == 0 or self.step == end:
                     logs = self._log(logs)
                     progress.set_postfix({key: f"{value:.4f}" for key, value in logs.items()})
+                if self.validation is not None and self.validation.due(self.step, settings.steps):
+                    self.validate()  # before the checkpoint: a run resumed from it has made this step's videos
                 if self.step % settings.checkpoint_every == 0 or self.step == end or out_of_time or signum:
                     checkpoint = self.save_checkpoint()
                 if signum:
@@ -598,20 +615,52 @@ class Trainer:
             self._logged_at = (self.step, now)
         return logs
 
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """The stage's modules hold the EMA weights, in eval mode, inside the block; the trained weights,
+        modes and random state are back afterwards (sampling must not change the training run)."""
+        backup = [parameter.detach().clone() for parameter in self.parameters]
+        modes = {module: module.training for module in self.stage.modules().values()}
+        self.ema.copy_to(self.parameters)
+        for module in modes:
+            module.eval()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                yield
+        finally:
+            with torch.no_grad():
+                for parameter, saved in zip(self.parameters, backup):
+                    parameter.copy_(saved)
+            for module, training in modes.items():
+                module.train(training)
+
     def export(self) -> Path:
         """Write the stage's final model (EMA weights) to ``output_dir/final`` (main process)."""
         final = self.output_dir / "final"
         if self.is_main:
-            backup = [parameter.detach().clone() for parameter in self.parameters]
-            self.ema.copy_to(self.parameters)
-            for module in self.stage.modules().values():
-                module.eval()
-            self.stage.export(final)
-            with torch.no_grad():
-                for parameter, saved in zip(self.parameters, backup):
-                    parameter.copy_(saved)
+            with self.ema_weights():
+                self.stage.export(final)
         self.accelerator.wait_for_everyone()
         return final
+
+    def validate(self) -> Path:
+        """Sample the stage's validation videos with the EMA weights (main process) into
+        ``output_dir/validation/step-XXXXXX/``; log them and their cost to the tracker. Returns that folder."""
+        directory = step_directory(self.output_dir, self.step)
+        if self.is_main:
+            started = time.perf_counter()
+            with self.ema_weights(), torch.no_grad():
+                videos = self.stage.validation_videos(self.validation)
+            files = write_validation_videos(videos, directory, self.validation.fps)
+            seconds = time.perf_counter() - started
+            if self.settings.log_with == LoggerType.TENSORBOARD.value:
+                log_validation_videos(self.accelerator.get_tracker(LoggerType.TENSORBOARD.value, unwrap=True),
+                                      files, videos, self.step)
+            if self.settings.log_with is not None:
+                self.accelerator.log({"validation_seconds": seconds}, step=self.step)
+            tqdm.write(f"step {self.step}: {len(files)} validation video(s) in {seconds:.1f} s -> {directory}")
+        self.accelerator.wait_for_everyone()
+        return directory
 
 
 def _peak_memory_mb(device: torch.device) -> float:
