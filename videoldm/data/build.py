@@ -14,7 +14,9 @@ typed entry is an error naming it):
 
 Video kinds also take ``num_frames`` (default 16; image stages: 1, one frame of each video),
 ``fps`` (default: each file's own rate) and ``size`` (``[height, width]`` or one number; default:
-the model's frame size). Channels always follow the model.
+the model's frame size). Channels always follow the model. Instead of ``num_frames`` and ``size``,
+``folder`` and ``csv`` take ``buckets``: ``[[frames, height, width], ...]``, each video trained in
+the nearest one by aspect ratio that it fills without upscaling, each batch from one bucket.
 """
 
 from __future__ import annotations
@@ -69,6 +71,24 @@ def _check_entries(data: dict[str, Any], allowed: list[str], kind: str) -> None:
         raise ValueError(f"data: unknown entries {unknown} for kind {kind!r}; expected some of {sorted(allowed)}")
 
 
+def _buckets(data: dict[str, Any], clip: ClipFormat, size_multiple: int) -> list[ClipFormat] | None:
+    """The ``buckets`` entry (``[[frames, height, width], ...]``) as clip formats of ``clip``'s rate and channels."""
+    buckets = data.pop("buckets", None)
+    if buckets is None:
+        return None
+    if (not isinstance(buckets, list) or not buckets
+            or any(not isinstance(b, list) or len(b) != 3 or any(type(n) is not int or n < 1 for n in b) for b in buckets)):
+        raise ValueError(f"data: buckets must list [frames, height, width] triples of positive integers, got {buckets!r}")
+    for frames, height, width in buckets:
+        if height % size_multiple or width % size_multiple:
+            raise ValueError(f"data: bucket [{frames}, {height}, {width}]: height and width must be multiples of "
+                             f"{size_multiple} for this model")
+    if len({tuple(b) for b in buckets}) != len(buckets):
+        raise ValueError(f"data: buckets repeat a format: {buckets}")
+    return [ClipFormat(num_frames=frames, fps=clip.fps, height=height, width=width, channels=clip.channels)
+            for frames, height, width in buckets]
+
+
 def _clip_format(data: dict[str, Any], height: int, width: int, channels: int, images: bool) -> ClipFormat:
     size = data.pop("size", None)
     if size is not None:
@@ -79,20 +99,23 @@ def _clip_format(data: dict[str, Any], height: int, width: int, channels: int, i
     return ClipFormat(num_frames=num_frames, fps=data.pop("fps", None), height=height, width=width, channels=channels)
 
 
-def build_source(data: dict[str, Any], *, height: int, width: int, channels: int, images: bool = False) -> Dataset:
+def build_source(data: dict[str, Any], *, height: int, width: int, channels: int, images: bool = False,
+                 size_multiple: int = 1) -> Dataset:
     """The source a ``data:`` section describes, for a model of ``height`` x ``width`` x ``channels`` frames.
 
     ``images``: for an image stage (samples ``{"image": (C, H, W)}``; moving digits stay videos,
-    the trainer takes their frames). Raises :class:`DataError` for a bad section, or a source
-    without a usable clip (naming the path).
+    the trainer takes their frames). ``size_multiple``: what bucket sizes must be multiples of (the
+    model's pixels per cell of its deepest level). Raises :class:`DataError` for a bad section, or a
+    source without a usable clip (naming the path).
     """
     try:
-        return _build_source(dict(data), height, width, channels, images)
+        return _build_source(dict(data), height, width, channels, images, size_multiple)
     except ValueError as error:
         raise DataError(str(error)) from None
 
 
-def _build_source(data: dict[str, Any], height: int, width: int, channels: int, images: bool) -> Dataset:
+def _build_source(data: dict[str, Any], height: int, width: int, channels: int, images: bool,
+                  size_multiple: int) -> Dataset:
     kind = data.pop("kind", "digits")
     if kind not in SOURCE_KINDS:
         raise ValueError(f"data: unknown kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
@@ -109,7 +132,14 @@ def _build_source(data: dict[str, Any], height: int, width: int, channels: int, 
         return CachedLatents(data["path"])
     if images and kind == "webdataset":
         raise ValueError("data: image stages read folders or CSV lists of videos, or folders of images, not shards")
+    if "buckets" in data:
+        if kind not in ("folder", "csv") or images:
+            raise ValueError("data: buckets are for video stages reading a folder or a CSV list of videos")
+        if "size" in data or "num_frames" in data:
+            raise ValueError("data: buckets give the clips' lengths and sizes; remove num_frames and size")
     clip = _clip_format(data, height, width, channels, images)
+    if "buckets" in data:
+        data["buckets"] = _buckets(data, clip, size_multiple)
     source_class = _FILE_KINDS[kind]
     check_arguments(source_class.__init__, {**data, "clip": clip}, f"data (kind {kind!r})")
     source = source_class(clip=clip, **data)

@@ -67,6 +67,8 @@ __all__ = [
 # A draw whose file fails while decoding falls to another clip; this many failures in a row mean
 # the data is broken beyond skipping, not a few bad files.
 MAX_REDRAWS = 32
+# makes a step's bucket draw independent of the draw of the same number (both come from draw_seed)
+_BUCKET_SALT = 0x5BD1E995
 
 
 class DataWarning(UserWarning):
@@ -171,11 +173,34 @@ def _reason_of(error: VideoReadError) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class _Video:
-    """A checked video: where it is, how many frames it has at the target rate, its caption."""
+    """A checked video: where it is, how many frames it has at the target rate, its caption, its size."""
 
     path: Path
     frames: int
     caption: str | None = None
+    height: int = 0
+    width: int = 0
+
+
+def nearest_bucket(buckets: Sequence[ClipFormat], frames: int, height: int, width: int) -> int | None:
+    """The bucket a video of ``frames`` frames (at the target rate) and ``height`` x ``width`` pixels trains in.
+
+    Among the buckets it fills without upscaling (no more frames, rows or columns than it has), the one
+    closest in aspect ratio (``|log(w/h) - log(bw/bh)|``, so the crop is smallest), then the largest
+    (pixels times frames); None if it is smaller than every bucket.
+    """
+    fitting = [index for index, bucket in enumerate(buckets)
+               if bucket.num_frames <= frames and bucket.height <= height and bucket.width <= width]
+    if not fitting:
+        return None
+    aspect = math.log(width / height)
+
+    def distance(index: int) -> tuple[float, int]:
+        bucket = buckets[index]
+        return (abs(aspect - math.log(bucket.width / bucket.height)),
+                -bucket.num_frames * bucket.height * bucket.width)
+
+    return min(fitting, key=distance)
 
 
 class VideoFiles(Dataset, _SkipCounter):
@@ -183,19 +208,44 @@ class VideoFiles(Dataset, _SkipCounter):
 
     Every file is checked when the source is built (in threads: container headers only); item
     ``i`` is a clip of the ``i``-th usable video. ``name`` names the source in errors.
+
+    ``buckets`` (clip formats of several lengths and sizes) replace ``clip``: each video makes clips of
+    its :func:`nearest_bucket` (never upscaled; a video smaller than every bucket is skipped), and the
+    trainer takes every clip of a step from one bucket (:meth:`bucket_of_step`), so batches stack.
     """
 
-    def __init__(self, videos: Sequence[tuple[Path, str | None]], clip: ClipFormat, name: str, threads: int = 8) -> None:
+    def __init__(self, videos: Sequence[tuple[Path, str | None]], clip: ClipFormat, name: str, threads: int = 8,
+                 buckets: Sequence[ClipFormat] | None = None) -> None:
         self._init_skips()
-        self.clip = clip
+        # with buckets, the shortest bucket's clips decide which videos are long enough
+        self.clip = clip if not buckets else min(buckets, key=lambda bucket: bucket.num_frames)
         self.name = name
         with ThreadPoolExecutor(max(1, threads)) as pool:
             checked = list(pool.map(self._check, videos))
         self.videos = [video for video in checked if video is not None]
+        self.buckets = list(buckets) if buckets else None
+        if self.buckets:
+            self.videos = [video for video in self.videos if self._in_a_bucket(video)]
+            self.bucket_of = [nearest_bucket(self.buckets, video.frames, video.height, video.width) for video in self.videos]
+            self.bucket_videos = [[i for i, bucket in enumerate(self.bucket_of) if bucket == b] for b in range(len(self.buckets))]
         if not self.videos:
-            raise ValueError(f"{name}: no usable video of at least {clip.num_frames} frames"
+            raise ValueError(f"{name}: no usable video of at least {self.clip.num_frames} frames"
                              + (f" among {len(videos)} file(s) ({skipped_summary(self)})" if videos else " (no video files)"))
         self.has_captions = any(video.caption is not None for video in self.videos)
+
+    def _in_a_bucket(self, video: _Video) -> bool:
+        if nearest_bucket(self.buckets, video.frames, video.height, video.width) is not None:
+            return True
+        self._skip(str(video.path), "smaller than every bucket",
+                   f"{video.frames} frames of {video.height}x{video.width}; buckets never upscale")
+        return False
+
+    def bucket_of_step(self, seed: int, step: int) -> int:
+        """The bucket every clip of training step ``step`` comes from, drawn from ``(seed, step)`` with
+        probability proportional to its number of videos (so every video is equally likely, as without buckets)."""
+        counts = torch.tensor([len(videos) for videos in self.bucket_videos], dtype=torch.float64)
+        generator = torch.Generator().manual_seed(draw_seed(seed, step) ^ _BUCKET_SALT)
+        return int(torch.multinomial(counts, 1, generator=generator))
 
     def _check(self, entry: tuple[Path, str | None]) -> _Video | None:
         path, caption = entry
@@ -218,7 +268,7 @@ class VideoFiles(Dataset, _SkipCounter):
             rate = f" at {self.clip.fps:g} fps" if self.clip.fps else ""
             self._skip(str(path), "too short", f"{frames} frames{rate}, clips need {self.clip.num_frames}")
             return None
-        return _Video(path, frames, caption)
+        return _Video(path, frames, caption, int(info["height"]), int(info["width"]))
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -227,28 +277,32 @@ class VideoFiles(Dataset, _SkipCounter):
         return self.sample(index, torch.Generator().manual_seed(index))
 
     def sample(self, index: int, generator: torch.Generator) -> dict[str, Any]:
-        """A clip of video ``index``: start frame and crop from ``generator``; ``{"video", ["caption"]}``.
+        """A clip of video ``index`` (in its bucket's format, with buckets): start frame and crop from
+        ``generator``; ``{"video", ["caption"]}``.
 
         A video that fails while decoding is skipped (warned, counted) and the draw moves to a
-        video picked by ``generator``, so the result still depends on ``(index, generator)`` only.
+        video picked by ``generator`` (in the same bucket), so the result still depends on ``(index, generator)`` only.
         """
+        bucket = None if self.buckets is None else self.bucket_of[index]
+        clip = self.clip if bucket is None else self.buckets[bucket]
+        candidates = range(len(self.videos)) if bucket is None else self.bucket_videos[bucket]
         for _ in range(MAX_REDRAWS):
             video = self.videos[index]
-            start = int(torch.randint(0, video.frames - self.clip.num_frames + 1, (), generator=generator))
+            start = int(torch.randint(0, video.frames - clip.num_frames + 1, (), generator=generator))
             try:
-                frames = read_video(video.path, fps=self.clip.fps, start_frame=start, num_frames=self.clip.num_frames).frames
+                frames = read_video(video.path, fps=clip.fps, start_frame=start, num_frames=clip.num_frames).frames
             except VideoReadError as error:
                 reason, detail = _reason_of(error)
                 # the header promised these frames (checked when the source was built)
                 self._skip(str(video.path), "truncated" if "requested range is empty" in detail else reason, detail)
             else:
-                if len(frames) == self.clip.num_frames:
-                    sample: dict[str, Any] = {"video": fit_frames(frames, self.clip, generator)}
+                if len(frames) == clip.num_frames:
+                    sample: dict[str, Any] = {"video": fit_frames(frames, clip, generator)}
                     if self.has_captions:
                         sample["caption"] = video.caption or ""
                     return sample
-                self._skip(str(video.path), "truncated", f"{len(frames)} of {self.clip.num_frames} frames decoded")
-            index = int(torch.randint(0, len(self.videos), (), generator=generator))
+                self._skip(str(video.path), "truncated", f"{len(frames)} of {clip.num_frames} frames decoded")
+            index = candidates[int(torch.randint(0, len(candidates), (), generator=generator))]
         raise DataError(f"{self.name}: {MAX_REDRAWS} videos in a row failed to decode ({skipped_summary(self)})")
 
 
@@ -274,14 +328,14 @@ class VideoFolder(VideoFiles):
     and folders of PNG/JPG frames, which play at ``fps`` or 8 fps). A folder that is itself a
     folder of frames is one video. No captions."""
 
-    def __init__(self, path: str | Path, clip: ClipFormat) -> None:
+    def __init__(self, path: str | Path, clip: ClipFormat, buckets: Sequence[ClipFormat] | None = None) -> None:
         root = Path(path).expanduser()
         if not root.is_dir():
             raise ValueError(f"{root}: no such folder of videos")
         files = list_video_files(root)
         if not files and _is_frame_folder(os.listdir(root)):
             files = [root]
-        super().__init__([(file, None) for file in files], clip, name=str(root))
+        super().__init__([(file, None) for file in files], clip, name=str(root), buckets=buckets)
 
 
 class VideoCsv(VideoFiles):
@@ -301,6 +355,7 @@ class VideoCsv(VideoFiles):
         caption_column: str | None = "caption",
         path_template: str | None = None,
         video_root: str | None = None,
+        buckets: Sequence[ClipFormat] | None = None,
     ) -> None:
         table = Path(path).expanduser()
         if not table.is_file():
@@ -324,7 +379,7 @@ class VideoCsv(VideoFiles):
         if missing:
             raise ValueError(f"{table}: no column {missing[0]!r} (columns: {', '.join(sorted(columns))})")
         videos = [(root / name, row[caption_column] if caption_column else None) for name, row in zip(relative, rows)]
-        super().__init__(videos, clip, name=str(table))
+        super().__init__(videos, clip, name=str(table), buckets=buckets)
 
 
 class FramesAsImages(Dataset):

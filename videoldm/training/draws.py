@@ -152,24 +152,34 @@ class DrawDataset(Dataset):
 
     The item index and every random choice of the source come from ``draw_seed(seed, n)``;
     the sample gets a ``"draw_seed"`` entry for the stage's own per-sample randomness and a
-    ``"skipped_files"`` one (:class:`WorkerSkips`).
+    ``"skipped_files"`` one (:class:`WorkerSkips`). A source with buckets (``bucket_of_step``,
+    ``bucket_videos``) gives every draw of step ``n // global_batch`` a video of that step's bucket:
+    the bucket depends on the step alone, so every process and accumulation step agrees.
     """
 
-    def __init__(self, source: Dataset, seed: int) -> None:
+    def __init__(self, source: Dataset, seed: int, global_batch: int = 1) -> None:
         if len(source) == 0:
             raise ValueError("the training data set is empty")
         self.source = source
         self.seed = seed
+        self.global_batch = global_batch
         self._sample = getattr(source, "sample", None)
+        self._bucketed = getattr(source, "buckets", None) is not None
         self.skips = WorkerSkips(source)
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def _index(self, draw: int, generator: torch.Generator) -> int:
+        if not self._bucketed:
+            return int(torch.randint(0, len(self.source), (1,), generator=generator))
+        videos = self.source.bucket_videos[self.source.bucket_of_step(self.seed, draw // self.global_batch)]
+        return videos[int(torch.randint(0, len(videos), (1,), generator=generator))]
+
     def __getitem__(self, draw: int) -> dict[str, Any]:
         seed = draw_seed(self.seed, draw)
         generator = torch.Generator().manual_seed(seed)
-        index = int(torch.randint(0, len(self.source), (1,), generator=generator))
+        index = self._index(draw, generator)
         self.skips.begin()
         sample = self._sample(index, generator) if self._sample is not None else self.source[index]
         return {**{key: _as_float32(value) for key, value in sample.items()}, DRAW_SEED: torch.tensor(seed),

@@ -313,13 +313,16 @@ class Trainer:
         self.streaming = hasattr(dataset, "stream")
         if self.streaming and (settings.cache_data or frames_only):
             raise SetupError("cache_data and image stages need a map-style source (with a length), not a stream")
+        if getattr(dataset, "buckets", None) is not None and settings.cache_data:
+            raise SetupError("cache_data keeps one clip per video, which buckets of several formats cannot stack; "
+                             "remove cache_data or buckets")
         if settings.cache_data or frames_only:
             dataset = build_cache(dataset, workers=settings.num_workers)
         if frames_only:
             dataset = FramesOfVideos(dataset)
         self.dataset = dataset
         if not self.streaming:
-            self.draws = DrawDataset(dataset, settings.seed)
+            self.draws = DrawDataset(dataset, settings.seed, settings.batch_size)
         self.step = 0
         # skips reported by data-loader workers (with each batch) and by the other processes (at the end)
         self._reported_skipped_files: dict[str, str] = {}
