@@ -126,3 +126,36 @@ def test_buckets_refuse_cache_data(mixed_folder, tmp_path, capsys):
         main(["train", str(path)])
     assert exit_info.value.code == 2
     assert "cache_data keeps one clip per video" in capsys.readouterr().err
+
+
+def test_encode_caches_per_bucket_and_training_on_the_cache_batches_one_bucket(mixed_folder, tmp_path, capsys):
+    from videoldm.data.latents import CachedLatents
+
+    buckets = ",".join("x".join(map(str, bucket)) for bucket in BUCKETS)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["encode", "--data", str(mixed_folder), "--buckets", buckets, "--out", str(tmp_path / "cache"),
+              "--shard-size", "3", "--batch-size", "2"])
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    assert "wrote" in capsys.readouterr().out
+    cache = CachedLatents(tmp_path / "cache")
+    assert cache.buckets == BUCKETS and len(cache) == 5
+    for index in range(len(cache)):
+        frames, height, width = BUCKETS[cache.bucket_of[index]]
+        assert cache[index]["latents"].shape == (frames, 4, height // 4, width // 4)
+    assert sorted(len(videos) for videos in cache.bucket_videos) == [1, 2, 2]
+
+    recipe = bucket_recipe(mixed_folder, tmp_path / "run", steps=4)
+    recipe["data"] = {"kind": "latents", "path": str(tmp_path / "cache")}
+    trainer = build_trainer(recipe)
+    shapes = []
+    loss = trainer.loss_module.compute
+    trainer.loss_module.compute = lambda batch, step: (shapes.append(tuple(batch["latents"].shape)), loss(batch, step))[1]
+    trainer.train()
+    assert len(shapes) == 4 and all(shape[0] == 4 for shape in shapes)
+
+
+def test_encode_buckets_exclude_size_and_frames(mixed_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["encode", "--data", str(mixed_folder), "--buckets", "4x32x32", "--size", "32x32", "--out", str(tmp_path / "c")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --buckets gives the clips' lengths and sizes; drop --num-frames and --size"

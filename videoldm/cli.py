@@ -30,6 +30,7 @@ from ._startup import import_frozen, skip_exit_collection
 from .defaults import (
     DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE,
     DEFAULT_NOISE_LEVEL,
+    DEFAULT_NUM_FRAMES,
     DEFAULT_UPSAMPLER_STEPS,
     DEFAULT_UPSAMPLER_WINDOW_FRAMES,
     MAX_FPS,
@@ -58,6 +59,7 @@ from .generation import (
     inspect_model,
     load_pipeline,
     parse_kernel,
+    parse_buckets,
     parse_size,
     parse_temporal_kinds,
     plan_generation,
@@ -358,9 +360,10 @@ def encode(
     data: str = typer.Option(..., "--data", help="Videos to encode: a folder, a .csv (path,caption) or webdataset shards."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Pipeline directory whose autoencoder (and text encoder) to use (default: the embedded digits model)."),
     out: Path = typer.Option(..., "--out", help="New or empty directory for the cache (or an unfinished cache with the same settings, to resume)."),
-    num_frames: int = typer.Option(16, "--num-frames", min=1, max=MAX_FRAMES, help="Frames per clip."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", min=1, max=MAX_FRAMES, help="Frames per clip (default 16)."),
     fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=MAX_FPS, callback=_finite, help="Frame rate of the clips (default: each file's own)."),
     size: Optional[str] = typer.Option(None, "--size", help="Frame size HxW, e.g. 320x512 (default: the model's)."),
+    buckets: Optional[str] = typer.Option(None, "--buckets", help="Instead of --num-frames and --size: clip formats FRAMESxHxW, comma-separated (e.g. 16x320x512,16x512x320); each video is cached in the nearest one, as training with data.buckets does."),
     shard_size: int = typer.Option(256, "--shard-size", min=1, help="Clips per output shard (folders and CSV lists; webdataset keeps its shards)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, max=4096, help="Clips per autoencoder batch."),
     seed: int = SeedOption,
@@ -377,7 +380,7 @@ def encode(
     from .data.build import DataError, build_source, infer_kind
     from .data.latents import LatentCacheError, check_cache_directory
     from .data.sources import DataWarning
-    from .training.encoding import CacheSettings, encode_latent_cache
+    from .training.encoding import CacheSettings, clip_request, encode_latent_cache
 
     if device is not None:
         check_device(device)
@@ -385,14 +388,19 @@ def encode(
         info = inspect_pipeline_directory(model or embedded_model_dir())
     frames = pipeline_frame_format(info)
     height, width = parse_size(size) if size else (frames.height, frames.width)
+    bucket_list = parse_buckets(buckets) if buckets else None
+    if bucket_list and (size or num_frames):
+        raise UserError("--buckets gives the clips' lengths and sizes; drop --num-frames and --size")
     with reported_as("--data"):
         kind = infer_kind(data)
     if kind not in ("folder", "csv", "webdataset"):
         raise UserError(f"--data {data}: holds {kind}; expected a folder of videos, a CSV file or webdataset shards")
+    if bucket_list and kind == "webdataset":
+        raise UserError(f"--buckets: {data} holds webdataset shards; buckets need a folder or a CSV list of videos")
     embed = info.conditioning == "text" and embed_captions
+    clip_description, clips = clip_request(info, num_frames or DEFAULT_NUM_FRAMES, fps, (height, width), bucket_list)
     description = {"data": str(Path(data).expanduser().absolute()) if kind != "webdataset" else data, "kind": kind,
-                   "model": str(info.path.absolute()), "num_frames": num_frames, "fps": fps, "height": height,
-                   "width": width, "channels": frames.channels}
+                   **clip_description}
     # what encode_to_cache adds to the description (but the shard count, which needs the data)
     settings = {"shard_size": shard_size, "seed": seed, "captions": "embeddings" if embed else "text"}
     with reported_as("--out"):
@@ -402,8 +410,8 @@ def encode(
         check_creatable(out)
     with plain_warnings(quiet=(DataWarning,) if process_rank() else ()):
         with reported_as("--data", DataError):
-            source = build_source({"kind": kind, "path": data, "num_frames": num_frames, "fps": fps, "size": [height, width]},
-                                  height=height, width=width, channels=frames.channels)
+            source = build_source({"kind": kind, "path": data, "fps": fps, **clips}, height=height, width=width,
+                                  channels=frames.channels, size_multiple=info.size_multiple)
         with reported_as("--out", LatentCacheError):  # the data on disk changed since an interrupted run
             cache = encode_latent_cache(source, info, out, description,
                                         CacheSettings(shard_size, batch_size, seed, embed, device))

@@ -648,6 +648,17 @@ def check_image_model(image_model: Path) -> str:
 
 
 
+def parse_buckets(text: str) -> list[list[int]]:
+    """``"16x320x512,16x512x320"`` -> ``[[16, 320, 512], [16, 512, 320]]`` (``--buckets``: FRAMESxHEIGHTxWIDTH each)."""
+    try:
+        buckets = [[int(part) for part in bucket.lower().split("x")] for bucket in text.split(",")]
+    except ValueError:
+        buckets = []
+    if not buckets or any(len(bucket) != 3 or min(bucket) < 1 for bucket in buckets):
+        raise UserError(f"--buckets {text!r}: expected FRAMESxHEIGHTxWIDTH formats, comma-separated, like 16x320x512,16x512x320")
+    return buckets
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"320x512"`` -> ``(320, 512)``; ``"256"`` -> ``(256, 256)``."""
     try:

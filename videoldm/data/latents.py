@@ -2,7 +2,7 @@
 
 A cache is a directory: ``cache.json`` (what was encoded, with which model and clip format, and
 how many shards make it complete) and shards ``latents-00000.safetensors``, ... each holding
-``latents`` ``(N, T, c, h, w)`` float16 (already times the autoencoder's scaling factor, the
+``latents`` ``(N, T, c, h, w)`` float16 (``latents.B`` per bucket ``B`` where the source has buckets) (already times the autoencoder's scaling factor, the
 posterior mean), and either ``encoder_hidden_states`` ``(N, L, D)`` float16 (captions run through
 the pipeline's text encoder) or the captions themselves in the file's metadata (``captions``, a
 JSON list), or neither. Each shard is written under a temporary name and renamed when complete,
@@ -16,7 +16,6 @@ webdataset source.
 
 from __future__ import annotations
 
-import bisect
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .io import atomic_output
-from .sources import WebDatasetVideos, draw_generator
+from .sources import WebDatasetVideos, bucket_of_step, draw_generator
 
 __all__ = ["CACHE_FILE", "CachedLatents", "cache_description", "cache_shard_count", "check_cache_directory", "encode_to_cache",
            "prepare_cache", "shard_path"]
@@ -99,13 +98,22 @@ def prepare_cache(directory: Path, description: dict[str, Any]) -> bool:
     return resuming
 
 
-def _items(source: Dataset, shard: int, shard_size: int, seed: int) -> Iterator[dict[str, Any]]:
+def _items(source: Dataset, shard: int, shard_size: int, seed: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(bucket, sample)`` of the clips of output shard ``shard`` (bucket 0 for sources without buckets)."""
     if isinstance(source, WebDatasetVideos):
-        yield from source.shard_clips(shard, lambda j: draw_generator(seed, shard * _DRAWS_PER_SHARD + j))
+        for sample in source.shard_clips(shard, lambda j: draw_generator(seed, shard * _DRAWS_PER_SHARD + j)):
+            yield 0, sample
         return
     sample = getattr(source, "sample", None)
+    buckets = getattr(source, "bucket_of", None) if getattr(source, "buckets", None) else None
     for item in range(shard * shard_size, min((shard + 1) * shard_size, len(source))):
-        yield sample(item, draw_generator(seed, item)) if sample is not None else source[item]
+        clip = sample(item, draw_generator(seed, item)) if sample is not None else source[item]
+        yield (0 if buckets is None else buckets[item]), clip
+
+
+def bucket_key(key: str, bucket: int | None) -> str:
+    """A shard's tensor name: ``latents``, or ``latents.3`` for bucket 3 of a cache with buckets."""
+    return key if bucket is None else f"{key}.{bucket}"
 
 
 def encode_to_cache(
@@ -141,38 +149,47 @@ def encode_to_cache(
             save_file({"encoder_hidden_states": embed_captions([""]).float().cpu().contiguous()}, str(staging))
     mine = [k for k in range(num_shards) if k % num_processes == process_index and not shard_path(directory, k).is_file()]
     total = sum(min(shard_size, len(source) - k * shard_size) for k in mine) if not isinstance(source, WebDatasetVideos) else None
+    # clips of several buckets have several shapes: each bucket is batched and stored apart (latents.B, ...)
+    buckets = range(len(source.buckets)) if getattr(source, "buckets", None) else [None]
     encoded = 0
     with tqdm(total=total, desc="encoding clips", unit="clip", disable=not progress, dynamic_ncols=True) as bar:
         for shard in mine:
-            latents: list[torch.Tensor] = []
-            states: list[torch.Tensor] = []
-            captions: list[str] = []
-            pending: list[dict[str, Any]] = []
+            latents: dict[int | None, list[torch.Tensor]] = {bucket: [] for bucket in buckets}
+            states: dict[int | None, list[torch.Tensor]] = {bucket: [] for bucket in buckets}
+            captions: dict[int | None, list[str]] = {bucket: [] for bucket in buckets}
+            pending: dict[int | None, list[dict[str, Any]]] = {bucket: [] for bucket in buckets}
 
-            def flush() -> None:
+            def flush(bucket: int | None) -> None:
+                clips = pending[bucket]
                 with torch.no_grad():
-                    latents.append(encode(torch.stack([p["video"] for p in pending])).to(torch.float16).cpu())
+                    latents[bucket].append(encode(torch.stack([p["video"] for p in clips])).to(torch.float16).cpu())
                     if embed_captions is not None:
-                        states.append(embed_captions([p.get("caption", "") for p in pending]).to(torch.float16).cpu())
-                captions.extend(p.get("caption", "") for p in pending)
-                bar.update(len(pending))
-                pending.clear()
+                        states[bucket].append(embed_captions([p.get("caption", "") for p in clips]).to(torch.float16).cpu())
+                captions[bucket].extend(p.get("caption", "") for p in clips)
+                bar.update(len(clips))
+                clips.clear()
 
-            for sample in _items(source, shard, shard_size, seed):
-                pending.append(sample)
-                if len(pending) == batch_size:
-                    flush()
-            if pending:
-                flush()
+            for bucket, sample in _items(source, shard, shard_size, seed):
+                bucket = None if buckets == [None] else bucket
+                pending[bucket].append(sample)
+                if len(pending[bucket]) == batch_size:
+                    flush(bucket)
             # A shard whose clips were all bad (each warned about) is still written, empty, so the
             # cache counts as complete and a rerun does not try it again.
-            tensors = {"latents": torch.cat(latents).contiguous() if latents else torch.zeros(0, dtype=torch.float16)}
-            if states:
-                tensors["encoder_hidden_states"] = torch.cat(states).contiguous()
-            metadata = {"captions": json.dumps(captions)} if embed_captions is None and any(captions) else None
+            tensors = {}
+            for bucket in buckets:
+                if pending[bucket]:
+                    flush(bucket)
+                tensors[bucket_key("latents", bucket)] = (torch.cat(latents[bucket]).contiguous() if latents[bucket]
+                                                          else torch.zeros(0, dtype=torch.float16))
+                if states[bucket]:
+                    tensors[bucket_key("encoder_hidden_states", bucket)] = torch.cat(states[bucket]).contiguous()
+            # captions in the order the clips are numbered: bucket by bucket
+            in_order = [caption for bucket in buckets for caption in captions[bucket]]
+            metadata = {"captions": json.dumps(in_order)} if embed_captions is None and any(in_order) else None
             with atomic_output(shard_path(directory, shard)) as staging:
                 save_file(tensors, str(staging), metadata=metadata)
-            encoded += len(tensors["latents"])
+            encoded += len(in_order)
     return encoded
 
 
@@ -181,8 +198,10 @@ class CachedLatents(Dataset):
 
     Shards are memory-mapped and read one clip at a time, so a cache larger than memory trains.
     ``null_states`` ``(1, L, D)``: the empty caption's text-encoder states where captions were
-    embedded (None in caches without them). Raises ValueError if ``path`` is not a cache or is
-    incomplete (an interrupted encode).
+    embedded (None in caches without them). A cache encoded with buckets (``buckets`` in its
+    ``cache.json``) numbers its clips shard by shard, bucket by bucket, and gives the trainer
+    ``buckets``, ``bucket_of`` and ``bucket_videos`` as a bucketed video source does. Raises
+    ValueError if ``path`` is not a cache or is incomplete (an interrupted encode).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -198,42 +217,51 @@ class CachedLatents(Dataset):
             raise ValueError(f"{self.path}: incomplete latent cache ({len(missing)} of {len(expected)} shards missing); "
                              "run the same `videoldm encode` again to finish it")
         self.captions: list[list[str] | None] = []
-        self.keys: set[str] = set()
-        counts = []
-        for shard in self.shards:
+        self.has_states = False
+        self.buckets = self.description.get("buckets")
+        buckets = range(len(self.buckets)) if self.buckets else [None]
+        # clip -> (shard, bucket, row in that bucket's tensors, row in the shard's caption list)
+        self.rows: list[tuple[int, int | None, int, int]] = []
+        for index, shard in enumerate(self.shards):
             with safe_open(str(shard), framework="pt") as handle:
-                counts.append(handle.get_slice("latents").get_shape()[0])
                 metadata = handle.metadata() or {}
-                if counts[-1]:
-                    self.keys = set(handle.keys())
+                in_shard = 0
+                for bucket in buckets:
+                    count = handle.get_slice(bucket_key("latents", bucket)).get_shape()[0]
+                    self.rows.extend((index, bucket, row, in_shard + row) for row in range(count))
+                    in_shard += count
+                    self.has_states |= count > 0 and bucket_key("encoder_hidden_states", bucket) in handle.keys()
             self.captions.append(json.loads(metadata["captions"]) if "captions" in metadata else None)
-        if sum(counts) == 0:
+        if not self.rows:
             raise ValueError(f"{self.path}: the latent cache holds no clips")
+        if self.buckets:
+            self.bucket_of = [bucket for _, bucket, _, _ in self.rows]
+            self.bucket_videos = [[i for i, b in enumerate(self.bucket_of) if b == bucket] for bucket in buckets]
         null_prompt = self.path / NULL_PROMPT_FILE
         self.null_states = load_file(null_prompt)["encoder_hidden_states"] if null_prompt.is_file() else None
-        self.offsets = [0]
-        for count in counts:
-            self.offsets.append(self.offsets[-1] + count)
         self._handles: dict[int, Any] = {}
+
+    def bucket_of_step(self, seed: int, step: int) -> int:
+        """The bucket every clip of training step ``step`` comes from (:func:`~videoldm.data.sources.bucket_of_step`)."""
+        return bucket_of_step(self.bucket_videos, seed, step)
 
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps do not cross process boundaries; each DataLoader worker opens its own.
         return {**self.__dict__, "_handles": {}}
 
     def __len__(self) -> int:
-        return self.offsets[-1]
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"clip {index} of a cache of {len(self)}")
-        shard = bisect.bisect_right(self.offsets, index) - 1
-        row = index - self.offsets[shard]
+        shard, bucket, row, in_shard = self.rows[index]
         if shard not in self._handles:
             self._handles[shard] = safe_open(str(self.shards[shard]), framework="pt")
         handle = self._handles[shard]
-        sample: dict[str, Any] = {"latents": handle.get_slice("latents")[row].float()}
-        if "encoder_hidden_states" in self.keys:
-            sample["encoder_hidden_states"] = handle.get_slice("encoder_hidden_states")[row].float()
+        sample: dict[str, Any] = {"latents": handle.get_slice(bucket_key("latents", bucket))[row].float()}
+        if self.has_states:
+            sample["encoder_hidden_states"] = handle.get_slice(bucket_key("encoder_hidden_states", bucket))[row].float()
         elif self.captions[shard] is not None:
-            sample["caption"] = self.captions[shard][row]
+            sample["caption"] = self.captions[shard][in_shard]
         return sample

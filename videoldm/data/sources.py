@@ -171,6 +171,15 @@ def _reason_of(error: VideoReadError) -> tuple[str, str]:
     return ("no video stream" if "no video stream" in detail else "unreadable"), detail
 
 
+def bucket_of_step(bucket_videos: Sequence[Sequence[int]], seed: int, step: int) -> int:
+    """The bucket of training step ``step`` of a run seeded ``seed``, given each bucket's items: drawn from
+    ``(seed, step)`` alone with probability proportional to its number of items (so every item is equally
+    likely, as without buckets, and every process and accumulation step of the step agrees)."""
+    counts = torch.tensor([len(items) for items in bucket_videos], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(draw_seed(seed, step) ^ _BUCKET_SALT)
+    return int(torch.multinomial(counts, 1, generator=generator))
+
+
 @dataclass(frozen=True)
 class _Video:
     """A checked video: where it is, how many frames it has at the target rate, its caption, its size."""
@@ -241,11 +250,8 @@ class VideoFiles(Dataset, _SkipCounter):
         return False
 
     def bucket_of_step(self, seed: int, step: int) -> int:
-        """The bucket every clip of training step ``step`` comes from, drawn from ``(seed, step)`` with
-        probability proportional to its number of videos (so every video is equally likely, as without buckets)."""
-        counts = torch.tensor([len(videos) for videos in self.bucket_videos], dtype=torch.float64)
-        generator = torch.Generator().manual_seed(draw_seed(seed, step) ^ _BUCKET_SALT)
-        return int(torch.multinomial(counts, 1, generator=generator))
+        """The bucket every clip of training step ``step`` comes from (:func:`bucket_of_step`)."""
+        return bucket_of_step(self.bucket_videos, seed, step)
 
     def _check(self, entry: tuple[Path, str | None]) -> _Video | None:
         path, caption = entry

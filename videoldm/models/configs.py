@@ -26,3 +26,9 @@ def downsampling_factor(config: Mapping[str, Any]) -> int:
     """Input pixels (or cells) per cell of the deepest level of a diffusers autoencoder or UNet (``2 ** (levels - 1)``),
     from its config or an inflated model's: for an autoencoder, the pixel size of one latent cell."""
     return 2 ** (len(image_model_config(config)["block_out_channels"]) - 1)
+
+
+def frame_size_multiple(vae_config: Mapping[str, Any], unet_config: Mapping[str, Any] | None = None) -> int:
+    """What a frame's height and width must be multiples of: the autoencoder's pixels per latent cell times
+    the UNet's cells per cell of its deepest level."""
+    return downsampling_factor(vae_config) * (downsampling_factor(unet_config) if unet_config else 1)

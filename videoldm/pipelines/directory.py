@@ -18,7 +18,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from ..defaults import DEFAULT_NUM_INFERENCE_STEPS
-from ..models.configs import downsampling_factor, image_model_config
+from ..models.configs import downsampling_factor, frame_size_multiple, image_model_config
 
 MODEL_INDEX = "model_index.json"
 REQUIRED_COMPONENTS = ("unet", "vae", "scheduler")
@@ -79,6 +79,11 @@ class PipelineInfo:
         """``(channels, height, width)`` of the pixel frames the pipeline makes by default (:func:`frame_format`)."""
         frames = pipeline_frame_format(self)
         return frames.channels, frames.height, frames.width
+
+    @property
+    def size_multiple(self) -> int:
+        """What the height and width of the frames the pipeline makes or trains on must be multiples of."""
+        return frame_size_multiple(self.configs["vae"], self.configs["unet"])
 
     @property
     def num_train_timesteps(self) -> int:

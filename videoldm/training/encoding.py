@@ -20,7 +20,19 @@ from ..data.latents import CachedLatents, cache_description, encode_to_cache, pr
 from ..models.autoencoder import encode_video
 from ..pipelines.components import load_components
 from ..pipelines.conditioning import encode_prompts
-from ..pipelines.directory import PipelineInfo
+from ..pipelines.directory import PipelineInfo, pipeline_frame_format
+
+
+def clip_request(info: PipelineInfo, num_frames: int, fps: float | None, size: tuple[int, int],
+                 buckets: list[list[int]] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a cache of ``info``'s model holds: ``(description, clip entries)``, the clip part of ``cache.json``
+    and of the ``data:`` section that reads the videos: ``num_frames`` clips of ``size`` (height, width), or
+    ``buckets`` (``[[frames, height, width], ...]``) instead."""
+    clips = {"buckets": buckets} if buckets else {"num_frames": num_frames, "size": list(size)}
+    description = {"model": str(info.path.absolute()), "num_frames": None if buckets else num_frames, "fps": fps,
+                   "height": None if buckets else size[0], "width": None if buckets else size[1],
+                   "channels": pipeline_frame_format(info).channels, **({"buckets": buckets} if buckets else {})}
+    return description, clips
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from ..data.moving_digits import MovingDigitsConfig, MovingDigitsVideos
 from ..embedded import embedded_model_dir
 from ..models.autoencoder import TemporalDecoder, encode_video, image_vae_of, scale_latents
 from ..models.conditioning import LabelEncoder
-from ..models.configs import downsampling_factor
+from ..models.configs import frame_size_multiple
 from ..models.discriminator import VideoDiscriminator
 from ..models.lora import TemporalLoraOptions, add_temporal_lora, merge_temporal_lora, save_temporal_lora
 from ..models.context import key_frame_mask
@@ -149,9 +149,8 @@ class _DataStage:
     def _use_data(self, data: dict[str, Any], vae_config: dict[str, Any], unet_config: dict[str, Any] | None = None,
                   images: bool = False) -> None:
         frames = frame_format(vae_config, unet_config)
-        size_multiple = downsampling_factor(vae_config) * (downsampling_factor(unet_config) if unet_config else 1)
         self.source = build_source(data, height=frames.height, width=frames.width, channels=frames.channels, images=images,
-                                   size_multiple=size_multiple)
+                                   size_multiple=frame_size_multiple(vae_config, unet_config))
         self.frames_only = images and isinstance(self.source, MovingDigitsVideos)
         self.data_config = getattr(self.source, "config", None)
 
