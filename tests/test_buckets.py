@@ -159,3 +159,14 @@ def test_encode_buckets_exclude_size_and_frames(mixed_folder, tmp_path, capsys):
         main(["encode", "--data", str(mixed_folder), "--buckets", "4x32x32", "--size", "32x32", "--out", str(tmp_path / "c")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --buckets gives the clips' lengths and sizes; drop --num-frames and --size"
+
+
+def test_data_on_the_command_line_keeps_the_recipes_buckets(mixed_folder, tmp_path):
+    from videoldm.training.recipes import data_override
+
+    recipe = {"stage": "video", "data": {"kind": "digits", "buckets": BUCKETS, "fps": 8}}
+    assert data_override(recipe, str(mixed_folder)) == {"kind": "folder", "path": str(mixed_folder), "fps": 8,
+                                                        "buckets": BUCKETS}
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cache.json").write_text("{}")
+    assert data_override(recipe, str(tmp_path / "cache")) == {"kind": "latents", "path": str(tmp_path / "cache")}

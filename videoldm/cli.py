@@ -301,7 +301,7 @@ def train(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.01, callback=_finite, help="Stop (checkpoint and export) after this long."),
     log_with: Optional[str] = typer.Option(None, "--log-with", help="Also log to this accelerate tracker (tensorboard, wandb, ...): losses, learning rate, step time, samples/s, peak memory."),
     validate_every: Optional[int] = typer.Option(None, "--validate-every", min=1, help="Sample validation videos every N steps and at the end (the recipe's validation section, or its defaults) into OUTPUT_DIR/validation/step-XXXXXX/."),
-    data: Optional[str] = typer.Option(None, "--data", help="Train on this instead of the recipe's data: a folder of videos, a .csv, webdataset shards (.tar, folder, {000..009} pattern) or a latent cache from `videoldm encode`; the recipe's num_frames/fps/size stay."),
+    data: Optional[str] = typer.Option(None, "--data", help="Train on this instead of the recipe's data: a folder of videos, a .csv, webdataset shards (.tar, folder, {000..009} pattern) or a latent cache from `videoldm encode`; the recipe's num_frames/fps/size/buckets stay."),
 ) -> None:
     """Train one stage from a recipe; resumes from the latest checkpoint in its output directory.
 

@@ -91,13 +91,15 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 def data_override(recipe: dict[str, Any], path: str) -> dict[str, Any]:
     """The recipe's ``data:`` section for training on ``path`` instead (``videoldm train --data PATH``): the
-    source kind ``path`` holds, and the recipe's clip entries (``num_frames``, ``fps``, ``size``), which
-    every video source takes. A ValueError if ``path`` holds no data the stage can train on."""
+    source kind ``path`` holds, and the recipe's clip entries (``num_frames``, ``fps``, ``size``, ``buckets``)
+    where that kind takes them. A ValueError if ``path`` holds no data the stage can train on."""
     images = issubclass(STAGES[recipe["stage"]], (AutoencoderStage, ImageLDMStage))
     kind = infer_kind(path, images=images)
-    clip = {key: value for key, value in recipe.get("data", {}).items() if key in ("num_frames", "fps", "size")}
+    clip = {key: value for key, value in recipe.get("data", {}).items() if key in ("num_frames", "fps", "size", "buckets")}
     if kind == "latents":
         clip = {}
+    if kind not in ("folder", "csv"):
+        clip.pop("buckets", None)
     if images:
         clip.pop("num_frames", None)
     return {"kind": kind, "path": path, **clip}
