@@ -11,6 +11,9 @@ typed entry is an error naming it):
   ``video_key``, ``shuffle_buffer``, :class:`~videoldm.data.sources.WebDatasetVideos`.
 - ``images``: ``path`` (a folder of PNG/JPG images), image stages only.
 - ``latents``: ``path`` (a cache written by ``videoldm encode``), video stages only.
+- ``film``: ``path`` (a film: the moviepy 2.2.1 sdist holding Big Buck Bunny, or a video file; or a
+  directory it was prepared into), ``split`` (``train`` or ``held_out``), ``cache`` (where to prepare
+  it), :func:`~videoldm.data.film.film_source`: clips inside scenes of one side of the split.
 
 Video kinds also take ``num_frames`` (default 16; image stages: 1, one frame of each video),
 ``fps`` (default: each file's own rate) and ``size`` (``[height, width]`` or one number; default:
@@ -29,6 +32,7 @@ from torch.utils.data import Dataset
 
 from ..config import check_arguments
 from .io import IMAGE_SUFFIXES
+from .film import film_source
 from .latents import CACHE_FILE, CachedLatents
 from .moving_digits import MovingDigitsConfig, MovingDigitsVideos
 from .sources import ClipFormat, DataError, FramesAsImages, ImageFolder, VideoCsv, VideoFolder, WebDatasetVideos, list_video_files
@@ -36,7 +40,7 @@ from .sources import ClipFormat, DataError, FramesAsImages, ImageFolder, VideoCs
 __all__ = ["SOURCE_KINDS", "DataError", "build_source", "infer_kind"]
 
 _FILE_KINDS = {"folder": VideoFolder, "csv": VideoCsv, "webdataset": WebDatasetVideos, "images": ImageFolder}
-SOURCE_KINDS = ("digits", *_FILE_KINDS, "latents")
+SOURCE_KINDS = ("digits", *_FILE_KINDS, "film", "latents")
 _CLIP_ENTRIES = ("num_frames", "fps", "size")
 
 
@@ -140,7 +144,8 @@ def _build_source(data: dict[str, Any], height: int, width: int, channels: int, 
     clip = _clip_format(data, height, width, channels, images)
     if "buckets" in data:
         data["buckets"] = _buckets(data, clip, size_multiple)
-    source_class = _FILE_KINDS[kind]
-    check_arguments(source_class.__init__, {**data, "clip": clip}, f"data (kind {kind!r})")
+    source_class = film_source if kind == "film" else _FILE_KINDS[kind]
+    check_arguments(source_class if kind == "film" else source_class.__init__, {**data, "clip": clip},
+                    f"data (kind {kind!r})")
     source = source_class(clip=clip, **data)
     return FramesAsImages(source) if images and kind != "images" else source
