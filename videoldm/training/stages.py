@@ -195,7 +195,9 @@ class _LatentStage(_DataStage):
 
     label_dropout: float
 
-    def _conditioning(self, labels: torch.Tensor | None, batch_size: int, draw_seeds: torch.Tensor) -> torch.Tensor:
+    def _conditioning(self, labels: torch.Tensor | None, batch_size: int, draw_seeds: torch.Tensor) -> torch.Tensor | None:
+        if self.label_encoder is None:  # an unconditional model
+            return None
         if labels is None:  # data without labels: the null label (the unconditional model)
             return self.label_encoder(self.label_encoder.null_labels(batch_size, self.label_encoder.device))
         return self.label_encoder(drop_labels(labels, self.label_dropout, draw_seeds))
@@ -213,7 +215,9 @@ class _LatentStage(_DataStage):
 
 
 class ImageLDMStage(_LatentStage):
-    """Label-conditional image LDM on single frames, with label dropout for classifier-free guidance."""
+    """Image LDM on single frames: label-conditional, with label dropout for classifier-free guidance, or
+    unconditional (``labels: false``, for data without labels such as a film; the UNet then needs no
+    cross-attention blocks)."""
 
     def __init__(
         self,
@@ -223,22 +227,24 @@ class ImageLDMStage(_LatentStage):
         scheduler: dict[str, Any],
         label_dropout: float = 0.1,
         label_embedding_dim: int = 64,
+        labels: bool = True,
     ) -> None:
         self.vae = AutoencoderKL.from_pretrained(_require_dir(autoencoder, "autoencoder")).requires_grad_(False)
         self.unet = UNet2DConditionModel(**model)
         self._use_data(data, dict(self.vae.config), dict(self.unet.config), images=True)
         self.label_encoder = LabelEncoder(
             num_classes=10, max_labels=getattr(self.data_config, "max_digits", 1), embedding_dim=label_embedding_dim
-        )
+        ) if labels else None
         self.noise_scheduler = DDPMScheduler(**scheduler)
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"unet": self.unet, "label_encoder": self.label_encoder, "vae": self.vae}
+        labels = {} if self.label_encoder is None else {"label_encoder": self.label_encoder}
+        return {"unet": self.unet, **labels, "vae": self.vae}
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return parameters_of([self.unet, self.label_encoder])
+        return parameters_of([self.unet] if self.label_encoder is None else [self.unet, self.label_encoder])
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         draw_seeds = batch[DRAW_SEED]
