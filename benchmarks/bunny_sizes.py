@@ -26,8 +26,9 @@ CANDIDATES = [
     ("autoencoder", "AE [64, 128, 128], batch 16", {"model": {"block_out_channels": [64, 128, 128]}, "train": {"batch_size": 16}}),
     ("image_ldm", "UNet [64, 128, 192], batch 32", {"model": {"block_out_channels": [64, 128, 192]}, "train": {"batch_size": 32}}),
     ("image_ldm", "UNet [96, 192, 288], batch 32", {"model": {"block_out_channels": [96, 192, 288]}, "train": {"batch_size": 32}}),
-    ("video", "UNet [64, 128, 192] + temporal, 2 x 16 frames", {"unet": [64, 128, 192], "train": {"batch_size": 2}}),
-    ("video", "UNet [96, 192, 288] + temporal, 2 x 16 frames", {"unet": [96, 192, 288], "train": {"batch_size": 2}}),
+    ("video", "UNet [64, 128, 192] + temporal + context, 2 x 16 frames", {"unet": [64, 128, 192], "train": {"batch_size": 2}}),
+    ("decoder", "AE [32, 64, 64] + temporal decoder + discriminator, 4 x 8 frames", {"train": {"batch_size": 4}}),
+    ("video", "UNet [96, 192, 288] + temporal + context, 2 x 16 frames", {"unet": [96, 192, 288], "train": {"batch_size": 2}}),
 ]
 
 
@@ -44,13 +45,20 @@ def recipe(name: str, film: str, output_dir: Path, **extra) -> dict:
     return merged(values, {"output_dir": str(output_dir), **extra})
 
 
-def untrained_pipeline(film: str, workdir: Path, unet_widths: list[int]) -> Path:
-    """An image pipeline directory of random weights with the candidate UNet widths (the video stage inflates it)."""
-    from videoldm.training.stages import AutoencoderStage, ImageLDMStage
+def untrained_autoencoder(film: str, workdir: Path) -> Path:
+    """The recipe's autoencoder with random weights, saved (the later stages load it)."""
+    from videoldm.training.stages import AutoencoderStage
 
     autoencoder = recipe("autoencoder", film, workdir / "ae")
     AutoencoderStage(autoencoder["data"], autoencoder["model"]).vae.save_pretrained(workdir / "ae_final")
-    image = recipe("image_ldm", film, workdir / "ldm", autoencoder=str(workdir / "ae_final"),
+    return workdir / "ae_final"
+
+
+def untrained_pipeline(film: str, workdir: Path, unet_widths: list[int]) -> Path:
+    """An image pipeline directory of random weights with the candidate UNet widths (the video stage inflates it)."""
+    from videoldm.training.stages import ImageLDMStage
+
+    image = recipe("image_ldm", film, workdir / "ldm", autoencoder=str(untrained_autoencoder(film, workdir)),
                    model={"block_out_channels": unet_widths})
     stage = ImageLDMStage(image["data"], image["model"], image["autoencoder"], image["scheduler"], labels=False)
     stage.export(workdir / "image_final")
@@ -72,6 +80,8 @@ def measure(stage: str, overrides: dict, film: str, steps: int, threads: int) ->
             extra["autoencoder"] = str(untrained_pipeline(film, workdir, [32, 64, 96]) / "vae")
         if stage == "video":
             extra["image_model"] = str(untrained_pipeline(film, workdir, extra.pop("unet")))
+        if stage == "decoder":
+            extra.update(autoencoder=str(untrained_autoencoder(film, workdir)), disc_start=0)  # the discriminator's cost too
         values = recipe(stage, film, workdir / "run", **extra)
         values["train"].update(num_workers=0, steps=steps + 1, checkpoint_every=10**6)
         trainer = build_trainer(values)

@@ -172,3 +172,29 @@ def tiny_text_pipeline(tmp_path_factory):
         main(["inflate", "--image-model", str(root / "image"), "--out", str(root / "video"), "--kernel", "3,1,1"])
     assert exit_info.value.code == 0
     return root / "video"
+
+
+# A synthetic film (tests/test_film.py, tests/test_bunny_recipes.py): three scenes of panning textures in
+# three colour families, cut at frames 30 and 54, at 24 fps.
+FILM_SCENE_LENGTHS = (30, 24, 36)
+
+
+def film_scene(index: int, frames: int, generator: torch.Generator) -> torch.Tensor:
+    """A textured frame of one colour family, panning a pixel per frame: ``(frames, 3, 48, 80)`` in [-1, 1]."""
+    texture = torch.rand(1, 3, 12, 20, generator=generator)
+    texture = torch.nn.functional.interpolate(texture, size=(48, 128), mode="bilinear", align_corners=False)[0]
+    tint = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.8, 0.3], [0.2, 0.3, 0.9]])[index][:, None, None]
+    pixels = (0.5 * texture + 0.5 * tint) * 2 - 1
+    return torch.stack([pixels[:, :, t : t + 80] for t in range(frames)])
+
+
+@pytest.fixture(scope="session")
+def synthetic_film(tmp_path_factory) -> Path:
+    """The synthetic film as an H.264 file (``film.mp4``, 90 frames of 48x80)."""
+    from videoldm.data.io import write_video
+
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.cat([film_scene(k, n, generator) for k, n in enumerate(FILM_SCENE_LENGTHS)])
+    path = tmp_path_factory.mktemp("film") / "film.mp4"
+    write_video(frames, path, fps=24, crf=10)
+    return path

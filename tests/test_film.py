@@ -12,31 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import film_scene
+
 from videoldm.data.build import DataError, build_source
 from videoldm.data.film import (FILM_FILE, FilmClips, FilmSplit, detect_scene_cuts, film_scenes, film_video,
                                 prepare_film, scene_change_scores, split_scenes)
-from videoldm.data.io import write_video
 from videoldm.data.sources import ClipFormat
 
-SCENE_LENGTHS = (30, 24, 36)  # cuts at frames 30 and 54
-
-
-def scene(index: int, frames: int, generator: torch.Generator) -> torch.Tensor:
-    """A textured frame of one colour family, panning a pixel per frame: ``(frames, 3, 48, 80)``."""
-    texture = torch.rand(1, 3, 12, 20, generator=generator)
-    texture = torch.nn.functional.interpolate(texture, size=(48, 128), mode="bilinear", align_corners=False)[0]
-    tint = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.8, 0.3], [0.2, 0.3, 0.9]])[index][:, None, None]
-    pixels = (0.5 * texture + 0.5 * tint) * 2 - 1
-    return torch.stack([pixels[:, :, t : t + 80] for t in range(frames)])
-
-
 @pytest.fixture(scope="module")
-def film(tmp_path_factory) -> Path:
-    generator = torch.Generator().manual_seed(0)
-    frames = torch.cat([scene(k, n, generator) for k, n in enumerate(SCENE_LENGTHS)])
-    path = tmp_path_factory.mktemp("film") / "film.mp4"
-    write_video(frames, path, fps=24, crf=10)
-    return path
+def film(synthetic_film) -> Path:
+    return synthetic_film
 
 
 def test_scene_cuts_are_found_at_the_cuts_and_nowhere_else(film):
@@ -92,7 +77,7 @@ def test_the_split_holds_out_a_stretch_and_drops_scenes_across_its_edges():
 
 def test_scores_spike_at_a_cut_not_at_motion():
     generator = torch.Generator().manual_seed(0)
-    frames = torch.cat([scene(0, 20, generator), scene(2, 20, generator)])
+    frames = torch.cat([film_scene(0, 20, generator), film_scene(2, 20, generator)])
     pixels = ((frames.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
     scores = scene_change_scores(pixels)
     assert scores.argmax() == 20 and scores[20] > 10 * np.median(scores[1:])

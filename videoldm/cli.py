@@ -40,7 +40,7 @@ from .defaults import (
     MAX_STEPS,
 )
 from .data.paths import atomic_output, check_creatable
-from .embedded import embedded_model_dir
+from .embedded import resolve_model
 from .generation import (
     FINITE_OPTIONS,
     GENERATE_BOUNDS,
@@ -384,8 +384,8 @@ def encode(
 
     if device is not None:
         check_device(device)
-    with reported_as("--model", PipelineDirectoryError):
-        info = inspect_pipeline_directory(model or embedded_model_dir())
+    with reported_as("--model", PipelineDirectoryError, FileNotFoundError):
+        info = inspect_pipeline_directory(resolve_model(model))
     frames = pipeline_frame_format(info)
     height, width = parse_size(size) if size else (frames.height, frames.width)
     bucket_list = parse_buckets(buckets) if buckets else None

