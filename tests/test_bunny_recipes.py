@@ -53,6 +53,10 @@ def test_the_bunny_video_ldm_samples_unconditionally_and_continues_frames(bunny_
 
     pipe = VideoLDMPipeline.from_pretrained(bunny_runs / "video" / "final")
     assert pipe.label_encoder is None and pipe.text_encoder is None and pipe.unet.has_context_conditioning
+    assert pipe.config.default_fps == 12  # the rate its clips were taken at: `videoldm generate` writes at it
+    from videoldm.pipelines.directory import inspect_pipeline_directory
+
+    assert inspect_pipeline_directory(bunny_runs / "video" / "final").default_fps == 12.0
     pipe.set_progress_bar_config(disable=True)
     frames = pipe(num_frames=4, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").frames
     assert frames.shape == (1, 4, 3, 16, 16)

@@ -152,7 +152,7 @@ class VideoService:
         return GenerateOptions(
             model=model, frames=frames, steps=steps, seed=seed, guidance=_number(form.guidance, "--guidance"),
             prompt=form.prompt.strip() or None, labels=parse_labels(form.labels),
-            fps=_number(form.fps, "--fps"), context_guidance=_number(form.context_guidance, "--context-guidance"),
+            fps=self.models[form.model].default_fps if form.fps is None else _number(form.fps, "--fps"), context_guidance=_number(form.context_guidance, "--context-guidance"),
             fps_multiplier=_whole_number(form.fps_multiplier, "--fps-multiplier"),
             upscale=upscale, upscale_steps=upscale_steps, upscale_noise_level=upscale_noise_level,
             init_image=Path(form.init_image) if form.init_image else None,
@@ -239,7 +239,7 @@ def build_page(service: VideoService) -> gradio.Blocks:
                     context_guidance = gr.Number(_DEFAULTS.context_guidance, label="Context guidance",
                                                  info="--context-guidance; 1: none", elem_id="context_guidance",
                                                  visible=shown["context_guidance"])
-                    fps = gr.Number(_DEFAULTS.fps, label="Frame rate", info="--fps", elem_id="fps")
+                    fps = gr.Number(service.models[first].default_fps, label="Frame rate", info="--fps", elem_id="fps")
                     fps_multiplier = gr.Dropdown([1, 4, 16], value=_DEFAULTS.fps_multiplier, label="Frame-rate multiplier",
                                                  info="--fps-multiplier: interpolation x4 or x16", elem_id="fps_multiplier",
                                                  visible=shown["fps_multiplier"])
@@ -275,7 +275,7 @@ def build_page(service: VideoService) -> gradio.Blocks:
                 raise gr.Error("model: not one this server offers", print_exception=False)
             visible = visible_fields(service.models[name])
             return [gr.update(visible=visible[field]) for field in shown_by_model] + [
-                gr.update(value=service.models[name].default_steps)]
+                gr.update(value=service.models[name].default_steps), gr.update(value=service.models[name].default_fps)]
 
         def on_generate(model: str, labels: str, prompt: str, frames: Optional[float], seed: Optional[float],
                         steps: Optional[float], guidance: Optional[float], context_guidance: Optional[float],
@@ -292,7 +292,7 @@ def build_page(service: VideoService) -> gradio.Blocks:
                 raise gr.Error(str(error), title="Cannot generate", duration=None, print_exception=False) from None
             return str(result.video), str(result.video), str(result.seed), result.command
 
-        model.change(on_model, inputs=model, outputs=list(shown_by_model.values()) + [steps], api_name=False)
+        model.change(on_model, inputs=model, outputs=list(shown_by_model.values()) + [steps, fps], api_name=False)
         button.click(on_generate, inputs=[model, labels, prompt, frames, seed, steps, guidance, context_guidance, fps,
                                           fps_multiplier, upscale, upscale_steps, upscale_noise_level, init_image],
                      outputs=[video, download, seed_used, command], api_name="generate", concurrency_limit=1)

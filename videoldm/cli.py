@@ -151,7 +151,8 @@ StepsOption = _generate_option(
     "steps", help="Denoising steps (default: the model's own, from its model_index.json: 10 for the embedded model, "
                   "25 for a model that names none).")
 SeedOption = _generate_option("seed", help="Random seed.")
-FpsOption = _generate_option("fps", help="Frame rate of the written video (of its key frames with --fps-multiplier).")
+FpsOption = _generate_option("fps", help="Frame rate of the written video (of its key frames with --fps-multiplier; "
+                                         "default: the model's own, from its model_index.json: 8 for the digits model).")
 GuidanceOption = _generate_option("guidance", help="Classifier-free guidance scale (1 = no guidance).")
 
 
@@ -165,7 +166,7 @@ def generate(
     guidance: float = GuidanceOption,
     prompt: Optional[str] = _generate_option("prompt", help="Text prompt (models with a text encoder)."),
     label: Optional[list[int]] = typer.Option(None, GENERATE_OPTION_NAMES["labels"], help="Class label(s) (label-conditional models); repeat for two digits. Default: class SEED mod the number of classes; -1 for none."),
-    fps: float = FpsOption,
+    fps: Optional[float] = FpsOption,
     fps_multiplier: int = _generate_option("fps_multiplier", help="4 or 16: raise the frame rate with the pipeline's interpolation model (FRAMES key frames give MULTIPLIER*(FRAMES-1)+1; context guidance 2)."),
     upscale: int = _generate_option("upscale", help="4: upsample the decoded video x4 with the pipeline's video upsampler (1: no upsampling)."),
     upscale_steps: int = _generate_option("upscale_steps", help="With --upscale 4: the video upsampler's denoising steps."),
@@ -198,7 +199,7 @@ def generate(
         write_generation(pipe, plan, out, on_step=on_step)
     height, width = plan.frame_size
     kept = f"; stages in {keep_stages}" if keep_stages is not None else ""
-    typer.echo(f"wrote {out} ({plan.total_frames} frames, {width}x{height}, {fps * fps_multiplier:g} fps{kept})")
+    typer.echo(f"wrote {out} ({plan.total_frames} frames, {width}x{height}, {plan.output_fps:g} fps{kept})")
 
 
 @app.command()
@@ -441,7 +442,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="With --generate: random seed (batch k uses seed + k)."),
     guidance: float = typer.Option(2.0, "--guidance", callback=_finite, help="With --generate: classifier-free guidance scale."),
     label: Optional[list[int]] = typer.Option(None, "--label", help="With --generate: class label(s) for every video (default for label models: cycle 0..9)."),
-    fps: float = FpsOption,
+    fps: Optional[float] = FpsOption,
 ) -> None:
     """Compute FVD / FID / IS / CLIP-SIM of generated videos (optionally sampling them first)."""
     load_network_code()  # the metrics' checks import torch
@@ -470,6 +471,7 @@ def evaluate(
         info = inspect_model(model)
         check_conditioning(info, prompt, label, prompt_is_conditioning=False)
         steps = resolve_steps(info, steps)
+        fps = info.default_fps if fps is None else fps
     else:
         with reported_as("--fake", ValueError, FileNotFoundError):
             fake_paths = list_videos(fake)

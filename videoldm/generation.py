@@ -21,7 +21,6 @@ from .data.paths import check_creatable, check_video_output, existing_video_path
 from .defaults import (
     DECODERS,
     DEFAULT_CONTEXT_FRAMES,
-    DEFAULT_FPS,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE,
     DEFAULT_NOISE_LEVEL,
@@ -191,7 +190,8 @@ def load_pipeline(info: PipelineInfo, *, interpolation: bool = True, upsampling:
 class GenerateOptions:
     """The options of ``videoldm generate`` but ``--out``; the web UI (:mod:`videoldm.app`) fills one from its form.
 
-    ``steps`` None is the model's own number (:func:`resolve_steps`). ``labels`` as given: empty is
+    ``steps`` None is the model's own number (:func:`resolve_steps`), ``fps`` None its own frame rate
+    (``PipelineInfo.default_fps``). ``labels`` as given: empty is
     the default (for a label model, class SEED mod its number of classes), ``(-1,)`` is no label.
     The defaults here are the command line's.
     """
@@ -203,7 +203,7 @@ class GenerateOptions:
     guidance: float = DEFAULT_GUIDANCE_SCALE
     prompt: Optional[str] = None
     labels: tuple[int, ...] = ()
-    fps: float = DEFAULT_FPS
+    fps: Optional[float] = None  # the model's own (its model_index.json's default_fps)
     fps_multiplier: int = 1
     upscale: int = 1
     upscale_steps: int = DEFAULT_UPSAMPLER_STEPS
@@ -294,13 +294,18 @@ def read_given_frames(path: Path, option: str, frame_shape: tuple[int, Optional[
 
 @dataclass(frozen=True)
 class GenerationPlan:
-    """A checked ``generate`` request: its options (labels resolved: ``(-1,)`` for none; steps resolved),
+    """A checked ``generate`` request: its options (labels resolved: ``(-1,)`` for none; steps and fps resolved),
     the model's :class:`~videoldm.pipelines.directory.PipelineInfo`, and the given frames ``(K, C, H, W)``
     read from ``--init-image`` or ``--continue``."""
 
     options: GenerateOptions
     info: PipelineInfo
     given: Optional[torch.Tensor] = None
+
+    @property
+    def output_fps(self) -> float:
+        """The written video's frame rate: the key frames' times ``--fps-multiplier``."""
+        return self.options.fps * self.options.fps_multiplier
 
     @property
     def total_frames(self) -> int:
@@ -362,7 +367,7 @@ def check_generate_bounds(options: GenerateOptions) -> None:
     options check the same before a command runs; the web UI's form needs this)."""
     for name in FINITE_OPTIONS:
         value = getattr(options, name)
-        if not math.isfinite(value):
+        if value is not None and not math.isfinite(value):
             raise UserError(f"{GENERATE_OPTION_NAMES[name]} {value}: not a finite number")
     for name, (low, high) in GENERATE_BOUNDS.items():
         value = getattr(options, name)
@@ -428,6 +433,8 @@ def plan_generation(options: GenerateOptions, out: Path) -> GenerationPlan:
     with reported_as("--out"):
         check_video_output(out)
     info = inspect_model(options.model)
+    if options.fps is None:
+        options = replace(options, fps=info.default_fps)
     labels = options.labels
     if not labels and info.conditioning == "label":
         # A label model shows one clean digit; with no label at all, digits morph into each other.
@@ -480,7 +487,7 @@ def write_generation(
     from .data.io import video_writer, write_video
 
     options = plan.options
-    output_fps = options.fps * options.fps_multiplier
+    output_fps = plan.output_fps
 
     def keep(stage: str, pixels: torch.Tensor) -> None:
         options.keep_stages.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from einops import rearrange
 from PIL import Image
 
 from ..data.io import frames_from_images
-from ..defaults import DECODERS, DEFAULT_NUM_INFERENCE_STEPS, OUTPUT_TYPES
+from ..defaults import DECODERS, DEFAULT_FPS, DEFAULT_NUM_INFERENCE_STEPS, OUTPUT_TYPES
 from ..models.autoencoder import encode_video, image_vae_of, vae_scale_factor
 from ..models.conditioning import LabelEncoder
 from ..models.lora import load_temporal_lora
@@ -79,12 +79,21 @@ def check_sampling_options(options: SamplingOptions, num_inference_steps: int) -
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
 
 
+def check_pipeline_defaults(default_num_inference_steps: int, default_fps: float) -> None:
+    """Raise ValueError unless a pipeline's default step count is >= 1 and its default frame rate a positive number."""
+    if default_num_inference_steps < 1:
+        raise ValueError(f"default_num_inference_steps must be >= 1, got {default_num_inference_steps}")
+    if not (math.isfinite(default_fps) and default_fps > 0):
+        raise ValueError(f"default_fps must be a positive number, got {default_fps}")
+
+
 class LatentVideoPipeline(DiffusionPipeline):
     """A :class:`VideoUNet` on an autoencoder's latents: the components and helpers its tasks share.
 
     Components: ``unet`` (VideoUNet), ``vae`` (AutoencoderKL or TemporalDecoder), ``scheduler`` (any
     diffusers scheduler), and optionally ``text_encoder`` + ``tokenizer`` (prompts) or
-    ``label_encoder`` (class labels).
+    ``label_encoder`` (class labels). ``default_num_inference_steps`` and ``default_fps`` (the frame
+    rate of its videos) are saved in ``model_index.json``.
     """
 
     model_cpu_offload_seq = "text_encoder->label_encoder->unet->vae"
@@ -99,14 +108,15 @@ class LatentVideoPipeline(DiffusionPipeline):
         tokenizer: Any | None = None,
         label_encoder: LabelEncoder | None = None,
         default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        default_fps: float = DEFAULT_FPS,
     ) -> None:
         super().__init__()
-        if default_num_inference_steps < 1:
-            raise ValueError(f"default_num_inference_steps must be >= 1, got {default_num_inference_steps}")
+        check_pipeline_defaults(default_num_inference_steps, default_fps)
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
                               label_encoder=label_encoder)
-        # Saved in model_index.json, so a directory carries the step count its makers measured as enough.
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
+        # Saved in model_index.json, so a directory carries the step count its makers measured as enough
+        # and the frame rate its frames were trained at.
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps, default_fps=default_fps)
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
 
     def inference_steps(self, num_inference_steps: int | None) -> int:

@@ -21,6 +21,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from ..defaults import (
+    DEFAULT_FPS,
     DEFAULT_INTERPOLATION_CONTEXT_GUIDANCE,
     DEFAULT_NOISE_LEVEL,
     DEFAULT_NUM_INFERENCE_STEPS,
@@ -32,7 +33,7 @@ from ..defaults import (
 from ..models.conditioning import LabelEncoder
 from ..models.unet import TemporalWeights, VideoUNet
 from ..models.upsampler import VideoUpsampler
-from .base import LatentVideoPipeline, SamplingOptions, check_output_type
+from .base import LatentVideoPipeline, SamplingOptions, check_output_type, check_pipeline_defaults
 from .interpolation import VideoInterpolationPipeline
 from .planning import INTERPOLATED, KEY_FRAMES
 from .sampling import options_from
@@ -82,14 +83,14 @@ class CascadePipeline(DiffusionPipeline):
         upsampler_scheduler: SchedulerMixin | None = None,
         low_res_scheduler: DDPMScheduler | None = None,
         default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        default_fps: float = DEFAULT_FPS,
     ) -> None:
         super().__init__()
-        if default_num_inference_steps < 1:
-            raise ValueError(f"default_num_inference_steps must be >= 1, got {default_num_inference_steps}")
+        check_pipeline_defaults(default_num_inference_steps, default_fps)
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
                               label_encoder=label_encoder, interpolator=interpolator, upsampler=upsampler,
                               upsampler_scheduler=upsampler_scheduler, low_res_scheduler=low_res_scheduler)
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps, default_fps=default_fps)
 
     # ------------------------------------------------------------------------- the stage pipelines
     def _stage(self, pipe: DiffusionPipeline) -> DiffusionPipeline:
@@ -100,7 +101,8 @@ class CascadePipeline(DiffusionPipeline):
     def _latent_stage(self, pipeline_class: type[LatentVideoPipeline], unet: VideoUNet) -> LatentVideoPipeline:
         return self._stage(pipeline_class(
             unet=unet, vae=self.vae, scheduler=self.scheduler, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-            label_encoder=self.label_encoder, default_num_inference_steps=self.config.default_num_inference_steps))
+            label_encoder=self.label_encoder, default_num_inference_steps=self.config.default_num_inference_steps,
+            default_fps=self.config.default_fps))
 
     def video_pipeline(self) -> VideoLDMPipeline:
         """The key-frame / rollout stage: a :class:`VideoLDMPipeline` on this pipeline's modules."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-from ..defaults import DEFAULT_NUM_INFERENCE_STEPS
+from ..defaults import DEFAULT_FPS, DEFAULT_NUM_INFERENCE_STEPS
 from ..models.configs import downsampling_factor, frame_size_multiple, image_model_config
 
 MODEL_INDEX = "model_index.json"
@@ -37,13 +37,15 @@ class PipelineInfo:
 
     ``components`` maps each present component to its ``(library, class name)``; ``configs`` maps
     it to its parsed config (``config.json`` or ``scheduler_config.json``); ``default_steps`` is the
-    pipeline's own number of denoising steps (:data:`DEFAULT_NUM_INFERENCE_STEPS` when it names none).
+    pipeline's own number of denoising steps (:data:`DEFAULT_NUM_INFERENCE_STEPS` when it names none),
+    ``default_fps`` the frame rate of its videos (:data:`DEFAULT_FPS` when it names none).
     """
 
     path: Path
     components: dict[str, tuple[str, str]]
     configs: dict[str, dict[str, Any]]
     default_steps: int = DEFAULT_NUM_INFERENCE_STEPS
+    default_fps: float = DEFAULT_FPS
 
     @property
     def conditioning(self) -> str:
@@ -220,4 +222,8 @@ def inspect_pipeline_directory(path: str | Path, required: tuple[str, ...] = REQ
     if isinstance(default_steps, bool) or not isinstance(default_steps, int) or default_steps < 1:
         raise PipelineDirectoryError(
             f"{path / MODEL_INDEX}: default_num_inference_steps must be a whole number >= 1, got {default_steps!r}")
-    return PipelineInfo(path=path, components=components, configs=configs, default_steps=default_steps)
+    default_fps = index.get("default_fps", DEFAULT_FPS)
+    if isinstance(default_fps, bool) or not isinstance(default_fps, (int, float)) or not 0 < default_fps < float("inf"):
+        raise PipelineDirectoryError(f"{path / MODEL_INDEX}: default_fps must be a positive number, got {default_fps!r}")
+    return PipelineInfo(path=path, components=components, configs=configs, default_steps=default_steps,
+                        default_fps=float(default_fps))

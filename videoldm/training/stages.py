@@ -342,6 +342,8 @@ class VideoStage(_LatentStage):
         self.sampling_scheduler = parts["scheduler"] if model is not None else DPMSolverMultistepScheduler.from_config(parts["scheduler"].config)
         self.default_num_inference_steps = (info.default_steps if model is not None
                                             else DEFAULT_NUM_INFERENCE_STEPS)
+        # the export plays at the rate its clips were taken at (where the data fixes one)
+        self.default_fps = getattr(getattr(self.source, "clip", None), "fps", None) or info.default_fps
         self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
@@ -413,6 +415,7 @@ class VideoStage(_LatentStage):
             tokenizer=tokenizer,
             label_encoder=self.label_encoder,
             default_num_inference_steps=self.default_num_inference_steps,
+            default_fps=self.default_fps,
         )
 
     def export(self, output_dir: Path) -> None:
