@@ -61,9 +61,9 @@ def test_clips_stay_inside_scenes_of_their_split(film):
             assert any(start <= first and first + span <= end for start, end in scenes)
         sample = source.sample(3, torch.Generator().manual_seed(1))["video"]
         assert sample.shape == (6, 3, 24, 24) and -1 <= sample.min() and sample.max() <= 1
-    assert held_out.disjoint_clips() == [30, 41]
+    assert held_out.clip_starts() == [30, 41] and held_out.clip_starts(hop=5) == [30, 35, 40]
     # a clip's frames are the film's, every second one (before the crop)
-    first = held_out.disjoint_clips()[1]
+    first = held_out.clip_starts()[1]
     expected = torch.from_numpy(frames[first : first + span : 2]).permute(0, 3, 1, 2).float() / 127.5 - 1
     assert torch.equal(held_out.clip_frames(first), expected)
 

@@ -248,7 +248,7 @@ class FilmClips(Dataset):
     film's rate over it, rounded), all in one scene. Item ``i`` is the ``i``-th possible clip start
     (scene by scene, frame by frame), so every clip is equally likely; frames are scaled to cover
     ``clip.height`` x ``clip.width`` and cropped at an offset from the draw's generator.
-    ``disjoint_clips()`` lists non-overlapping clips (the measurements' held-out set).
+    ``clip_starts()`` lists evenly spaced clips (the measurements' held-out set).
     """
 
     def __init__(self, path: str | os.PathLike[str], clip: ClipFormat, split: str = "train") -> None:
@@ -296,7 +296,9 @@ class FilmClips(Dataset):
         scene_start, offset = self.starts.locate(index)
         return {"video": fit_frames(self.clip_frames(scene_start + offset), self.clip, generator)}
 
-    def disjoint_clips(self) -> list[int]:
-        """Film frames starting non-overlapping clips, as many as fit in each scene (scene by scene)."""
+    def clip_starts(self, hop: int | None = None) -> list[int]:
+        """Film frames starting clips every ``hop`` frames of each scene (default: the clip's span, so the clips do
+        not overlap), as many as fit, scene by scene: the measurements' held-out set."""
         span = (self.clip.num_frames - 1) * self.stride + 1
-        return [start + k * span for start, end in self.starts.scenes for k in range((end - start) // span)]
+        hop = hop or span
+        return [start + k * hop for start, end in self.starts.scenes for k in range((end - start - span) // hop + 1)]
