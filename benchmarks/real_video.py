@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from videoldm import VideoLDMPipeline
+from videoldm import TemporalDecoder, VideoLDMPipeline
 from videoldm.data.film import film_source
 from videoldm.data.io import read_video
 from videoldm.data.sources import ClipFormat
@@ -102,13 +102,13 @@ class Fvd:
 
 
 @torch.no_grad()
-def decoders(pipe: VideoLDMPipeline, real: torch.Tensor, name: str, with_fvd: bool) -> list[dict]:
+def decoders(vae: TemporalDecoder, real: torch.Tensor, name: str, with_fvd: bool) -> list[dict]:
     """Part 1 on ``real`` clips ``(N, T, 3, H, W)``: one row per decoder, and the real frames' floor."""
-    latents = torch.cat([encode_video(pipe.vae, chunk, sample=False) for chunk in real.split(16)])
+    latents = torch.cat([encode_video(vae, chunk, sample=False) for chunk in real.split(16)])
     fvd = Fvd(real) if with_fvd else None
     rows = [{"data": name, "decoder": "real frames (floor)", "warping_error": flow_warping_error(unit(real)).mean().item()}]
     for decoder, label in (("image", "image decoder (per frame)"), ("video", "temporal decoder")):
-        decoded = torch.cat([decode_latents(pipe.vae, chunk, 8, decoder) for chunk in latents.split(16)])
+        decoded = torch.cat([decode_latents(vae, chunk, 8, decoder) for chunk in latents.split(16)])
         rows.append({
             "data": name, "decoder": label,
             "psnr": psnr(unit(decoded), unit(real)).mean().item(),
@@ -171,9 +171,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--film", required=True, help="the moviepy 2.2.1 sdist, the film, or its prepared directory")
     parser.add_argument("--model", default="bunny", help="pipeline directory or shipped model name")
+    parser.add_argument("--decoder", type=Path, help="part 1: this TemporalDecoder directory instead of the model's vae")
     parser.add_argument("--samples", type=int, default=48, help="16-frame samples per model for part 2")
     parser.add_argument("--rollouts", type=int, default=16)
     parser.add_argument("--rollout-frames", type=int, default=256)
+    parser.add_argument("--clips", type=int, help="part 1: at most this many held-out clips (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parts", default="1,2,3,4")
@@ -182,16 +184,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     parts = {int(part) for part in args.parts.split(",")}
     started = time.perf_counter()
-    model = resolve_model(args.model)
-    pipe = VideoLDMPipeline.from_pretrained(model, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    results: dict[str, object] = {"model": str(model), "threads": args.threads}
+    results: dict[str, object] = {"threads": args.threads}
+    pipe = None
+    if parts - {1} or args.decoder is None:
+        model = resolve_model(args.model)
+        pipe = VideoLDMPipeline.from_pretrained(model, dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        results["model"] = str(model)
 
     if 1 in parts:
-        film_clips = held_out(args.film, fps=24)
-        rows = decoders(pipe, film_clips, f"held-out film ({len(film_clips)} clips, 24 fps)", with_fvd=True)
+        vae = TemporalDecoder.from_pretrained(args.decoder) if args.decoder else pipe.vae
+        if not isinstance(vae, TemporalDecoder):
+            raise SystemExit(f"part 1 needs a temporal decoder; the model's vae is a {type(vae).__name__}")
+        results["decoder"] = str(args.decoder or results["model"])
+        film_clips = held_out(args.film, fps=24)[: args.clips]
+        rows = decoders(vae, film_clips, f"held-out film ({len(film_clips)} clips, 24 fps)", with_fvd=True)
         camera = camera_clips()
-        rows += decoders(pipe, camera, f"camera clips ({len(camera)}, out of domain)", with_fvd=False)
+        rows += decoders(vae, camera, f"camera clips ({len(camera)}, out of domain)", with_fvd=False)
         results["decoders"] = rows
         print(json.dumps(rows, indent=1), flush=True)
     if 2 in parts or 3 in parts:
