@@ -343,7 +343,7 @@ class VideoStage(_LatentStage):
         self.default_num_inference_steps = (info.default_steps if model is not None
                                             else DEFAULT_NUM_INFERENCE_STEPS)
         # the export plays at the rate its clips were taken at (where the data fixes one)
-        self.default_fps = getattr(getattr(self.source, "clip", None), "fps", None) or info.default_fps
+        self.default_fps = float(getattr(getattr(self.source, "clip", None), "fps", None) or info.default_fps)
         self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
         self.objective = DiffusionObjective(self.noise_scheduler)
         self.label_dropout = label_dropout
