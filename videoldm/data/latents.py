@@ -2,8 +2,8 @@
 
 A cache is a directory: ``cache.json`` (what was encoded, with which model and clip format, and
 how many shards make it complete) and shards ``latents-00000.safetensors``, ... each holding
-``latents`` ``(N, T, c, h, w)`` float16 (``latents.B`` per bucket ``B`` where the source has buckets) (already times the autoencoder's scaling factor, the
-posterior mean), and either ``encoder_hidden_states`` ``(N, L, D)`` float16 (captions run through
+``latents`` ``(N, T, c, h, w)`` float16 (already times the autoencoder's scaling factor, the
+posterior mean; ``latents.B`` for each bucket ``B`` of a source with buckets), and either ``encoder_hidden_states`` ``(N, L, D)`` float16 (captions run through
 the pipeline's text encoder) or the captions themselves in the file's metadata (``captions``, a
 JSON list), or neither. Each shard is written under a temporary name and renamed when complete,
 so an interrupted run leaves only whole shards, and running it again encodes only the missing
