@@ -121,25 +121,13 @@ def decoders(vae: TemporalDecoder, real: torch.Tensor, name: str, with_fvd: bool
 
 
 @torch.no_grad()
-def samples(pipe: VideoLDMPipeline, count: int, image_only: bool, seed: int) -> torch.Tensor:
-    """``count`` 16-frame samples ``(count, 16, 3, 64, 64)`` in [-1, 1], 8 per batch, batch ``k`` from ``seed + k``."""
+def sample_videos(pipe: VideoLDMPipeline, count: int, seed: int, **options: object) -> torch.Tensor:
+    """``count`` videos ``(count, T, 3, 64, 64)`` in [-1, 1] sampled with the pipeline's ``options``, 8 per batch,
+    batch ``k`` from ``seed + k``."""
     videos = []
     for batch, start in enumerate(range(0, count, 8)):
         generator = torch.Generator().manual_seed(seed + batch)
-        frames = pipe(num_videos=min(8, count - start), num_frames=CLIP_FRAMES, image_only=image_only,
-                      generator=generator, output_type="pt").frames
-        videos.append(frames * 2 - 1)
-    return torch.cat(videos)
-
-
-@torch.no_grad()
-def rollouts(pipe: VideoLDMPipeline, count: int, num_frames: int, seed: int) -> torch.Tensor:
-    """``count`` rollouts ``(count, num_frames, 3, 64, 64)`` in [-1, 1] (16-frame windows, 2 context frames)."""
-    videos = []
-    for batch, start in enumerate(range(0, count, 8)):
-        generator = torch.Generator().manual_seed(seed + batch)
-        frames = pipe(num_videos=min(8, count - start), num_frames=num_frames, window_frames=CLIP_FRAMES,
-                      context_frames=2, generator=generator, output_type="pt").frames
+        frames = pipe(num_videos=min(8, count - start), generator=generator, output_type="pt", **options).frames
         videos.append(frames * 2 - 1)
     return torch.cat(videos)
 
@@ -209,13 +197,14 @@ def main() -> None:
     if 2 in parts:
         rows = []
         for label, image_only in (("image LDM, per frame", True), ("Video LDM", False)):
-            videos = samples(pipe, args.samples, image_only, args.seed)
+            videos = sample_videos(pipe, args.samples, args.seed, num_frames=CLIP_FRAMES, image_only=image_only)
             rows.append({"model": label, "fvd": fvd(videos), "fid": compute_fid(reference, videos),
                          "warping_error": flow_warping_error(unit(videos)).mean().item()})
             print(json.dumps(rows[-1]), flush=True)
         results["samples"] = {"reference_clips": len(reference), "samples": args.samples, "rows": rows}
     if 3 in parts:
-        videos = rollouts(pipe, args.rollouts, args.rollout_frames, args.seed)
+        videos = sample_videos(pipe, args.rollouts, args.seed, num_frames=args.rollout_frames,
+                               window_frames=CLIP_FRAMES, context_frames=2)  # 16-frame windows, 2 context frames
         windows = [fvd(videos[:, start : start + CLIP_FRAMES])
                    for start in range(0, args.rollout_frames - CLIP_FRAMES + 1, CLIP_FRAMES)]
         results["rollouts"] = {"count": args.rollouts, "frames": args.rollout_frames, "window_fvd": windows,

@@ -69,23 +69,24 @@ class FilmSplit:
 BUNNY_SPLIT = FilmSplit(held_out=(3500, 5300), excluded=((0, 720), (11757, 14315)))
 
 
-def film_video(path: str | os.PathLike[str]) -> BinaryIO:
-    """The film's video as an open binary file: ``path`` is the moviepy 2.2.1 sdist (``.tar.gz``), the zip
-    inside it, or a video file. Raises ValueError naming the file and how to get it."""
+def film_video(path: str | os.PathLike[str]) -> BinaryIO | str:
+    """The film's video, for ``av.open``: ``path`` is the moviepy 2.2.1 sdist (``.tar.gz``) or the zip inside
+    it (the film in memory), or a video file (its path). Raises ValueError naming the file and how to get it."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"{path}: no such file; get the film (Big Buck Bunny, CC-BY 3.0) with `{FILM_DOWNLOAD}` "
-                                "and give the moviepy-2.2.1.tar.gz it writes, or any video file")
+                         "and give the moviepy-2.2.1.tar.gz it writes, or any video file")
     if path.name.endswith((".tar.gz", ".tgz")):
         with tarfile.open(path) as archive:
             member = next((m for m in archive.getmembers() if m.name.endswith(_SDIST_ZIP)), None)
             if member is None:
                 raise ValueError(f"{path}: holds no {_SDIST_ZIP}; expected the moviepy 2.2.1 sdist ({FILM_DOWNLOAD})")
-            path_bytes = archive.extractfile(member).read()
-        return film_video_from_zip(io.BytesIO(path_bytes), str(path))
+            zip_bytes = archive.extractfile(member).read()
+        return film_video_from_zip(io.BytesIO(zip_bytes), str(path))
     if path.suffix == ".zip":
-        return film_video_from_zip(path.open("rb"), str(path))
-    return path.open("rb")
+        with path.open("rb") as handle:
+            return film_video_from_zip(handle, str(path))
+    return str(path)
 
 
 def film_video_from_zip(handle: BinaryIO, name: str) -> BinaryIO:

@@ -234,20 +234,22 @@ class VideoFiles(Dataset, _SkipCounter):
         self.videos = [video for video in checked if video is not None]
         self.buckets = list(buckets) if buckets else None
         if self.buckets:
-            self.videos = [video for video in self.videos if self._in_a_bucket(video)]
-            self.bucket_of = [nearest_bucket(self.buckets, video.frames, video.height, video.width) for video in self.videos]
+            assigned = [(video, self._bucket(video)) for video in self.videos]
+            self.videos = [video for video, bucket in assigned if bucket is not None]
+            self.bucket_of = [bucket for _, bucket in assigned if bucket is not None]
             self.bucket_videos = [[i for i, bucket in enumerate(self.bucket_of) if bucket == b] for b in range(len(self.buckets))]
         if not self.videos:
             raise ValueError(f"{name}: no usable video of at least {self.clip.num_frames} frames"
                              + (f" among {len(videos)} file(s) ({skipped_summary(self)})" if videos else " (no video files)"))
         self.has_captions = any(video.caption is not None for video in self.videos)
 
-    def _in_a_bucket(self, video: _Video) -> bool:
-        if nearest_bucket(self.buckets, video.frames, video.height, video.width) is not None:
-            return True
-        self._skip(str(video.path), "smaller than every bucket",
-                   f"{video.frames} frames of {video.height}x{video.width}; buckets never upscale")
-        return False
+    def _bucket(self, video: _Video) -> int | None:
+        """The video's :func:`nearest_bucket`; None (the video skipped, warned and counted) if it has none."""
+        bucket = nearest_bucket(self.buckets, video.frames, video.height, video.width)
+        if bucket is None:
+            self._skip(str(video.path), "smaller than every bucket",
+                       f"{video.frames} frames of {video.height}x{video.width}; buckets never upscale")
+        return bucket
 
     def bucket_of_step(self, seed: int, step: int) -> int:
         """The bucket every clip of training step ``step`` comes from (:func:`bucket_of_step`)."""

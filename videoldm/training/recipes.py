@@ -67,26 +67,24 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"{path}: unknown stage {recipe['stage']!r}; expected one of {sorted(STAGES)}")
     if not isinstance(recipe["output_dir"], str):
         raise RecipeError(f"{path}: output_dir must be a path, got {recipe['output_dir']!r}")
-    train = recipe.get("train", {})
-    if not isinstance(train, dict):
-        raise RecipeError(f"{path}: train must be a mapping of settings, got {train!r}")
-    check_arguments(TrainSettings, train, f"{path}: train")
-    try:
-        TrainSettings(**train)
-    except ValueError as error:
-        raise RecipeError(f"{path}: train: {error}") from None
-    validation = recipe.get("validation")
-    if validation is not None:
-        if not isinstance(validation, dict):
-            raise RecipeError(f"{path}: validation must be a mapping of settings, got {validation!r}")
-        check_arguments(ValidationSettings, validation, f"{path}: validation")
-        try:
-            ValidationSettings(**validation)
-        except ValueError as error:
-            raise RecipeError(f"{path}: validation: {error}") from None
+    _check_settings(path, "train", recipe.get("train", {}), TrainSettings)
+    if recipe.get("validation") is not None:
+        _check_settings(path, "validation", recipe["validation"], ValidationSettings)
     stage_arguments = {key: value for key, value in recipe.items() if key not in RECIPE_SECTIONS}
     check_arguments(STAGES[recipe["stage"]].__init__, stage_arguments, str(path))
     return recipe
+
+
+def _check_settings(path: Path, section: str, values: Any, settings_class: type) -> None:
+    """A recipe's settings ``section`` (``train``, ``validation``): a mapping of ``settings_class``'s fields
+    whose values it accepts; otherwise a :class:`RecipeError` naming the file, the section and the fault."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path}: {section} must be a mapping of settings, got {values!r}")
+    check_arguments(settings_class, values, f"{path}: {section}")
+    try:
+        settings_class(**values)
+    except ValueError as error:
+        raise RecipeError(f"{path}: {section}: {error}") from None
 
 
 def data_override(recipe: dict[str, Any], path: str) -> dict[str, Any]:

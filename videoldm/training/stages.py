@@ -400,7 +400,7 @@ class VideoStage(_LatentStage):
         loss = denoising_loss(self.objective, self.unet, latents, kwargs, draw_seeds)
         return loss, {"loss": loss.item()}
 
-    def _pipeline(self, unet: VideoUNet) -> VideoLDMPipeline:
+    def _pipeline(self, unet: VideoUNet, scheduler: Any) -> VideoLDMPipeline:
         """The stage's model as a sampling pipeline around ``unet`` (the trained one, or its merged copy)."""
         text_encoder, tokenizer = self.text_encoder, self.tokenizer
         if text_encoder is None and self.captions is not None:  # trained on cached caption states
@@ -409,8 +409,7 @@ class VideoStage(_LatentStage):
         return VideoLDMPipeline(
             unet=unet,
             vae=self.vae,
-            # sampling sets the scheduler's timesteps: validation works on a copy of the exported one
-            scheduler=type(self.sampling_scheduler).from_config(self.sampling_scheduler.config),
+            scheduler=scheduler,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             label_encoder=self.label_encoder,
@@ -423,9 +422,7 @@ class VideoStage(_LatentStage):
         if self.lora_options is not None:
             save_temporal_lora(self.unet, self.lora_options, output_dir / LORA_DIRECTORY)
             unet = merge_temporal_lora(copy.deepcopy(self.unet))
-        pipe = self._pipeline(unet)
-        pipe.register_modules(scheduler=self.sampling_scheduler)
-        pipe.save_pretrained(output_dir)
+        self._pipeline(unet, self.sampling_scheduler).save_pretrained(output_dir)
 
     def check_validation(self, validation: ValidationSettings) -> None:
         """Raise ValueError if the model cannot take ``validation``'s conditions (prompts need text, labels labels)."""
@@ -452,7 +449,8 @@ class VideoStage(_LatentStage):
         if validation.num_frames is None and self._clip_frames is None:
             sample = self.source[0]
             self._clip_frames = len(sample["latents"] if "latents" in sample else sample["video"])
-        pipe = self._pipeline(self.unet)
+        # sampling sets the scheduler's timesteps: validation works on a copy of the exported one
+        pipe = self._pipeline(self.unet, type(self.sampling_scheduler).from_config(self.sampling_scheduler.config))
         pipe.set_progress_bar_config(disable=True)
         videos = {}
         for index, (name, condition) in enumerate(zip(video_names(validation), validation.conditions())):
@@ -542,14 +540,14 @@ class DecoderStage(_DataStage):
         """The first ``num_videos`` clips of the data beside their reconstructions, the image decoder's and
         this decoder's (posterior modes, the whole clip in one window): name -> ``(T, C, H, 3W)`` in [-1, 1]."""
         videos = {}
-        for index, name in enumerate(video_names(validation)):
+        for index in range(validation.num_videos):
             clip = self.source[index % len(self.source)]["video"][None].to(self.decoder.device)
             if validation.num_frames is not None:
                 clip = clip[:, : validation.num_frames]
             latents = encode_video(self.decoder, clip, sample=False)
             decoded = [decode_latents(self.decoder, latents, chunk_size=clip.shape[1], decoder=decoder)
                        for decoder in ("image", "video")]
-            videos[name.replace("unconditional", "real-image-temporal")] = torch.cat([clip, *decoded], dim=-1)[0].cpu()
+            videos[f"{index:02d}_real-image-temporal"] = torch.cat([clip, *decoded], dim=-1)[0].cpu()
         return videos
 
     def export(self, output_dir: Path) -> None:
