@@ -10,7 +10,9 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+Options = TypeVar("Options")
 
 
 class RecipeError(ValueError):
@@ -59,3 +61,15 @@ def check_arguments(function: Callable[..., Any], values: dict[str, Any], where:
         hint = hints.get(name, Any)
         if not _matches(value, hint):
             raise RecipeError(f"{where}: {name} must be {_describe(hint)}, got {value!r}")
+
+
+def options_section(options_class: type[Options], values: Any, where: str) -> Options:
+    """``options_class(**values)`` for the recipe section ``where``: a :class:`RecipeError` names a section that is
+    no mapping, an unknown, missing or wrongly typed entry, or a value the class refuses (its ValueError)."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where} must be a mapping of settings, got {values!r}")
+    check_arguments(options_class, values, where)
+    try:
+        return options_class(**values)
+    except ValueError as error:
+        raise RecipeError(f"{where}: {error}") from None

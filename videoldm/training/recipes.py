@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..config import RecipeError, check_arguments
+from ..config import RecipeError, check_arguments, options_section
 from ..data.build import infer_kind
 from .stages import STAGES, AutoencoderStage, ImageLDMStage
 from .trainer import TrainSettings
@@ -78,13 +78,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 def _check_settings(path: Path, section: str, values: Any, settings_class: type) -> None:
     """A recipe's settings ``section`` (``train``, ``validation``): a mapping of ``settings_class``'s fields
     whose values it accepts; otherwise a :class:`RecipeError` naming the file, the section and the fault."""
-    if not isinstance(values, dict):
-        raise RecipeError(f"{path}: {section} must be a mapping of settings, got {values!r}")
-    check_arguments(settings_class, values, f"{path}: {section}")
-    try:
-        settings_class(**values)
-    except ValueError as error:
-        raise RecipeError(f"{path}: {section}: {error}") from None
+    options_section(settings_class, values, f"{path}: {section}")
 
 
 def data_override(recipe: dict[str, Any], path: str) -> dict[str, Any]:

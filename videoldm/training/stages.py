@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch.utils.data import Dataset
 
-from ..config import RecipeError, check_arguments
+from ..config import RecipeError, check_arguments, options_section
 from ..defaults import DEFAULT_MAX_NOISE_LEVEL, DEFAULT_NUM_INFERENCE_STEPS
 from ..data.build import DataError, build_source
 from ..data.latents import CachedLatents
@@ -46,7 +46,7 @@ from ..pipelines.upsample import VideoUpsamplerPipeline, latent_decoder_scale
 from ..pipelines.video import VideoLDMPipeline
 from .decoder_losses import DecoderFinetuneObjective
 from .draws import DRAW_SEED, rand_per_sample, randint_per_sample, randn_per_sample, sample_generators
-from .objective import DiffusionObjective
+from .objective import DiffusionObjective, TimestepSampling
 from .perceptual import PerceptualLoss
 from .trainer import Trainer, TrainSettings, parameters_of
 from .validation import ValidationSettings, check_stage_validates, video_names
@@ -87,8 +87,7 @@ def denoising_loss(
     draw_seeds: torch.Tensor,
 ) -> torch.Tensor:
     """The objective's loss on latents ``(B, T, C, H, W)`` with each sample's diffusion time and noise from its draw."""
-    num_train_timesteps = objective.noise_scheduler.config.num_train_timesteps
-    timesteps = randint_per_sample(draw_seeds, "timestep", num_train_timesteps, latents.device)
+    timesteps = objective.timestep_sampling.per_sample(draw_seeds, objective.num_train_timesteps, latents.device)
     noise = randn_per_sample(draw_seeds, "noise", latents.shape[1:], latents.device, latents.dtype)
     return objective.loss(model, latents, model_kwargs, timesteps=timesteps, noise=noise)
 
@@ -282,7 +281,9 @@ class VideoStage(_LatentStage):
     trades compute for activation memory. ``lora`` (``{rank, alpha, target}``,
     :class:`~videoldm.models.lora.TemporalLoraOptions`) trains low-rank adapters on the temporal
     attention instead of the temporal layers themselves; the export is then the pipeline with the
-    adapters merged, and the adapters alone in ``temporal_lora/``.
+    adapters merged, and the adapters alone in ``temporal_lora/``. ``timestep_sampling``
+    (``{kind, mean, std}``, :class:`~videoldm.training.objective.TimestepSampling`; uniform by default)
+    draws the diffusion times, e.g. more at high noise, where frames settle their shared layout.
     """
 
     def __init__(
@@ -295,6 +296,7 @@ class VideoStage(_LatentStage):
         caption_dropout: float = 0.1,
         gradient_checkpointing: bool = False,
         lora: dict[str, Any] | None = None,
+        timestep_sampling: dict[str, Any] | None = None,
     ) -> None:
         if (image_model is None) == (model is None):
             raise RecipeError("give either image_model (an image pipeline to inflate) or model (a video pipeline)")
@@ -302,13 +304,9 @@ class VideoStage(_LatentStage):
             raise RecipeError("temporal options apply when inflating image_model; model already has its temporal layers")
         if model == EMBEDDED_MODEL:
             model = str(embedded_model_dir())
-        self.lora_options = None
-        if lora is not None:
-            check_arguments(TemporalLoraOptions, lora, "lora")
-            try:
-                self.lora_options = TemporalLoraOptions(**lora)
-            except ValueError as error:
-                raise RecipeError(f"lora: {error}") from None
+        self.lora_options = None if lora is None else options_section(TemporalLoraOptions, lora, "lora")
+        sampling = TimestepSampling() if timestep_sampling is None else options_section(
+            TimestepSampling, timestep_sampling, "timestep_sampling")
         directory = _require_dir(image_model or model, "image model" if image_model else "model")
         info = inspect_pipeline_directory(directory)
         self._use_data(data, info.configs["vae"], info.configs["unet"])
@@ -345,7 +343,7 @@ class VideoStage(_LatentStage):
         # the export plays at the rate its clips were taken at (where the data fixes one)
         self.default_fps = float(getattr(getattr(self.source, "clip", None), "fps", None) or info.default_fps)
         self.noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
-        self.objective = DiffusionObjective(self.noise_scheduler)
+        self.objective = DiffusionObjective(self.noise_scheduler, sampling)
         self.label_dropout = label_dropout
         self.captions = (None if self.text_encoder is None and null_states is None
                          else CaptionConditioning(self.text_encoder, self.tokenizer, caption_dropout, null_states))
@@ -593,6 +591,7 @@ class PredictionStage(VideoStage):
         label_dropout: float = 0.1,
         caption_dropout: float = 0.1,
         gradient_checkpointing: bool = False,
+        timestep_sampling: dict[str, Any] | None = None,
     ) -> None:
         probabilities = torch.tensor(list(context_probabilities), dtype=torch.float64)
         if probabilities.ndim != 1 or len(probabilities) < 2 or (probabilities < 0).any() or probabilities.sum() <= 0:
@@ -601,7 +600,7 @@ class PredictionStage(VideoStage):
         if model is None and image_model is None:
             model = EMBEDDED_MODEL
         super().__init__(data, image_model=image_model, model=model, temporal=temporal, label_dropout=label_dropout,
-                         caption_dropout=caption_dropout)
+                         caption_dropout=caption_dropout, timestep_sampling=timestep_sampling)
         if not self.unet.has_context_conditioning:
             self.unet = self.unet.with_context_conditioning(context_channels).freeze_spatial()
         if gradient_checkpointing:
@@ -649,6 +648,7 @@ class InterpolationStage(VideoStage):
         label_dropout: float = 0.1,
         caption_dropout: float = 0.1,
         gradient_checkpointing: bool = False,
+        timestep_sampling: dict[str, Any] | None = None,
     ) -> None:
         if factor < 2 or key_frames < 2:
             raise RecipeError(f"factor and key_frames must be >= 2, got {factor} and {key_frames}")
@@ -662,7 +662,8 @@ class InterpolationStage(VideoStage):
         self.window_frames = factor * (key_frames - 1) + 1
         self.overlap_probability, self.unconditional_probability = overlap_probability, unconditional_probability
         clip_frames = data.get("num_frames")
-        super().__init__(data, model=model, label_dropout=label_dropout, caption_dropout=caption_dropout)
+        super().__init__(data, model=model, label_dropout=label_dropout, caption_dropout=caption_dropout,
+                         timestep_sampling=timestep_sampling)
         clip_frames = getattr(self.data_config, "num_frames", clip_frames)
         needed = (self.window_frames - 1) * max(strides) + 1
         if clip_frames is not None and clip_frames < needed:
