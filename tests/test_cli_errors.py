@@ -107,6 +107,8 @@ HOSTILE = [
     (["generate", "--guidance", "nan"], "--guidance"),
     (["generate", "--guidance", "inf"], "--guidance"),
     (["generate", "--fps", "0"], "--fps"),
+    (["generate", "--noise-correlation", "1"], "--noise-correlation"),
+    (["generate", "--noise-correlation", "nan"], "--noise-correlation"),
     (["generate", "--fps", "nan"], "--fps"),
     (["generate", "--decoder", "foo"], "--decoder"),
     (["generate", "--label", "x"], "--label"),

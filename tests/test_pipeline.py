@@ -297,3 +297,45 @@ def test_non_finite_latents_are_an_error_before_decoding(output_type, monkeypatc
     with pytest.raises(ValueError, match=r"non-finite latents \(NaN or inf\)"):
         _generate(pipe, output_type=output_type, callback_on_step_end=poison)
     assert decoded == []
+
+
+def test_initial_noise_shares_the_asked_fraction_between_frames():
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from videoldm.pipelines.sampling import initial_noise
+
+    shape = (8, 16, 4, 32, 32)
+    independent = initial_noise(shape, 0.0, torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
+    assert torch.equal(independent, randn_tensor(shape, generator=torch.Generator().manual_seed(0)))  # the old draw
+    for correlation in (0.5, 0.9):
+        noise = initial_noise(shape, correlation, torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
+        assert abs(noise.var().item() - 1) < 0.03  # every frame is still a standard normal start
+        frames = noise.flatten(2)  # (B, T, n): the correlation of two frames' noise, averaged over pairs
+        centred = frames - frames.mean(dim=2, keepdim=True)
+        unit = centred / centred.norm(dim=2, keepdim=True)
+        pairs = torch.einsum("btn,bsn->bts", unit, unit)
+        off_diagonal = pairs[:, ~torch.eye(16, dtype=torch.bool)]
+        assert abs(off_diagonal.mean().item() - correlation) < 0.03
+
+
+def test_noise_correlation_is_an_option_with_a_directory_default(tmp_path):
+    pipe = tiny_pipeline(cross_attention=False)
+    plain = _generate(pipe)
+    assert torch.equal(_generate(pipe, noise_correlation=0.0), plain)  # 0: the independent draw, unchanged
+    correlated = _generate(pipe, noise_correlation=0.8)
+    assert not torch.equal(correlated, plain)
+    # frames of one video start alike: this untrained tiny model's frames come out closer together
+    assert correlated.diff(dim=1).abs().mean() < plain.diff(dim=1).abs().mean()
+
+    pipe.register_to_config(default_noise_correlation=0.8)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["default_noise_correlation"] == 0.8
+    reloaded = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    reloaded.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(_generate(reloaded), correlated)  # None: the directory's own
+    torch.testing.assert_close(_generate(reloaded, noise_correlation=0.0), plain)
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="noise_correlation must be in"):
+            _generate(pipe, noise_correlation=bad)
+    with pytest.raises(ValueError, match="noise_correlation must be in"):
+        VideoLDMPipeline(unet=pipe.unet, vae=pipe.vae, scheduler=pipe.scheduler, default_noise_correlation=1.0)

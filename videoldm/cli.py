@@ -180,6 +180,7 @@ def generate(
     window: int = _generate_option("window", help="Prediction models: frames per denoised window."),
     init_image: Optional[Path] = _generate_option("init_image", help="Prediction models: an image (PNG/JPG) to start from; it becomes frame 0."),
     continue_video: Optional[Path] = _generate_option("continue_video", help="Prediction models: a video to continue; OUT is its frames followed by --frames new ones."),
+    noise_correlation: Optional[float] = _generate_option("noise_correlation", help="Share of each window's initial noise its frames have in common (0 = independent frames; default: the model's own, from its model_index.json: 0 for the digits model)."),
 ) -> None:
     """Generate a video and write it to OUT (long videos are written as their frames are made)."""
     plan = plan_generation(GenerateOptions(
@@ -187,7 +188,8 @@ def generate(
         fps=fps, fps_multiplier=fps_multiplier, upscale=upscale, upscale_steps=upscale_steps,
         upscale_noise_level=upscale_noise_level, keep_stages=keep_stages, decoder=decoder,
         image_only=image_only, context_guidance=context_guidance, context_frames=context_frames,
-        window_candidates=window_candidates, window=window, init_image=init_image, continue_video=continue_video), out)
+        window_candidates=window_candidates, window=window, init_image=init_image, continue_video=continue_video,
+        noise_correlation=noise_correlation), out)
     load_network_code()
     pipe = load_pipeline(plan.info, interpolation=plan.options.fps_multiplier > 1, upsampling=plan.options.upscale > 1)
     # One display for every stage: the denoising steps of key frames, interpolation and upsampling.

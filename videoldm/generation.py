@@ -217,6 +217,7 @@ class GenerateOptions:
     window: int = DEFAULT_WINDOW_FRAMES
     init_image: Optional[Path] = None
     continue_video: Optional[Path] = None
+    noise_correlation: Optional[float] = None  # the model's own (model_index.json's default_noise_correlation; else 0)
 
     def command_line(self, out: Path) -> str:
         """The ``videoldm generate`` command that makes this video at ``out``: every option that differs
@@ -257,10 +258,11 @@ GENERATE_BOUNDS = {
     "window": (2, MAX_FRAMES),
     "upscale_steps": (1, MAX_STEPS),
     "upscale_noise_level": (0, MAX_STEPS),  # a DDPM level; the model's own maximum is checked once it is inspected
+    "noise_correlation": (0.0, 0.99),  # 1 would give all frames one noise
 }
 
 
-FINITE_OPTIONS = ("guidance", "context_guidance", "fps")
+FINITE_OPTIONS = ("guidance", "context_guidance", "fps", "noise_correlation")
 
 
 def read_given_frames(path: Path, option: str, frame_shape: tuple[int, Optional[int], Optional[int]], *, fps: Optional[float] = None,
@@ -359,6 +361,7 @@ class GenerationPlan:
             init_video=self.given if options.continue_video is not None else None,
             decoder=options.decoder,
             image_only=options.image_only,
+            noise_correlation=options.noise_correlation,
         )
 
 

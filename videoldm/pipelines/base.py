@@ -29,7 +29,7 @@ from ..models.lora import load_temporal_lora
 from ..models.unet import VideoUNet
 from .conditioning import encode_conditions, encode_prompts
 from .decoding import stream_decode
-from .sampling import Generator, StepCallback, WindowSampler
+from .sampling import Generator, StepCallback, WindowSampler, initial_noise
 
 
 @dataclass
@@ -50,6 +50,9 @@ class SamplingOptions:
     pipeline's ``default_num_inference_steps``. ``image_only=True`` forces every alpha to 1: the image
     LDM sampled frame by frame, the paper's baseline. ``decoder`` ``"video"`` (the temporal decoder,
     where the pipeline has one) or ``"image"``, ``decode_chunk_size`` frames at a time.
+    ``noise_correlation`` in [0, 1): the share of each window's initial noise its frames have in common
+    (:func:`~videoldm.pipelines.sampling.initial_noise`); None is the pipeline's
+    ``default_noise_correlation`` (0, independent frames, unless its model_index.json names one).
     ``callback_on_step_end(step_index, timestep, latents)`` runs after every scheduler step
     (``len(scheduler.timesteps)`` times: more than ``num_inference_steps`` for Heun, KDPM2 and PNDM).
     """
@@ -64,11 +67,19 @@ class SamplingOptions:
     image_only: bool = False
     decode_chunk_size: int = 8
     decoder: str = "video"
+    noise_correlation: float | None = None
     callback_on_step_end: StepCallback | None = None
 
 
+def check_noise_correlation(correlation: float) -> None:
+    """Raise ValueError unless ``correlation`` lies in [0, 1) (1 would give every frame the same noise)."""
+    if not 0.0 <= correlation < 1.0:
+        raise ValueError(f"noise_correlation must be in [0, 1), got {correlation}")
+
+
 def check_sampling_options(options: SamplingOptions, num_inference_steps: int) -> None:
-    """Raise ValueError for a non-finite guidance scale, an unknown decoder or fewer than one step."""
+    """Raise ValueError for a non-finite guidance scale, an unknown decoder, fewer than one step or a noise
+    correlation outside [0, 1)."""
     for name in ("guidance_scale", "context_guidance_scale"):
         value = getattr(options, name)
         if not math.isfinite(value):
@@ -77,10 +88,14 @@ def check_sampling_options(options: SamplingOptions, num_inference_steps: int) -
         raise ValueError(f"decoder must be 'video' or 'image', got {options.decoder!r}")
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    if options.noise_correlation is not None:
+        check_noise_correlation(options.noise_correlation)
 
 
-def check_pipeline_defaults(default_num_inference_steps: int, default_fps: float) -> None:
-    """Raise ValueError unless a pipeline's default step count is >= 1 and its default frame rate a positive number."""
+def check_pipeline_defaults(default_num_inference_steps: int, default_fps: float, default_noise_correlation: float) -> None:
+    """Raise ValueError unless a pipeline's default step count is >= 1, its default frame rate a positive number
+    and its default noise correlation in [0, 1)."""
+    check_noise_correlation(default_noise_correlation)
     if default_num_inference_steps < 1:
         raise ValueError(f"default_num_inference_steps must be >= 1, got {default_num_inference_steps}")
     if not (math.isfinite(default_fps) and default_fps > 0):
@@ -92,8 +107,8 @@ class LatentVideoPipeline(DiffusionPipeline):
 
     Components: ``unet`` (VideoUNet), ``vae`` (AutoencoderKL or TemporalDecoder), ``scheduler`` (any
     diffusers scheduler), and optionally ``text_encoder`` + ``tokenizer`` (prompts) or
-    ``label_encoder`` (class labels). ``default_num_inference_steps`` and ``default_fps`` (the frame
-    rate of its videos) are saved in ``model_index.json``.
+    ``label_encoder`` (class labels). ``default_num_inference_steps``, ``default_fps`` (the frame
+    rate of its videos) and ``default_noise_correlation`` are saved in ``model_index.json``.
     """
 
     model_cpu_offload_seq = "text_encoder->label_encoder->unet->vae"
@@ -109,19 +124,29 @@ class LatentVideoPipeline(DiffusionPipeline):
         label_encoder: LabelEncoder | None = None,
         default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         default_fps: float = DEFAULT_FPS,
+        default_noise_correlation: float = 0.0,
     ) -> None:
         super().__init__()
-        check_pipeline_defaults(default_num_inference_steps, default_fps)
+        check_pipeline_defaults(default_num_inference_steps, default_fps, default_noise_correlation)
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
                               label_encoder=label_encoder)
         # Saved in model_index.json, so a directory carries the step count its makers measured as enough
         # and the frame rate its frames were trained at.
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps, default_fps=default_fps)
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps, default_fps=default_fps,
+                                default_noise_correlation=default_noise_correlation)
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
 
     def inference_steps(self, num_inference_steps: int | None) -> int:
         """``num_inference_steps``, or the pipeline's own ``default_num_inference_steps`` for None."""
         return self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+
+    def initial_noise(self, shape: tuple[int, ...], options: SamplingOptions) -> torch.Tensor:
+        """A window's initial noise ``shape`` ``(B, T, c, h, w)`` with ``options``' noise correlation (None: the
+        pipeline's ``default_noise_correlation``), drawn from ``options.generator``."""
+        correlation = options.noise_correlation
+        if correlation is None:
+            correlation = self.config.get("default_noise_correlation", 0.0)
+        return initial_noise(shape, correlation, options.generator, self._execution_device, self.unet.dtype)
 
     @property
     def vae_scale_factor(self) -> int:

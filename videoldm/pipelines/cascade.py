@@ -84,13 +84,15 @@ class CascadePipeline(DiffusionPipeline):
         low_res_scheduler: DDPMScheduler | None = None,
         default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         default_fps: float = DEFAULT_FPS,
+        default_noise_correlation: float = 0.0,
     ) -> None:
         super().__init__()
-        check_pipeline_defaults(default_num_inference_steps, default_fps)
+        check_pipeline_defaults(default_num_inference_steps, default_fps, default_noise_correlation)
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
                               label_encoder=label_encoder, interpolator=interpolator, upsampler=upsampler,
                               upsampler_scheduler=upsampler_scheduler, low_res_scheduler=low_res_scheduler)
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps, default_fps=default_fps)
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps, default_fps=default_fps,
+                                default_noise_correlation=default_noise_correlation)
 
     # ------------------------------------------------------------------------- the stage pipelines
     def _stage(self, pipe: DiffusionPipeline) -> DiffusionPipeline:
@@ -102,7 +104,7 @@ class CascadePipeline(DiffusionPipeline):
         return self._stage(pipeline_class(
             unet=unet, vae=self.vae, scheduler=self.scheduler, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
             label_encoder=self.label_encoder, default_num_inference_steps=self.config.default_num_inference_steps,
-            default_fps=self.config.default_fps))
+            default_fps=self.config.default_fps, default_noise_correlation=self.config.default_noise_correlation))
 
     def video_pipeline(self) -> VideoLDMPipeline:
         """The key-frame / rollout stage: a :class:`VideoLDMPipeline` on this pipeline's modules."""

@@ -16,7 +16,6 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..defaults import (
@@ -130,7 +129,7 @@ class VideoInterpolationPipeline(LatentVideoPipeline):
             regime_sampler = replace(sampler, extra_inputs={"frame_rate_regime": torch.full((batch,), regime, device=device)})
 
             def sample_window(window_latents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                noise = randn_tensor(window_latents.shape, generator=options.generator, device=device, dtype=unet.dtype)
+                noise = self.initial_noise(tuple(window_latents.shape), options)
                 return regime_sampler(noise, mask, window_latents)
 
             latents = interpolate_latents(latents, window_key_frames, sample_window)

@@ -14,11 +14,13 @@ evaluation per step, all run in one batch: 1 (no guidance), 2 (one guidance) or 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 
 from ..defaults import DEFAULT_NUM_INFERENCE_STEPS
 
@@ -81,6 +83,23 @@ def guided_prediction(
     for branch, output in zip(active, outputs[1:]):
         guided = guided + (branch.scale - 1.0) * (outputs[0] - output)
     return guided
+
+
+def initial_noise(
+    shape: tuple[int, ...], correlation: float, generator: Generator, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Unit-variance noise ``(B, T, c, h, w)`` whose frames share a fraction ``correlation`` of their variance.
+
+    ``sqrt(1 - r) * own + sqrt(r) * shared``: the mixed noise prior of PYoCo (Ge et al., ICCV 2023). Each
+    frame's noise stays standard normal, so every frame is still the image model's start; frames of one
+    video start alike, which the temporal layers turn into one scene instead of reconciling unrelated
+    ones. ``correlation`` 0 is exactly the independent draw (the same numbers from ``generator``).
+    """
+    own = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    if correlation == 0:
+        return own
+    shared = randn_tensor((shape[0], 1, *shape[2:]), generator=generator, device=device, dtype=dtype)
+    return math.sqrt(1.0 - correlation) * own + math.sqrt(correlation) * shared
 
 
 def _step_kwargs(scheduler: SchedulerMixin, generator: Generator) -> dict[str, Any]:

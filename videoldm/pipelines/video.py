@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..defaults import DEFAULT_CONTEXT_FRAMES, DEFAULT_NUM_FRAMES, DEFAULT_WINDOW_FRAMES
@@ -124,8 +123,7 @@ class VideoLDMPipeline(LatentVideoPipeline):
                 context_latents[:, : window.num_context] = context
             candidates = []
             for _ in range(window_samples(window, window_candidates)):
-                noise = latents if latents is not None else randn_tensor(shape, generator=options.generator, device=device,
-                                                                          dtype=self.unet.dtype)
+                noise = latents if latents is not None else self.initial_noise(shape, options)
                 candidates.append(sampler(noise.to(device), mask, context_latents))
             if len(candidates) == 1:
                 return candidates[0]
