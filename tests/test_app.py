@@ -86,7 +86,8 @@ def test_every_option_round_trips_through_the_command_line(tmp_path, monkeypatch
         prompt="a 'quoted' car", labels=(3, 8), fps=12.5, fps_multiplier=4, upscale=4, keep_stages=tmp_path / "stages",
         upscale_steps=3, upscale_noise_level=7,
         decoder="image", image_only=True, context_guidance=0.3,
-        context_frames=3, window_candidates=3, window=12, init_image=tmp_path / "start image.png", continue_video=tmp_path / "c.mp4")
+        context_frames=3, window_candidates=3, window=12, init_image=tmp_path / "start image.png", continue_video=tmp_path / "c.mp4",
+        noise_correlation=0.85)
     assert all(getattr(options, name) != getattr(GenerateOptions(), name) for name in cli.GENERATE_OPTION_NAMES)
     parsed = []
 
