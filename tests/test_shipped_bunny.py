@@ -3,6 +3,8 @@ deterministically, and continues them window by window."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -25,10 +27,15 @@ def test_the_bunny_model_is_small_half_precision_and_plays_at_its_own_rate():
     info = inspect_pipeline_directory(directory)
     assert info.conditioning == "none" and info.has_context_conditioning and info.default_fps == 12.0
     assert info.frame_shape == (3, 64, 64)
+    assert json.loads((directory / "model_index.json").read_text())["default_noise_correlation"] == 0.9
     from safetensors import safe_open
 
-    with safe_open(str(directory / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as weights:
-        assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}
+    files = sorted(directory.rglob("*.safetensors"))
+    assert len(files) == 3  # the UNet in two shards (each file under 30 MB), the temporal decoder in one
+    for path in files:
+        assert path.stat().st_size < 30 * 2**20, path
+        with safe_open(str(path), "pt") as weights:
+            assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}, path
 
 
 def test_the_bunny_model_samples_four_frames_deterministically(bunny):
