@@ -17,19 +17,12 @@ import json
 import math
 
 import torch
-from real_video import CLIP_FRAMES, centre, decode, sample_latents, unit
+from real_video import CLIP_FRAMES, centre, decode, motion, sample_latents
 
 from videoldm import VideoLDMPipeline
 from videoldm.data.film import film_source
 from videoldm.data.sources import ClipFormat
 from videoldm.embedded import resolve_model
-from videoldm.metrics.flow import flow_warping_error
-
-
-def motion(videos: torch.Tensor) -> dict[str, float]:
-    """Mean |frame change| and mean warping error along each video's own flow, videos ``(N, T, 3, H, W)`` in [-1, 1]."""
-    return {"frame_change": videos.diff(dim=1).abs().mean().item(),
-            "warping_error": flow_warping_error(unit(videos)).mean().item()}
 
 
 def main() -> None:

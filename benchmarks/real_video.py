@@ -101,6 +101,12 @@ def unit(videos: torch.Tensor) -> torch.Tensor:
     return (videos + 1) / 2
 
 
+def motion(videos: torch.Tensor) -> dict[str, float]:
+    """Mean |frame change| and mean warping error along each video's own flow, videos ``(N, T, 3, H, W)`` in [-1, 1]."""
+    return {"frame_change": videos.diff(dim=1).abs().mean().item(),
+            "warping_error": flow_warping_error(unit(videos)).mean().item()}
+
+
 class FrechetReference:
     """A Fréchet distance (FVD or per-frame FID) of several sets against one reference, whose features are computed once.
 
@@ -280,17 +286,13 @@ def main() -> None:
                 videos = decode(pipe, latents, decoder)
                 decoder_label = {"image": "image decoder", "video": "temporal decoder"}[decoder]
                 rows.append({"model": label, "noise_correlation": correlation, "decoder": decoder_label,
-                             "fvd": fvd(videos), "fid": fid(videos),
-                             "warping_error": flow_warping_error(unit(videos)).mean().item(),
-                             "frame_change": (videos.diff(dim=1)).abs().mean().item()})
+                             "fvd": fvd(videos), "fid": fid(videos), **motion(videos)})
                 shown[(label, correlation, decoder)] = videos[: args.shown]
                 print(json.dumps(rows[-1]), flush=True)
         levels = denoising_error(pipe, reference[:: max(1, len(reference) // 24)], NOISE_LEVELS, args.seed)
         print(json.dumps(levels), flush=True)
         results["samples"] = {"reference_clips": len(reference), "samples": args.samples, "rows": rows,
-                              "denoising_error": levels,
-                              "real_frame_change": (reference.diff(dim=1)).abs().mean().item(),
-                              "real_warping_error": flow_warping_error(unit(reference)).mean().item()}
+                              "denoising_error": levels, "real": motion(reference)}
         if args.pictures:
             picture = [shown["held-out clip"], shown[("image LDM, per frame", default_correlation, "image")],
                        shown[("Video LDM", default_correlation, "video")]]

@@ -22,6 +22,20 @@ CROSS_ATTENTION_DIM = 16
 torch.set_num_threads(1)
 
 
+def refused_recipe(recipe: dict, path: Path, capsys) -> list[str]:
+    """Write ``recipe`` to ``path`` and run ``videoldm train`` on it: it must exit with status 2; its stderr lines."""
+    import yaml
+
+    from videoldm.cli import main
+
+    path.write_text(yaml.safe_dump(recipe))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path)])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
 def tiny_image_unet(cross_attention: bool = True, seed: int = 0, in_channels: int = 4) -> UNet2DConditionModel:
     """A random 2-level UNet with (or without) cross-attention blocks; latents ``(4, 8, 8)``."""
     torch.manual_seed(seed)

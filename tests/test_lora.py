@@ -134,17 +134,11 @@ def test_a_lora_run_on_the_embedded_model_exports_small_adapters_that_sample_as_
 
 
 def test_a_bad_lora_entry_is_a_recipe_error(tmp_path, capsys):
-    import yaml
-
-    from videoldm.cli import main
+    from conftest import refused_recipe
 
     recipe = {"stage": "video", "output_dir": str(tmp_path / "run"), "model": "embedded", "lora": {"rank": 0},
               "data": {"kind": "digits", "num_videos": 8, "num_frames": 8}}
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", str(tmp_path / "bad.yaml")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = refused_recipe(recipe, tmp_path / "bad.yaml", capsys)
     assert len(err) == 1 and "lora: rank must be >= 1" in err[0]
 
 

@@ -47,17 +47,11 @@ def test_logit_normal_puts_the_draws_where_its_mean_says():
     ({"kind": "logit_normal", "mean": "high"}, "timestep_sampling: mean must be float"),
 ])
 def test_a_bad_timestep_sampling_is_one_error_line(entry, message, tmp_path, capsys):
-    import yaml
-
-    from videoldm.cli import main
+    from conftest import refused_recipe
 
     recipe = {"stage": "video", "output_dir": str(tmp_path / "run"), "model": "embedded", "timestep_sampling": entry,
               "data": {"kind": "digits", "num_videos": 8, "num_frames": 8}}
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", str(tmp_path / "bad.yaml")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = refused_recipe(recipe, tmp_path / "bad.yaml", capsys)
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "run").exists()
 

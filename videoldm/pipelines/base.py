@@ -145,7 +145,7 @@ class LatentVideoPipeline(DiffusionPipeline):
         pipeline's ``default_noise_correlation``), drawn from ``options.generator``."""
         correlation = options.noise_correlation
         if correlation is None:
-            correlation = self.config.get("default_noise_correlation", 0.0)
+            correlation = self.config.default_noise_correlation
         return initial_noise(shape, correlation, options.generator, self._execution_device, self.unet.dtype)
 
     @property

@@ -67,18 +67,12 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"{path}: unknown stage {recipe['stage']!r}; expected one of {sorted(STAGES)}")
     if not isinstance(recipe["output_dir"], str):
         raise RecipeError(f"{path}: output_dir must be a path, got {recipe['output_dir']!r}")
-    _check_settings(path, "train", recipe.get("train", {}), TrainSettings)
+    options_section(TrainSettings, recipe.get("train", {}), f"{path}: train")
     if recipe.get("validation") is not None:
-        _check_settings(path, "validation", recipe["validation"], ValidationSettings)
+        options_section(ValidationSettings, recipe["validation"], f"{path}: validation")
     stage_arguments = {key: value for key, value in recipe.items() if key not in RECIPE_SECTIONS}
     check_arguments(STAGES[recipe["stage"]].__init__, stage_arguments, str(path))
     return recipe
-
-
-def _check_settings(path: Path, section: str, values: Any, settings_class: type) -> None:
-    """A recipe's settings ``section`` (``train``, ``validation``): a mapping of ``settings_class``'s fields
-    whose values it accepts; otherwise a :class:`RecipeError` naming the file, the section and the fault."""
-    options_section(settings_class, values, f"{path}: {section}")
 
 
 def data_override(recipe: dict[str, Any], path: str) -> dict[str, Any]:
